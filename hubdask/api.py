@@ -1,0 +1,224 @@
+"""The public entry points: create, load, list, delete and store named arrays."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from hubdask import config
+from hubdask.array import Array
+from hubdask.errors import InvalidNameError, NotFoundError
+from hubdask.names import Name, parse
+from hubdask.source import Source
+from hubdask.storage import Root, open_root
+from hubdask.versioning import repository
+from hubdask.versioning.repository import MARKER
+
+Storage = str | os.PathLike | Root | None
+DEFAULT_BRANCH = "main"
+
+
+def locate(name: str, storage: Storage = None, storage_options: dict | None = None) -> tuple[Root, Name]:
+    """Parse ``name`` (before any I/O) and find its root: the URL in the name, ``storage=``, or the default."""
+    n = parse(name)
+    if isinstance(storage, Root):
+        root = storage if n.root is None else open_root(n.root, storage_options)
+    else:
+        root = open_root(n.root if n.root is not None else storage, storage_options)
+    return root, n
+
+
+def _display(root: Root, n: Name, ref: str) -> str:
+    base = f"{n.root.rstrip('/')}/{n.path}" if n.root else n.path
+    return f"{base}:{ref}"
+
+
+def auto_chunks(shape: tuple[int, ...], itemsize: int, target: int | None = None) -> tuple[int, ...]:
+    """Chunks of about ``HUBDASK_CHUNK_MB`` (8 MiB): whole trailing axes, the first axis split first."""
+    target = target or config.chunk_target_bytes()
+    chunks = list(shape) or []
+    for axis in range(len(shape)):
+        rest = math.prod(chunks[axis + 1:]) * itemsize
+        if rest * chunks[axis] <= target:
+            break
+        chunks[axis] = max(1, target // max(rest, 1))
+        if rest <= target:
+            break
+    return tuple(max(1, min(c, s)) if s else 1 for c, s in zip(chunks, shape))
+
+
+def _check_shape_dtype_chunks(what: str, shape: Any, dtype: Any, chunks: Any) -> tuple:
+    try:
+        shape = tuple(int(s) for s in (shape if isinstance(shape, (tuple, list)) else (shape,)))
+    except (TypeError, ValueError):
+        raise TypeError(f"{what}: shape must be a tuple of non-negative integers, got {shape!r}") from None
+    if any(s < 0 for s in shape):
+        raise ValueError(f"{what}: shape {shape} has a negative length; expected non-negative integers")
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{what}: {dtype!r} is not a numpy dtype") from None
+    if dt.kind not in "biufcmM" or dt.hasobject:
+        raise TypeError(f"{what}: dtype {dt} is not supported; expected a numeric or boolean dtype")
+    if chunks is None:
+        chunks = auto_chunks(shape, dt.itemsize)
+    else:
+        chunks = tuple(chunks) if isinstance(chunks, (tuple, list)) else (chunks,)
+        if len(chunks) != len(shape):
+            raise ValueError(f"{what}: chunks {chunks} has {len(chunks)} axes but shape {shape} has {len(shape)}")
+        if any(not isinstance(c, (int, np.integer)) or c <= 0 for c in chunks):
+            raise ValueError(f"{what}: chunks {chunks} must be positive integers")
+        if any(c > max(s, 1) for c, s in zip(chunks, shape)):
+            raise ValueError(f"{what}: chunks {chunks} are larger than the shape {shape} on some axis; "
+                             "expected each chunk length to be at most the axis length")
+        chunks = tuple(int(c) for c in chunks)
+    return shape, dt, chunks
+
+
+def _compressors(codecs: Any) -> tuple:
+    from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+
+    if codecs is None or codecs == "zstd":
+        return (ZstdCodec(level=0), Crc32cCodec())
+    if codecs == "blosc":
+        return (BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"), Crc32cCodec())
+    if codecs == "none":
+        return (Crc32cCodec(),)
+    return tuple(codecs) + (Crc32cCodec(),)
+
+
+def array(shape: Any, name: str, dtype: Any = "float64", chunks: Any = None, fill_value: Any = 0,
+          codecs: Any = None, exist_ok: bool = False, storage: Storage = None,
+          storage_options: dict | None = None) -> Array:
+    """Create the named array (metadata only: O(1) for any shape) and return it opened on its branch.
+
+    ``name`` is ``owner/dataset[:BRANCH]``; the branch (default ``main``) is the dataset's first.
+    ``codecs``: ``"zstd"`` (default), ``"blosc"``, ``"none"`` or a list of zarr bytes-to-bytes codecs;
+    a crc32c checksum is always appended so corrupted bytes are detected.
+    """
+    import zarr
+
+    root, n = locate(name, storage, storage_options)
+    what = f"dataset {str(n)!r}"
+    shape, dt, chunks = _check_shape_dtype_chunks(what, shape, dtype, chunks)
+    try:
+        fill = np.array(fill_value).astype(dt).item() if fill_value is not None else 0
+    except (TypeError, ValueError):
+        raise TypeError(f"{what}: fill_value {fill_value!r} does not fit dtype {dt}") from None
+    compressors = _compressors(codecs)
+    repo = repository(root, n.path)
+    branch = n.ref or DEFAULT_BRANCH
+    if repo.exists():
+        if not exist_ok:
+            raise FileExistsError(f"{what} already exists in {root.url}; pass exist_ok=True to open it")
+        existing = load(name, storage=root)
+        if existing.shape != shape or existing.dtype != dt:
+            raise ValueError(f"{what} exists with shape {existing.shape} and dtype {existing.dtype}, "
+                             f"not {shape} {dt}")
+        return existing
+
+    def write_metadata(store) -> None:
+        zarr.create_array(store, shape=shape, chunks=chunks, dtype=dt, fill_value=fill,
+                          compressors=compressors, zarr_format=3)
+
+    repo.create(branch, write_metadata)
+    return load(name, storage=root)
+
+
+def load(name: str, storage: Storage = None, storage_options: dict | None = None, *, _path: str = "") -> Any:
+    """Open a named array or dataset lazily (metadata only) at a branch (default) , tag or commit."""
+    root, n = locate(name, storage, storage_options)
+    repo = repository(root, n.path)
+    if not repo.exists():
+        raise NotFoundError(f"no dataset {str(n).split(':')[0]!r} in {root.url}; hd.ls() lists what exists")
+    state = repo.resolve(n.ref or repo.default_branch())
+    display = _display(root, n, state.ref)
+    meta = _node_metadata(repo, state, _path, display)
+    src = Source.at(root, n.path, _path, state.commit, state.head)
+    if meta.get("node_type") == "group":
+        from hubdask.dataset import Dataset
+
+        return Dataset(src, display)
+    return Array(src, display)
+
+
+def _node_metadata(repo, state, path: str, display: str) -> dict:
+    from hubdask.storage import sync
+    from zarr.core.buffer import default_buffer_prototype
+
+    key = f"{path}/zarr.json" if path else "zarr.json"
+    buf = sync(repo.store(state).get(key, default_buffer_prototype()))
+    if buf is None:
+        raise NotFoundError(f"dataset {display!r} has no array {path or '(root)'!r} at this ref")
+    return json.loads(buf.to_bytes())
+
+
+def ls(prefix: str = "", storage: Storage = None, storage_options: dict | None = None) -> list[str]:
+    """Names of the datasets under ``prefix`` (an owner, or '' for everything at the root)."""
+    root = storage if isinstance(storage, Root) else open_root(storage, storage_options)
+    prefix = prefix.strip("/")
+    if prefix:
+        for part in prefix.split("/"):
+            from hubdask.names import check_part
+
+            check_part(part, "prefix part", prefix)
+    found: list[str] = []
+
+    def walk(pre: str, depth: int) -> None:
+        for entry in root.list_dir(f"{pre}/" if pre else ""):
+            entry = entry.rstrip("/")
+            path = f"{pre}/{entry}" if pre else entry
+            if root.get(f"{path}/{MARKER}") is not None:
+                found.append(path)
+            elif depth < 1 and not entry.startswith("."):
+                walk(path, depth + 1)
+
+    if prefix and root.get(f"{prefix}/{MARKER}") is not None:
+        return [prefix]
+    walk(prefix, prefix.count("/") + (1 if prefix else 0))
+    return sorted(found)
+
+
+def delete(name: str, storage: Storage = None, storage_options: dict | None = None) -> int:
+    """Delete a whole dataset (every branch, tag and commit); returns the number of objects removed."""
+    root, n = locate(name, storage, storage_options)
+    if n.ref:
+        raise InvalidNameError(f"delete takes a dataset name without ':REF' (got {name!r}); "
+                               "to remove a branch or tag use .delete_branch / .delete_tag")
+    repo = repository(root, n.path)
+    if not repo.exists():
+        raise NotFoundError(f"no dataset {name!r} in {root.url}")
+    root.delete(f"{n.path}/{MARKER}")
+    return root.delete_prefix(f"{n.path}/") + 1
+
+
+def store(source: Any, target: str | Array, region: Any = None, *, storage: Storage = None,
+          storage_options: dict | None = None, chunks: Any = None, compute: bool = True,
+          lock: bool | str | None = None, progress: bool | None = None) -> Any:
+    """Write a dask (or numpy) array into ``target`` in parallel: one task per storage chunk, lock-free.
+
+    ``target`` is an Array or a name; a name that does not exist is created with the source's shape
+    and dtype (``chunks`` or automatic). With ``compute=False`` returns the lazy dask array to compute.
+    """
+    import dask.array as da
+
+    from hubdask import progress as _progress
+    from hubdask.write import store as plan
+
+    if not isinstance(source, da.Array):
+        source = da.from_array(np.asarray(source), chunks="auto")
+    if isinstance(target, str):
+        root, n = locate(target, storage, storage_options)
+        if repository(root, n.path).exists():
+            target = load(target, storage=root)
+        else:
+            target = array(source.shape, target, dtype=source.dtype, chunks=chunks, storage=root)
+    job = plan(source, target, region, lock=lock)
+    if not compute:
+        return job
+    _progress.compute(job, progress)
+    return target

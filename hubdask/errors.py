@@ -1,0 +1,27 @@
+"""The error types of hubdask; every message names the dataset and what was expected."""
+
+from __future__ import annotations
+
+
+class HubdaskError(Exception):
+    """Base of every hubdask-specific error."""
+
+
+class InvalidNameError(HubdaskError, ValueError):
+    """A dataset, branch or tag name that hubdask refuses before touching storage."""
+
+
+class NotFoundError(HubdaskError, LookupError):
+    """An unknown dataset, array, branch, tag or commit."""
+
+
+class ReadOnlyError(HubdaskError, PermissionError):
+    """A write to a tag, a commit id or a read-only root."""
+
+
+class ConflictError(HubdaskError, RuntimeError):
+    """A merge or commit that cannot be applied as asked."""
+
+
+class CorruptChunkError(HubdaskError, OSError):
+    """Bytes in storage that fail their checksum or do not decode to a chunk."""

@@ -1,0 +1,138 @@
+"""Version control methods shared by arrays and datasets: commit, log, tag, branch, checkout, merge, diff."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hubdask.errors import ReadOnlyError
+from hubdask.versioning import Repository, repository
+from hubdask.versioning.commits import Commit
+
+
+@dataclass(frozen=True)
+class Change:
+    """One logical object that differs between two states: a chunk (with the region it covers) or metadata."""
+
+    key: str
+    array: str
+    chunk: tuple[int, ...] | None
+    region: tuple[slice, ...] | None
+    kind: str  # "added", "modified" or "deleted"
+
+
+class Versioned:
+    """Mixin for objects with ``_source`` (root, ds, commit, node, branch) and ``_name``."""
+
+    _source: Any
+    _name: str
+
+    @property
+    def _repo(self) -> Repository:
+        return repository(self._source.root, self._source.ds)
+
+    @property
+    def dataset_name(self) -> str:
+        """The dataset's path under its root (``owner/dataset``)."""
+        return self._source.ds
+
+    @property
+    def ref(self) -> str:
+        """The branch this view writes to, or the commit it reads."""
+        return self._source.branch or self._source.commit
+
+    @property
+    def branch_name(self) -> str | None:
+        return self._source.branch
+
+    @property
+    def commit_id(self) -> str | None:
+        """The last commit of the state read (for a branch: the commit its uncommitted writes sit on)."""
+        return self._source.commit
+
+    @property
+    def branches(self) -> list[str]:
+        return self._repo.branches()
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return self._repo.tags()
+
+    def _writable_branch(self, action: str) -> str:
+        if self._source.branch is None:
+            raise ReadOnlyError(
+                f"dataset {self._name!r} is opened at commit {self._source.commit} (a tag or commit id), which is "
+                f"read-only; cannot {action}. Open a branch, or make one with .branch(NAME)"
+            )
+        return self._source.branch
+
+    def _follow(self, branch: str) -> None:
+        """Point this object at the branch's current head (after a commit or merge moved it)."""
+        from hubdask.source import Source
+
+        head = self._repo.resolve(branch).head
+        src = self._source
+        self._source = Source.at(src.root, src.ds, src.path, head.base, head)
+        self.__dict__.pop("_dask_cache", None)
+
+    def commit(self, message: str = "") -> str:
+        """Snapshot the branch's writes as an immutable commit; returns its id."""
+        branch = self._writable_branch("commit")
+        cid = self._repo.commit(branch, message)
+        self._follow(branch)
+        return cid
+
+    def _current_commit(self, why: str) -> str:
+        """The commit this view stands for; on a branch with uncommitted writes, commit them first."""
+        branch = self._source.branch
+        if branch is None:
+            return self._source.commit
+        if self._repo.uncommitted(branch):
+            return self.commit(why)
+        return self._repo.resolve(branch).commit
+
+    def log(self) -> list[Commit]:
+        """Commits of this state's history, newest first (first parents)."""
+        state = self._repo.resolve(self.ref)
+        return self._repo.log(state)
+
+    def tag(self, name: str) -> str:
+        """Tag the current commit (a branch's uncommitted writes are committed first); returns the commit id."""
+        cid = self._current_commit(f"commit before tag {name}")
+        self._repo.create_tag(name, cid)
+        return cid
+
+    def branch(self, name: str):
+        """Make branch ``name`` at the current commit (committing pending writes first); returns it opened."""
+        cid = self._current_commit(f"commit before branch {name}")
+        self._repo.create_branch(name, cid)
+        return self.checkout(name)
+
+    def checkout(self, ref: str):
+        """This dataset at another branch, tag or commit."""
+        from hubdask.api import load
+
+        return load(f"{self.dataset_name}:{ref}", storage=self._source.root, _path=self._source.path)
+
+    def delete_branch(self, name: str) -> None:
+        self._repo.delete_branch(name)
+
+    def delete_tag(self, name: str) -> None:
+        self._repo.delete_tag(name)
+
+    def merge(self, ref: str, strategy: str | None = None, message: str | None = None) -> str:
+        """Three-way merge of ``ref`` into this branch; returns the merge commit id (see versioning.merge)."""
+        from hubdask.versioning.merge import merge
+
+        branch = self._writable_branch(f"merge {ref!r} into it")
+        if self._repo.uncommitted(branch):
+            self._repo.commit(branch, f"commit before merging {ref}")
+        cid = merge(self._repo, branch, ref, strategy=strategy, message=message, name=self._name)
+        self._follow(branch)
+        return cid
+
+    def diff(self, other: str | None = None) -> list[Change]:
+        """What differs between ``other`` (default: this branch's last commit) and this state."""
+        from hubdask.versioning.diff import diff
+
+        return diff(self._repo, other, self.ref)

@@ -1,0 +1,71 @@
+"""A Source: one array at one resolved state, small and picklable, the unit every dask task carries.
+
+Each process opens the zarr Array of a Source once and keeps it (LRU), so tasks pay no metadata I/O.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import zarr
+
+from hubdask.storage import Root
+from hubdask.versioning import repository
+
+_OPEN: OrderedDict[tuple, zarr.Array] = OrderedDict()
+_OPEN_LOCK = threading.Lock()
+_KEEP = 64
+
+
+@dataclass(frozen=True)
+class Source:
+    root: Root
+    ds: str  # dataset path under the root
+    path: str  # array path inside the dataset ("" for a single-array dataset)
+    commit: str | None  # the commit read (for a branch: its base)
+    node: str | None = None  # a branch's open node: writes go there
+    branch: str | None = None
+
+    @classmethod
+    def at(cls, root: Root, ds: str, path: str, commit: str | None, head=None) -> "Source":
+        """The source of array ``path`` at a commit, or at a branch head (writable)."""
+        if head is None:
+            return cls(root, ds, path, commit)
+        return cls(root, ds, path, head.base, head.node, head.branch)
+
+    def __dask_tokenize__(self) -> tuple:
+        return ("hubdask.Source", self.root.token, self.ds, self.path, self.commit, self.node)
+
+    @property
+    def key(self) -> tuple:
+        return self.__dask_tokenize__()
+
+    def chunk_prefix(self) -> str:
+        return f"{self.path}/" if self.path else ""
+
+    def zarr(self) -> zarr.Array:
+        """The zarr Array over this state's versioned store (opened once per process)."""
+        with _OPEN_LOCK:
+            arr = _OPEN.get(self.key)
+            if arr is not None:
+                _OPEN.move_to_end(self.key)
+                return arr
+        repo = repository(self.root, self.ds)
+        from hubdask.storage.cache import immutable_reader
+
+        store = repo.store_at(self.commit, self.node, immutable_get=immutable_reader(self.root))
+        arr = zarr.open_array(store=store, path=self.path, mode="r" if self.node is None else "r+",
+                              zarr_format=3)
+        with _OPEN_LOCK:
+            _OPEN[self.key] = arr
+            while len(_OPEN) > _KEEP:
+                _OPEN.popitem(last=False)
+        return arr
+
+    def written(self, key: str) -> bool | None:
+        """Whether chunk ``key`` holds data at the base commit; None if unknowable without I/O (a branch)."""
+        if self.node is not None:
+            return None
+        return key in repository(self.root, self.ds).graph.chunk_map(self.commit)

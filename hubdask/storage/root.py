@@ -1,0 +1,242 @@
+"""A root: where datasets live. A path or URL becomes a zarr v3 ``Store`` plus the few primitives
+the versioning layer needs (exclusive create for atomic refs, listing).
+
+``Root`` pickles to its URL and options and reopens its store in the receiving process, so dask tasks
+carry a root, never a live connection. Its repr shows the URL only: options may hold credentials.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from zarr.abc.store import Store
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync as _sync
+from zarr.storage import FsspecStore, LocalStore, MemoryStore
+
+from hubdask import config
+
+T = TypeVar("T")
+_PROTO = default_buffer_prototype()
+_MEMORY: dict[str, dict[str, Any]] = {}  # memory://NAME -> the dict behind every MemoryStore of NAME
+_OPEN: dict[tuple[str, str], "Root"] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+def sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine on zarr's I/O event loop (one loop thread per process, fork-safe)."""
+    return _sync(coro)
+
+
+def options_token(options: dict[str, Any]) -> str:
+    """A stable digest of storage options, so equal options share one open root (secrets stay hidden)."""
+    return hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def open_root(url: str | os.PathLike | None = None, storage_options: dict[str, Any] | None = None) -> "Root":
+    """The Root for ``url`` (default: ``HUBDASK_ROOT`` or ``~/.hubdask``), one per process per URL."""
+    url = normalize_url(url if url is not None else config.root())
+    options = dict(storage_options or {})
+    key = (url, options_token(options))
+    with _OPEN_LOCK:
+        root = _OPEN.get(key)
+        if root is None:
+            root = _OPEN[key] = Root(url, options)
+        return root
+
+
+def normalize_url(url: str | os.PathLike) -> str:
+    url = os.fspath(url)
+    if "://" not in url:
+        return os.path.abspath(os.path.expanduser(url))
+    if url.startswith("file://"):
+        return os.path.abspath(url[len("file://"):])
+    return url.rstrip("/") if not url.endswith("://") else url
+
+
+class Root:
+    """A storage root URL with its zarr Store, opened lazily in each process."""
+
+    def __init__(self, url: str, options: dict[str, Any]) -> None:
+        self.url = url
+        self._options = options
+        self._store: Store | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Root({self.url!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open_root, (self.url, self._options))
+
+    @property
+    def token(self) -> str:
+        return f"{self.url}#{options_token(self._options)}"
+
+    @property
+    def scheme(self) -> str:
+        return self.url.split("://")[0] if "://" in self.url else "file"
+
+    @property
+    def is_local(self) -> bool:
+        return self.scheme == "file"
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    self._store = _make_store(self.url, self._options)
+        return self._store
+
+    # --- the primitives of the layers above, as coroutines and as blocking calls -----------------
+
+    async def get_async(self, key: str) -> bytes | None:
+        buf = await self.store.get(key, prototype=_PROTO)
+        return None if buf is None else buf.to_bytes()
+
+    async def put_async(self, key: str, data: bytes) -> None:
+        await self.store.set(key, _PROTO.buffer.from_bytes(data))
+
+    async def create_async(self, key: str, data: bytes) -> bool:
+        """Write ``key`` only if it does not exist; True if this call created it. Atomic where the
+        backend allows: local (link of a complete temp file), memory, S3 (If-None-Match)."""
+        store, buf = self.store, _PROTO.buffer.from_bytes(data)
+        if isinstance(store, LocalStore):
+            try:
+                await store._set(key, buf, exclusive=True)
+                return True
+            except FileExistsError:
+                return False
+        if isinstance(store, MemoryStore):
+            if key in store._store_dict:
+                return False
+            store._store_dict[key] = buf
+            return True
+        if type(store).__name__ == "ObjectStore":
+            import obstore
+
+            try:
+                await obstore.put_async(store.store, key, data, mode="create")
+                return True
+            except obstore.exceptions.AlreadyExistsError:
+                return False
+        if isinstance(store, FsspecStore):
+            path = f"{store.path.rstrip('/')}/{key}"
+            if self.scheme in ("s3", "s3a"):
+                try:
+                    await store.fs._pipe_file(path, data, mode="create")
+                    return True
+                except (FileExistsError, OSError) as exc:
+                    if isinstance(exc, FileExistsError) or "PreconditionFailed" in str(exc):
+                        return False
+                    raise
+        # Any other fsspec backend: best effort (check, then write); documented in the README.
+        if await store.exists(key):
+            return False
+        await store.set(key, buf)
+        return True
+
+    async def delete_async(self, key: str) -> None:
+        await self.store.delete(key)
+
+    async def list_prefix_async(self, prefix: str) -> list[str]:
+        return [k async for k in self.store.list_prefix(prefix)]
+
+    async def list_dir_async(self, prefix: str) -> list[str]:
+        return [k async for k in self.store.list_dir(prefix)]
+
+    def get(self, key: str) -> bytes | None:
+        return sync(self.get_async(key))
+
+    def put(self, key: str, data: bytes) -> None:
+        sync(self.put_async(key, data))
+
+    def create(self, key: str, data: bytes) -> bool:
+        return sync(self.create_async(key, data))
+
+    def delete(self, key: str) -> None:
+        sync(self.delete_async(key))
+
+    def list_prefix(self, prefix: str) -> list[str]:
+        return sync(self.list_prefix_async(prefix))
+
+    def list_dir(self, prefix: str) -> list[str]:
+        return sync(self.list_dir_async(prefix))
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every key under ``prefix``; returns how many."""
+
+        async def run() -> int:
+            keys = await self.list_prefix_async(prefix)
+            for k in keys:
+                await self.store.delete(k)
+            return len(keys)
+
+        return sync(run())
+
+
+def _make_store(url: str, options: dict[str, Any]) -> Store:
+    scheme = url.split("://")[0] if "://" in url else "file"
+    if scheme == "file":
+        return LocalStore(url)
+    if scheme == "memory":
+        return MemoryStore(_MEMORY.setdefault(url, {}))
+    if scheme in ("s3", "s3a") and config.s3_client() == "obstore":
+        return _obstore_s3(url, options)
+    return FsspecStore.from_url(url, storage_options=_fsspec_options(scheme, options))
+
+
+def _fsspec_options(scheme: str, options: dict[str, Any]) -> dict[str, Any]:
+    opts = dict(options)
+    if scheme in ("s3", "s3a"):
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint and "endpoint_url" not in opts and "endpoint_url" not in opts.get("client_kwargs", {}):
+            opts["endpoint_url"] = endpoint
+    return opts
+
+
+def _obstore_s3(url: str, options: dict[str, Any]) -> Store:
+    """zarr's ObjectStore over obstore's S3Store, configured from s3fs-style options and AWS env vars."""
+    from obstore.store import S3Store
+    from zarr.storage import ObjectStore
+
+    opts = dict(options)
+    client_kwargs = opts.pop("client_kwargs", {}) or {}
+    cfg: dict[str, Any] = {}
+    endpoint = (
+        opts.pop("endpoint_url", None)
+        or client_kwargs.get("endpoint_url")
+        or os.environ.get("AWS_ENDPOINT_URL_S3")
+        or os.environ.get("AWS_ENDPOINT_URL")
+    )
+    if endpoint:
+        cfg["endpoint"] = endpoint
+    for ours, theirs in (("key", "access_key_id"), ("secret", "secret_access_key"), ("token", "session_token")):
+        if opts.get(ours):
+            cfg[theirs] = opts.pop(ours)
+    region = client_kwargs.get("region_name") or opts.pop("region", None) or os.environ.get("AWS_REGION") or os.environ.get(
+        "AWS_DEFAULT_REGION"
+    )
+    if region:
+        cfg["region"] = region
+    if opts.pop("anon", False):
+        cfg["skip_signature"] = True
+    client_options: dict[str, Any] = {"timeout": "120s", "connect_timeout": "10s"}
+    if endpoint and endpoint.startswith("http://"):
+        client_options["allow_http"] = True
+    bucket_and_prefix = url.split("://", 1)[1]
+    bucket, _, prefix = bucket_and_prefix.partition("/")
+    store = S3Store(
+        bucket,
+        prefix=prefix or None,
+        config=cfg,
+        client_options=client_options,
+        retry_config={"max_retries": 10, "backoff": {"init_backoff": 0.1, "max_backoff": 5, "base": 2}, "retry_timeout": 120},
+    )
+    return ObjectStore(store)

@@ -1,0 +1,145 @@
+"""Immutable commit records and the chunk maps they define.
+
+A commit is the sealed node it was made from: ``commits/ID`` records its parents, message, time and
+its *changes*: logical zarr key -> the node holding that key's bytes (None: deleted). The state of a
+commit, its chunk map, is its first parent's map updated by its changes, so a commit that changed one
+chunk stores one small record and one chunk. Records are immutable, so they are cached forever.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from hubdask.storage import Root
+
+ChunkMap = dict[str, str | None]
+
+
+def new_node_id() -> str:
+    """A node (and future commit) id: 12 hex digits of milliseconds since the epoch, then 8 random.
+
+    The time prefix lets garbage collection leave young nodes alone without reading object dates.
+    """
+    return f"{int(time.time() * 1000):012x}{os.urandom(4).hex()}"
+
+
+def node_time(node: str) -> float:
+    """Seconds since the epoch at which ``node`` was made."""
+    return int(node[:12], 16) / 1000
+
+
+@dataclass(frozen=True)
+class Commit:
+    id: str
+    parents: tuple[str, ...]
+    message: str
+    time: float
+    changes: dict[str, str | None] = field(repr=False)
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {"id": self.id, "parents": list(self.parents), "message": self.message, "time": self.time,
+             "changes": self.changes}
+        ).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> "Commit":
+        d = json.loads(raw)
+        return cls(d["id"], tuple(d["parents"]), d["message"], d["time"], d["changes"])
+
+
+def commit_key(ds: str, commit_id: str) -> str:
+    return f"{ds}/commits/{commit_id}"
+
+
+class CommitGraph:
+    """Reads commit records once and keeps them and a few chunk maps in memory."""
+
+    MAPS_KEPT = 8
+
+    def __init__(self, root: Root, ds: str) -> None:
+        self.root, self.ds = root, ds
+        self._records: dict[str, Commit] = {}
+        self._maps: OrderedDict[str, ChunkMap] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, commit_id: str) -> Commit | None:
+        rec = self._records.get(commit_id)
+        if rec is None:
+            raw = self.root.get(commit_key(self.ds, commit_id))
+            if raw is None:
+                return None
+            rec = self._records[commit_id] = Commit.from_json(raw)
+        return rec
+
+    def write(self, commit: Commit) -> Commit:
+        """Store ``commit`` unless a record with its id exists; return the stored record."""
+        if not self.root.create(commit_key(self.ds, commit.id), commit.to_json()):
+            existing = self.get(commit.id)
+            assert existing is not None
+            return existing
+        self._records[commit.id] = commit
+        return commit
+
+    def chain(self, commit_id: str | None) -> list[Commit]:
+        """First-parent history, newest first."""
+        out = []
+        while commit_id is not None:
+            rec = self.get(commit_id)
+            if rec is None:
+                raise LookupError(f"commit {commit_id} of dataset {self.ds!r} is missing from storage")
+            out.append(rec)
+            commit_id = rec.parents[0] if rec.parents else None
+        return out
+
+    def chunk_map(self, commit_id: str | None) -> ChunkMap:
+        """Logical key -> holding node for every key present at ``commit_id`` (built once, kept)."""
+        if commit_id is None:
+            return {}
+        with self._lock:
+            if commit_id in self._maps:
+                self._maps.move_to_end(commit_id)
+                return self._maps[commit_id]
+        chain = self.chain(commit_id)
+        start, state = len(chain), {}
+        with self._lock:  # start from the nearest ancestor whose map is in memory
+            for i, rec in enumerate(chain):
+                if rec.id in self._maps:
+                    start, state = i, dict(self._maps[rec.id])
+                    break
+        for rec in reversed(chain[:start]):
+            for key, holder in rec.changes.items():
+                if holder is None:
+                    state.pop(key, None)
+                else:
+                    state[key] = holder
+        with self._lock:
+            self._maps[commit_id] = state
+            while len(self._maps) > self.MAPS_KEPT:
+                self._maps.popitem(last=False)
+        return state
+
+    def ancestors(self, commit_id: str) -> dict[str, int]:
+        """Every ancestor (all parents, not only the first) -> its distance from ``commit_id``."""
+        dist, frontier = {commit_id: 0}, [commit_id]
+        while frontier:
+            nxt = []
+            for cid in frontier:
+                rec = self.get(cid)
+                for p in rec.parents if rec else ():
+                    if p not in dist:
+                        dist[p] = dist[cid] + 1
+                        nxt.append(p)
+            frontier = nxt
+        return dist
+
+    def merge_base(self, a: str, b: str) -> str | None:
+        """The nearest common ancestor of two commits, or None for unrelated histories."""
+        da, db = self.ancestors(a), self.ancestors(b)
+        common = set(da) & set(db)
+        return min(common, key=lambda c: (da[c] + db[c], c)) if common else None

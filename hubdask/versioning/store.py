@@ -1,0 +1,122 @@
+"""The versioned zarr Store view: logical zarr keys resolved to physical objects of one state.
+
+At a commit the view is read-only and every key resolves in memory through the commit's chunk map
+(an unwritten chunk costs no request). At a branch the view reads the branch's open node first (its
+uncommitted writes, so every returned write is seen) and falls back to the base commit's map; writes go
+to the open node. A zero-byte object in a node is a tombstone: the key was deleted there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from zarr.abc.store import ByteRequest, Store
+from zarr.core.buffer import Buffer, BufferPrototype
+
+from hubdask.errors import CorruptChunkError
+from hubdask.storage import Root
+
+PARTIAL_SUFFIX = ".partial"  # LocalStore's temp files while a write is in flight
+
+
+def node_prefix(ds: str, node: str) -> str:
+    return f"{ds}/nodes/{node}/"
+
+
+class VersionedStore(Store):
+    """A zarr Store over one dataset state: ``chunk_map`` (the base commit) plus an optional open node."""
+
+    supports_writes = True
+    supports_deletes = True
+    supports_partial_writes = False
+    supports_listing = True
+
+    def __init__(self, root: Root, ds: str, chunk_map: dict[str, str | None], node: str | None = None,
+                 *, immutable_get: Any = None) -> None:
+        super().__init__(read_only=node is None)
+        self.root, self.ds, self.chunk_map, self.node = root, ds, chunk_map, node
+        self._immutable_get = immutable_get  # the disk cache's reader for committed objects, if any
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, VersionedStore) and (self.root.token, self.ds, self.node)
+                == (other.root.token, other.ds, other.node) and self.chunk_map is other.chunk_map)
+
+    def __repr__(self) -> str:
+        return f"VersionedStore({self.root.url!r}, {self.ds!r}, node={self.node})"
+
+    def with_read_only(self, read_only: bool = False) -> "VersionedStore":
+        return VersionedStore(self.root, self.ds, self.chunk_map, None if read_only else self.node,
+                              immutable_get=self._immutable_get)
+
+    def physical_key(self, key: str, node: str) -> str:
+        return f"{self.ds}/nodes/{node}/{key}"
+
+    async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:
+        store = self.root.store
+        if self.node is not None:
+            buf = await store.get(self.physical_key(key, self.node), prototype, byte_range)
+            if buf is not None:
+                return None if len(buf) == 0 else buf
+        holder = self.chunk_map.get(key)
+        if holder is None:
+            return None
+        pkey = self.physical_key(key, holder)
+        if self._immutable_get is not None and byte_range is None:
+            buf = await self._immutable_get(pkey, prototype)
+        else:
+            buf = await store.get(pkey, prototype, byte_range)
+        if buf is None:
+            raise CorruptChunkError(
+                f"dataset {self.ds!r}: object {key!r} of a committed version is missing from storage "
+                f"(expected {pkey!r}); the store was modified outside hubdask"
+            )
+        return None if len(buf) == 0 else buf
+
+    async def get_partial_values(self, prototype: BufferPrototype,
+                                 key_ranges: Iterable[tuple[str, ByteRequest | None]]) -> list[Buffer | None]:
+        return [await self.get(k, prototype, r) for k, r in key_ranges]
+
+    async def exists(self, key: str) -> bool:
+        return await self.get(key, _proto()) is not None
+
+    async def set(self, key: str, value: Buffer) -> None:
+        self._check_writable()
+        await self.root.store.set(self.physical_key(key, self.node), value)
+
+    async def delete(self, key: str) -> None:
+        self._check_writable()
+        await self.root.store.set(self.physical_key(key, self.node), _proto().buffer.from_bytes(b""))
+
+    async def _keys(self) -> set[str]:
+        keys = {k for k, h in self.chunk_map.items() if h is not None}
+        if self.node is not None:
+            prefix = node_prefix(self.ds, self.node)
+            async for k in self.root.store.list_prefix(prefix):
+                if not k.endswith(PARTIAL_SUFFIX):
+                    keys.add(k[len(prefix):])
+        return keys
+
+    async def list(self) -> AsyncIterator[str]:
+        for k in sorted(await self._keys()):
+            yield k
+
+    async def list_prefix(self, prefix: str) -> AsyncIterator[str]:
+        for k in sorted(await self._keys()):
+            if k.startswith(prefix):
+                yield k
+
+    async def list_dir(self, prefix: str) -> AsyncIterator[str]:
+        prefix = prefix.rstrip("/") + "/" if prefix else ""
+        seen = set()
+        for k in await self._keys():
+            if k.startswith(prefix):
+                seen.add(k[len(prefix):].split("/", 1)[0])
+        for k in sorted(seen):
+            yield k
+
+
+def _proto() -> BufferPrototype:
+    from zarr.core.buffer import default_buffer_prototype
+
+    return default_buffer_prototype()

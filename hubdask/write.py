@@ -1,0 +1,170 @@
+"""The write path: validated setitem, read-modify-write of partial chunks under chunk locks, and
+``hd.store``, which aligns a dask array to storage chunks so that each chunk has exactly one writer.
+
+Every write goes to the branch's open node. If a commit sealed that node while the write was in flight,
+the write is repeated in the next open node (see versioning.repository), so no returned write is lost.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hubdask import grid
+from hubdask.errors import ReadOnlyError
+from hubdask.locks import chunk_locks, lock_name
+from hubdask.source import Source
+from hubdask.versioning import repository
+
+if TYPE_CHECKING:
+    import dask.array as da
+
+    from hubdask.array import Array
+
+
+def coerce(value: Any, dtype: np.dtype, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """``value`` as an array of ``dtype`` broadcast to ``shape``; TypeError/ValueError if it does not fit.
+
+    Safe casts pass; so do same-kind casts (and Python numbers) whose values survive the cast exactly.
+    """
+    arr = np.asarray(value)
+    if arr.dtype == object or arr.dtype.kind in "OUSV" and dtype.kind not in "OUSV":
+        raise TypeError(f"{what}: cannot write values of dtype {arr.dtype} into an array of dtype {dtype}")
+    if arr.dtype != dtype and not np.can_cast(arr.dtype, dtype, "safe"):
+        same_kind = np.can_cast(arr.dtype, dtype, "same_kind")
+        python_number = not isinstance(value, np.ndarray)
+        if not (same_kind or python_number or (arr.dtype.kind in "iub" and dtype.kind in "iuf")):
+            raise TypeError(f"{what}: cannot safely cast values of dtype {arr.dtype} to the array's dtype {dtype}")
+        if dtype.kind in "iub":
+            if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+                raise TypeError(f"{what}: NaN or infinity cannot be written into an array of dtype {dtype}")
+            with np.errstate(all="ignore"):
+                cast = arr.astype(dtype)
+            if not np.array_equal(cast, arr):
+                info = np.iinfo(dtype) if dtype.kind in "iu" else None
+                rng = f" (range {info.min}..{info.max})" if info else ""
+                raise TypeError(f"{what}: values do not fit the array's dtype {dtype}{rng} without change")
+            arr = cast
+    try:
+        return np.broadcast_to(arr.astype(dtype, copy=False), shape)
+    except ValueError:
+        raise ValueError(f"{what}: value of shape {arr.shape} cannot be broadcast to the selection's shape "
+                         f"{shape}") from None
+
+
+def setitem(target: "Array", index: Any, value: Any) -> None:
+    """``target[index] = value``: everything is validated before a byte is written."""
+    what = f"dataset {target.name!r}"
+    src = target._source
+    if src.branch is None:
+        raise ReadOnlyError(f"{what} is opened at commit {src.commit} (a tag or commit id) and is read-only; "
+                            "write to a branch instead")
+    axes = grid.compose(target._axes, index, what)
+    data = coerce(value, target.dtype, grid.view_shape(axes), what)
+    sel, out_axis = [], 0
+    for a in axes:
+        if isinstance(a, grid.Span):
+            asc = a.ascending()
+            if asc is not a:
+                data = np.flip(data, out_axis)
+            sel.append(slice(asc.start, asc.start + (asc.n - 1) * asc.step + 1, asc.step) if asc.n else None)
+            out_axis += 1
+        else:
+            sel.append(a)
+    if any(s is None for s in sel):
+        return  # an empty selection writes nothing
+    target._source = write_region(src, tuple(sel), data, target.storage_shape, target.storage_chunks)
+
+
+def partial_chunks(sel: tuple[int | slice, ...], shape: tuple[int, ...], chunks: tuple[int, ...]) -> list[tuple]:
+    """Coordinates of the chunks that ``sel`` (ascending) touches without covering them whole."""
+    per_axis = []
+    for s, n, c in zip(sel, shape, chunks):
+        if isinstance(s, int):
+            per_axis.append([(s // c, c == 1 or n - (s // c) * c == 1)])
+            continue
+        span = grid.Span(s.start, s.step, len(range(s.start, s.stop, s.step)))
+        per_axis.append([(p.chunk, p.i1 - p.i0 == min(c, n - p.chunk * c)) for p in grid.pieces(span, c)])
+    if all(full for axis in per_axis for _, full in axis):
+        return []
+    return [tuple(j for j, _ in combo) for combo in itertools.product(*per_axis)
+            if not all(full for _, full in combo)]
+
+
+def write_region(src: Source, sel: tuple, data: np.ndarray, shape: tuple[int, ...], chunks: tuple[int, ...],
+                 lock: bool | str | None = None) -> Source:
+    """Write ``data`` at ``sel`` on ``src``'s branch, locking the partial chunks; returns the source
+    the write finally landed in (another open node if a commit sealed the first)."""
+    repo = repository(src.root, src.ds)
+    names = [lock_name(src.root.url, src.ds, src.branch, grid.chunk_key(c, src.path))
+             for c in partial_chunks(sel, shape, chunks)]
+    with chunk_locks(names, lock):
+        while True:
+            src.zarr()[sel] = data
+            if not repo.is_sealed(src.node):
+                return src
+            head = repo.wait_for_new_head(src.branch, src.node)
+            src = Source.at(src.root, src.ds, src.path, head.base, head)
+
+
+def _write_block(block: np.ndarray, src: Source, offset: tuple[int, ...], shape: tuple[int, ...],
+                 chunk_shape: tuple[int, ...], target_dtype: np.dtype, what: str, lock: Any,
+                 block_info: dict | None = None) -> np.ndarray:
+    loc = block_info[0]["array-location"]
+    sel = tuple(slice(o + a, o + b) for o, (a, b) in zip(offset, loc))
+    write_region(src, sel, coerce(block, target_dtype, block.shape, what), shape, chunk_shape, lock)
+    return np.ones((1,) * block.ndim, dtype=np.int64)
+
+
+def aligned_chunks(offset: tuple[int, ...], extent: tuple[int, ...], chunks: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+    """Block sizes along each axis that cut ``[offset, offset+extent)`` exactly at storage chunk borders."""
+    out = []
+    for o, n, c in zip(offset, extent, chunks):
+        sizes, pos = [], o
+        while pos < o + n:
+            nxt = min((pos // c + 1) * c, o + n)
+            sizes.append(nxt - pos)
+            pos = nxt
+        out.append(tuple(sizes) or (0,))
+    return tuple(out)
+
+
+def store(source: "da.Array", target: "Array", region: tuple[slice, ...] | None = None, *,
+          lock: bool | str | None = None) -> "da.Array":
+    """A lazy dask array (the count of blocks written) whose computation writes ``source`` into ``target``.
+
+    ``source`` is rechunked to the target's storage chunks inside ``region``, so each storage chunk is
+    written by exactly one task; only chunks cut by the region's edges are read-modify-written.
+    """
+    import dask.array as da
+
+    what = f"dataset {target.name!r}"
+    src = target._source
+    if src.branch is None:
+        raise ReadOnlyError(f"{what} is opened at commit {src.commit} and is read-only; store into a branch")
+    if target.is_view:
+        raise ValueError(f"{what}: store into the whole array with region=..., not into a view")
+    shape, chunks = target.storage_shape, target.storage_chunks
+    region = grid.normalize_index(region if region is not None else (), shape, what)
+    if any(isinstance(r, int) for r in region) or any(r.step not in (None, 1) for r in region):
+        raise ValueError(f"{what}: region must be a tuple of slices with step 1, got {region}")
+    bounds = [r.indices(n)[:2] for r, n in zip(region, shape)]
+    offset = tuple(a for a, _ in bounds)
+    extent = tuple(max(b - a, 0) for a, b in bounds)
+    if tuple(source.shape) != extent:
+        raise ValueError(f"{what}: the dask array has shape {tuple(source.shape)} but the region {region} "
+                         f"has shape {extent}")
+    if not np.can_cast(source.dtype, target.dtype, "same_kind") and not (
+            source.dtype.kind in "iub" and target.dtype.kind in "iuf"):
+        raise TypeError(f"{what}: cannot store a dask array of dtype {source.dtype} into dtype {target.dtype}")
+    if math.prod(extent) == 0:
+        return da.zeros((), dtype=np.int64)
+    aligned = source.rechunk(aligned_chunks(offset, extent, chunks))
+    written = aligned.map_blocks(
+        _write_block, src=src, offset=offset, shape=shape, chunk_shape=chunks, target_dtype=target.dtype, what=what, lock=lock,
+        chunks=tuple((1,) * len(c) for c in aligned.chunks), dtype=np.int64, meta=np.empty((0,) * aligned.ndim, np.int64),
+    )
+    return written.sum()
