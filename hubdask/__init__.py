@@ -1,11 +1,16 @@
 """hubdask: versioned, named, chunked arrays on object storage that are Dask collections."""
 
-from hubdask.api import array, delete, load, ls, store
+from hubdask.api import array, delete, gc, load, ls, store
 from hubdask.array import Array
+from hubdask.compute import map_blocks
+from hubdask.storage import cache
+from hubdask.dataset import Dataset, dataset
 from hubdask.errors import ConflictError, CorruptChunkError, InvalidNameError, NotFoundError, ReadOnlyError
 
 __all__ = [
+    "cache", "map_blocks",
     "Array", "ConflictError", "CorruptChunkError", "InvalidNameError", "NotFoundError", "ReadOnlyError",
-    "array", "delete", "load", "ls", "store",
+    "Dataset", "dataset",
+    "array", "delete", "gc", "load", "ls", "store",
 ]
 __version__ = "0.1.0"

@@ -79,6 +79,13 @@ def _check_shape_dtype_chunks(what: str, shape: Any, dtype: Any, chunks: Any) ->
     return shape, dt, chunks
 
 
+def _fill_value(what: str, fill_value: Any, dt: np.dtype) -> Any:
+    try:
+        return np.array(fill_value).astype(dt).item() if fill_value is not None else 0
+    except (TypeError, ValueError):
+        raise TypeError(f"{what}: fill_value {fill_value!r} does not fit dtype {dt}") from None
+
+
 def _compressors(codecs: Any) -> tuple:
     from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
@@ -105,10 +112,7 @@ def array(shape: Any, name: str, dtype: Any = "float64", chunks: Any = None, fil
     root, n = locate(name, storage, storage_options)
     what = f"dataset {str(n)!r}"
     shape, dt, chunks = _check_shape_dtype_chunks(what, shape, dtype, chunks)
-    try:
-        fill = np.array(fill_value).astype(dt).item() if fill_value is not None else 0
-    except (TypeError, ValueError):
-        raise TypeError(f"{what}: fill_value {fill_value!r} does not fit dtype {dt}") from None
+    fill = _fill_value(what, fill_value, dt)
     compressors = _compressors(codecs)
     repo = repository(root, n.path)
     branch = n.ref or DEFAULT_BRANCH
@@ -129,8 +133,10 @@ def array(shape: Any, name: str, dtype: Any = "float64", chunks: Any = None, fil
     return load(name, storage=root)
 
 
-def load(name: str, storage: Storage = None, storage_options: dict | None = None, *, _path: str = "") -> Any:
-    """Open a named array or dataset lazily (metadata only) at a branch (default) , tag or commit."""
+def load(name: str, storage: Storage = None, storage_options: dict | None = None, *, _path: str = "",
+         cache: bool = True) -> Any:
+    """Open a named array or dataset lazily (metadata only) at a branch (default) , tag or commit.
+    ``cache=False`` reads committed chunks of a remote root from storage, bypassing the local disk cache."""
     root, n = locate(name, storage, storage_options)
     repo = repository(root, n.path)
     if not repo.exists():
@@ -138,7 +144,7 @@ def load(name: str, storage: Storage = None, storage_options: dict | None = None
     state = repo.resolve(n.ref or repo.default_branch())
     display = _display(root, n, state.ref)
     meta = _node_metadata(repo, state, _path, display)
-    src = Source.at(root, n.path, _path, state.commit, state.head)
+    src = Source.at(root, n.path, _path, state.commit, state.head, cache=cache)
     if meta.get("node_type") == "group":
         from hubdask.dataset import Dataset
 
@@ -194,6 +200,20 @@ def delete(name: str, storage: Storage = None, storage_options: dict | None = No
         raise NotFoundError(f"no dataset {name!r} in {root.url}")
     root.delete(f"{n.path}/{MARKER}")
     return root.delete_prefix(f"{n.path}/") + 1
+
+
+def gc(name: str, dry_run: bool = True, grace: float = 3600.0, storage: Storage = None,
+       storage_options: dict | None = None):
+    """Objects of a dataset that no branch, tag or open node reaches; deleted unless ``dry_run``.
+
+    Nodes younger than ``grace`` seconds are spared (they may be in flight)."""
+    from hubdask.versioning.gc import gc as collect
+
+    root, n = locate(name, storage, storage_options)
+    repo = repository(root, n.path)
+    if not repo.exists():
+        raise NotFoundError(f"no dataset {name!r} in {root.url}")
+    return collect(repo, dry_run=dry_run, grace=grace)
 
 
 def store(source: Any, target: str | Array, region: Any = None, *, storage: Storage = None,

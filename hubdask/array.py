@@ -87,6 +87,19 @@ class Array(Versioned):
         return (f"hubdask.Array<{self._name!r}, shape={self.shape}, dtype={self.dtype}, "
                 f"chunks={self.chunks}>")
 
+    def _repr_html_(self) -> str:
+        from hubdask.viz import repr_html
+
+        return repr_html(self)
+
+    def show(self, index: Any = (), **kwargs: Any) -> Any:
+        """Draw ``self[index]`` with matplotlib (see hubdask.viz.show); returns the Axes."""
+        from hubdask.viz import show
+
+        return show(self, index, **kwargs)
+
+    plot = show
+
     @property
     def is_view(self) -> bool:
         return self._axes != grid.full(self.storage_shape)
@@ -110,7 +123,7 @@ class Array(Versioned):
             return self._source
         src = self._source
         head = self._repo.resolve(src.branch).head
-        return Source.at(src.root, src.ds, src.path, head.base, head)
+        return Source.at(src.root, src.ds, src.path, head.base, head, cache=src.cache)
 
     def _selection(self) -> tuple[tuple[int | slice, ...], tuple[int, ...]]:
         """The ascending zarr selection of the view and the output axes to flip afterwards."""
@@ -139,6 +152,12 @@ class Array(Versioned):
     def to_dask(self) -> da.Array:
         """A dask array with one task per storage chunk the view touches."""
         return build_dask(self._fresh_source(), self._axes, self._meta, self._name)
+
+    def to_xarray(self, dims: Any = None, **kwargs: Any) -> Any:
+        """A lazy (dask-backed) ``xarray.DataArray`` of the view (see integrations.xarray)."""
+        from hubdask.integrations.xarray import to_xarray
+
+        return to_xarray(self, dims, **kwargs)
 
     def compute(self, **kwargs: Any) -> np.ndarray:
         (out,) = dask.compute(self, **kwargs)
@@ -180,20 +199,32 @@ class Array(Versioned):
     def astype(self, dtype: Any) -> da.Array:
         return self.to_dask().astype(dtype)
 
+    # Whole-view reductions (axis=None) run in bounded waves, exactly, with unwritten chunks taken from
+    # the fill value (hubdask.compute): any size of array. With an axis they are dask.array's.
+    def _reduction(self, op: str, axis: Any, kw: dict) -> da.Array:
+        if axis is None and set(kw) <= ({"ddof"} if op in ("std", "var") else set()):
+            from hubdask.compute import lazy_reduce
+
+            return lazy_reduce(self, op, **kw)
+        return getattr(self.to_dask(), op)(axis=axis, **kw)
+
     def sum(self, axis: Any = None, **kw: Any) -> da.Array:
-        return self.to_dask().sum(axis=axis, **kw)
+        return self._reduction("sum", axis, kw)
 
     def mean(self, axis: Any = None, **kw: Any) -> da.Array:
-        return self.to_dask().mean(axis=axis, **kw)
+        return self._reduction("mean", axis, kw)
 
     def std(self, axis: Any = None, **kw: Any) -> da.Array:
-        return self.to_dask().std(axis=axis, **kw)
+        return self._reduction("std", axis, kw)
+
+    def var(self, axis: Any = None, **kw: Any) -> da.Array:
+        return self._reduction("var", axis, kw)
 
     def min(self, axis: Any = None, **kw: Any) -> da.Array:
-        return self.to_dask().min(axis=axis, **kw)
+        return self._reduction("min", axis, kw)
 
     def max(self, axis: Any = None, **kw: Any) -> da.Array:
-        return self.to_dask().max(axis=axis, **kw)
+        return self._reduction("max", axis, kw)
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         inputs = tuple(x.to_dask() if isinstance(x, Array) else x for x in inputs)
@@ -219,8 +250,15 @@ Array.__abs__ = lambda self: abs(self.to_dask())
 
 
 def read_selection(source: Source, sel: tuple, name: str) -> np.ndarray:
-    """Read an ascending basic selection through zarr, turning codec failures into a clear error."""
+    """Read an ascending basic selection: hubdask's chunk engine (concurrent fetches, threaded decode
+    straight into the output; see chunkio.py), or zarr for codec chains the engine does not run.
+    Codec failures become a CorruptChunkError naming the dataset and chunk."""
+    from hubdask import chunkio
+
     try:
+        out = chunkio.read(source, sel, name)
+        if out is not None:
+            return out
         out = source.zarr()[sel]
     except CorruptChunkError:
         raise
@@ -247,6 +285,8 @@ def build_dask(source: Source, axes: tuple[grid.Axis, ...], meta: Any, name: str
     live = [k for k, a in enumerate(axes) if isinstance(a, grid.Span)]
     spans = {k: axes[k].ascending() for k in live}
     flipped = {k for k in live if spans[k] is not axes[k]}
+    if any(spans[k].n == 0 for k in live):
+        return da.empty(tuple(spans[k].n for k in live), dtype=dtype)
     n_tasks = math.prod(grid.count_pieces(spans[k], chunk_shape[k]) for k in live) if live else 1
     if n_tasks > MAX_GRAPH_TASKS:
         raise ValueError(

@@ -1,16 +1,19 @@
 """Every setting hubdask reads from the environment, in one place.
 
-=====================  ===========================================  ==========================
-variable               meaning                                      default
-=====================  ===========================================  ==========================
-HUBDASK_ROOT           where names without a URL live               ``~/.hubdask``
-HUBDASK_CACHE          local chunk cache folder                     ``~/.cache/hubdask``
-HUBDASK_CACHE_SIZE     cache bound, bytes or with K/M/G/T suffix    ``10G``
-HUBDASK_LOCKS          ``auto``, ``distributed``, ``local``, ``off``  ``auto``
-HUBDASK_S3_CLIENT      ``obstore`` (fast) or ``s3fs``               ``obstore``
-HUBDASK_CHUNK_MB       target chunk size for automatic chunking     ``8``
-HUBDASK_PROGRESS       ``auto`` (on a terminal), ``on``, ``off``      ``auto``
-=====================  ===========================================  ==========================
+========================  =============================================  ====================
+variable                  meaning                                        default
+========================  =============================================  ====================
+HUBDASK_ROOT              where names without a URL live                 ``~/.hubdask``
+HUBDASK_CACHE             local chunk cache folder                       ``~/.cache/hubdask``
+HUBDASK_CACHE_SIZE        cache bound, bytes or with K/M/G/T suffix      ``10G``
+HUBDASK_LOCKS             ``auto``, ``distributed``, ``local``, ``off``  ``auto``
+HUBDASK_LOCK_STRIPES      lock stripes that chunk locks hash into        ``4096``
+HUBDASK_S3_CLIENT         ``obstore`` (fast) or ``s3fs``                 ``obstore``
+HUBDASK_CHUNK_MB          target chunk size for automatic chunking       ``8``
+HUBDASK_PROGRESS          ``auto`` (on a terminal), ``on``, ``off``      ``auto``
+HUBDASK_THREADS           threads decoding/encoding chunks per process   number of CPUs
+HUBDASK_READ_CONCURRENCY  chunk GETs/PUTs in flight per call (remote)    ``32``
+========================  =============================================  ====================
 """
 
 from __future__ import annotations
@@ -41,6 +44,11 @@ def lock_mode() -> str:
     return mode
 
 
+def lock_stripes() -> int:
+    """How many lock stripes chunk locks hash into (bounds the scheduler's lock state)."""
+    return max(1, int(os.environ.get("HUBDASK_LOCK_STRIPES", "4096")))
+
+
 def s3_client() -> str:
     client = os.environ.get("HUBDASK_S3_CLIENT", "obstore").lower()
     if client not in ("obstore", "s3fs"):
@@ -50,6 +58,14 @@ def s3_client() -> str:
 
 def chunk_target_bytes() -> int:
     return int(float(os.environ.get("HUBDASK_CHUNK_MB", "8")) * 2**20)
+
+
+def io_threads() -> int:
+    return max(1, int(os.environ.get("HUBDASK_THREADS") or os.cpu_count() or 1))
+
+
+def read_concurrency() -> int:
+    return max(1, int(os.environ.get("HUBDASK_READ_CONCURRENCY", "32")))
 
 
 def progress() -> str:

@@ -24,7 +24,12 @@ class Span:
         return self.start + (self.n - 1) * self.step
 
     def ascending(self) -> "Span":
-        return self if self.step > 0 or self.n <= 1 else Span(self.last, -self.step, self.n)
+        """The same elements in ascending order (returns self when already ascending)."""
+        if self.step > 0:
+            return self
+        if self.n <= 1:
+            return Span(self.start, 1, self.n)
+        return Span(self.last, -self.step, self.n)
 
 
 Axis = int | Span

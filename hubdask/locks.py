@@ -1,10 +1,20 @@
 """Chunk locks for read-modify-write of partial chunks.
 
 A lock is named after (root, dataset, branch, chunk). Inside a dask.distributed context (a current
-Client, or code running in a worker) it is a ``distributed.Lock``: the scheduler coordinates every
-machine, and its lease (``distributed.scheduler.locks.lease-timeout``, 30 s by default) frees the lock
-of a worker that died. Elsewhere it is a process-local lock plus a file lock, which coordinates threads
-and the processes of one machine. Several locks are always taken in one global (sorted) order.
+Client, or code running in a worker task) it is a ``distributed.Lock``: the scheduler coordinates every
+machine connected to it, and the lock's lease (``distributed.scheduler.locks.lease-timeout``, 30 s by
+default) frees the lock of a writer that died. Elsewhere it is a process-local lock plus a file lock,
+which coordinates the threads and processes of one machine sharing a local root.
+
+Chunk names are hashed into a bounded set of *stripes* (``HUBDASK_LOCK_STRIPES``, 4096 by default) and
+the stripe is what gets locked. distributed's scheduler never forgets a lock name (it keeps about eight
+dict entries per name until someone calls ``close``, which is unsafe while others wait), and every
+``distributed.Lock`` object keeps a lease-refresh callback alive in its process; one name per chunk
+would grow both without bound over a long job. Stripes bound them, at the price of a rare wait when
+two chunks share a stripe. Several stripes are always taken in one global (sorted) order, so writers
+never deadlock, and everything taken is released on any error.
+
+``distributed.MultiLock`` is never used: it has no lease, so a killed holder would keep it forever.
 """
 
 from __future__ import annotations
@@ -13,96 +23,159 @@ import contextlib
 import hashlib
 import sys
 import threading
+import weakref
 from collections.abc import Iterator
+from typing import Any
 
 from hubdask import config
 
-_LOCAL: dict[str, threading.Lock] = {}
-_LOCAL_GUARD = threading.Lock()
+_GUARD = threading.Lock()
+_THREAD: dict[str, threading.Lock] = {}  # stripe -> lock for the threads of this process
+_FILES: dict[str, Any] = {}  # stripe -> filelock.FileLock, shared by the processes of this machine
+# the Worker or Client a distributed lock is bound to -> {stripe: distributed.Lock}
+_DIST: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = weakref.WeakKeyDictionary()
 
 
 def lock_name(root_url: str, ds: str, branch: str, key: str) -> str:
+    """The logical lock of one chunk of one branch."""
     return f"hubdask:{root_url}/{ds}:{branch}/{key}"
+
+
+def stripe(name: str, stripes: int | None = None) -> str:
+    """The stripe that lock ``name`` maps to: the same in every process (a stable hash)."""
+    n = stripes or config.lock_stripes()
+    digest = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big")
+    return f"hubdask-lock-{digest % n:05d}"
 
 
 def distributed_active() -> bool:
     """True inside a dask.distributed worker or with a current distributed Client."""
+    return _distributed_owner() is not None
+
+
+def _distributed_owner() -> Any:
+    """The Worker this code runs in, else the current Client, else None (no import of distributed)."""
     if "distributed" not in sys.modules:
-        return False
+        return None
     import distributed
 
     try:
-        distributed.get_worker()
-        return True
+        return distributed.get_worker()
     except ValueError:
         pass
     try:
-        distributed.default_client()
-        return True
+        return distributed.default_client()
     except ValueError:
-        return False
+        return None
 
 
 def resolve_mode(lock: bool | str | None) -> str:
-    """``lock`` (True/False/None/mode name) -> one of distributed, local, off."""
+    """``lock`` (True/False/None/mode name) -> one of distributed, local, off.
+
+    ``None`` follows ``HUBDASK_LOCKS``; ``False`` is off; ``True`` locks even if the setting says off.
+    """
     if lock is False:
         return "off"
-    mode = lock if isinstance(lock, str) else config.lock_mode()
+    if isinstance(lock, str):
+        mode = lock.lower()
+        if mode not in ("auto", "distributed", "local", "off"):
+            raise ValueError(f"lock={lock!r}: expected True, False, 'auto', 'distributed', 'local' or 'off'")
+    else:
+        mode = config.lock_mode()
+        if lock is True and mode == "off":
+            mode = "auto"
     if mode == "auto":
         return "distributed" if distributed_active() else "local"
     return mode
 
 
-class _LocalLock:
-    """A thread lock of this process plus a file lock shared by the processes of this machine."""
+def _thread_lock(name: str) -> threading.Lock:
+    with _GUARD:
+        lk = _THREAD.get(name)
+        if lk is None:
+            lk = _THREAD[name] = threading.Lock()
+        return lk
 
-    def __init__(self, name: str) -> None:
-        import filelock
 
-        with _LOCAL_GUARD:
-            self._thread = _LOCAL.setdefault(name, threading.Lock())
-        folder = config.cache_dir() / "locks"
-        folder.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.sha256(name.encode()).hexdigest()[:32]
-        self._file = filelock.FileLock(str(folder / f"{digest}.lock"))
+def _file_lock(name: str) -> Any:
+    import filelock
 
-    def acquire(self) -> None:
-        self._thread.acquire()
+    with _GUARD:
+        lk = _FILES.get(name)
+        if lk is None:
+            folder = config.cache_dir() / "locks"
+            folder.mkdir(parents=True, exist_ok=True)
+            lk = _FILES[name] = filelock.FileLock(str(folder / f"{name}.lock"), thread_local=False)
+        return lk
+
+
+def _distributed_lock(name: str) -> Any:
+    """This process's ``distributed.Lock`` for stripe ``name``, bound to the worker's scheduler connection
+    inside a task (else to the current client's), created once and reused."""
+    import distributed
+
+    owner = _distributed_owner()
+    if owner is None:
+        raise RuntimeError("chunk locks in 'distributed' mode need a dask.distributed Client or worker; "
+                           "none is active (set HUBDASK_LOCKS=auto or local)")
+    with _GUARD:
+        per_owner = _DIST.setdefault(owner, {})
+        lk = per_owner.get(name)
+        if lk is None:
+            lk = per_owner[name] = distributed.Lock(name, scheduler_rpc=owner.scheduler, loop=owner.loop)
+        return lk
+
+
+class _Held:
+    """One stripe taken: the thread lock, then the file lock or the distributed lock."""
+
+    def __init__(self, name: str, mode: str) -> None:
+        self.thread = _thread_lock(name)
+        self.outer: Any = None
+        self.thread.acquire()
         try:
-            self._file.acquire()
+            outer = _distributed_lock(name) if mode == "distributed" else _file_lock(name)
+            outer.acquire()
+            self.outer = outer
         except BaseException:
-            self._thread.release()
+            self.thread.release()
             raise
 
     def release(self) -> None:
         try:
-            self._file.release()
+            self.outer.release()
         finally:
-            self._thread.release()
-
-
-def _make(name: str, mode: str):
-    if mode == "distributed":
-        import distributed
-
-        return distributed.Lock(name)
-    return _LocalLock(name)
+            self.thread.release()
 
 
 @contextlib.contextmanager
 def chunk_locks(names: list[str], lock: bool | str | None = None) -> Iterator[None]:
-    """Hold the locks ``names`` (sorted, deduplicated) for the body; released on any error."""
+    """Hold the locks ``names`` for the body: their stripes, deduplicated, taken in sorted order and all
+    released on any error (including an error while taking a later one)."""
     mode = resolve_mode(lock)
     if mode == "off" or not names:
         yield
         return
-    held = []
+    stripes = sorted({stripe(n) for n in names})
+    held: list[_Held] = []
     try:
-        for name in sorted(set(names)):
-            lk = _make(name, mode)
-            lk.acquire()
-            held.append(lk)
+        for s in stripes:
+            held.append(_Held(s, mode))
         yield
-    finally:
-        for lk in reversed(held):
-            lk.release()
+    except BaseException:
+        _release(held)
+        raise
+    _release(held, report=True)
+
+
+def _release(held: list[_Held], report: bool = False) -> None:
+    """Release every lock in ``held`` (last taken first), even if one release fails: an unreleased
+    distributed lease expires anyway. With ``report``, the first failure is raised afterwards."""
+    errors = []
+    for h in reversed(held):
+        try:
+            h.release()
+        except Exception as exc:
+            errors.append(exc)
+    if errors and report:
+        raise errors[0]

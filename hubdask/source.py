@@ -27,20 +27,21 @@ class Source:
     commit: str | None  # the commit read (for a branch: its base)
     node: str | None = None  # a branch's open node: writes go there
     branch: str | None = None
+    cache: bool = True  # read committed objects of a remote root through the local disk cache
 
     @classmethod
-    def at(cls, root: Root, ds: str, path: str, commit: str | None, head=None) -> "Source":
+    def at(cls, root: Root, ds: str, path: str, commit: str | None, head=None, cache: bool = True) -> "Source":
         """The source of array ``path`` at a commit, or at a branch head (writable)."""
         if head is None:
-            return cls(root, ds, path, commit)
-        return cls(root, ds, path, head.base, head.node, head.branch)
+            return cls(root, ds, path, commit, cache=cache)
+        return cls(root, ds, path, head.base, head.node, head.branch, cache)
 
     def __dask_tokenize__(self) -> tuple:
         return ("hubdask.Source", self.root.token, self.ds, self.path, self.commit, self.node)
 
     @property
     def key(self) -> tuple:
-        return self.__dask_tokenize__()
+        return (*self.__dask_tokenize__(), self.cache)
 
     def chunk_prefix(self) -> str:
         return f"{self.path}/" if self.path else ""
@@ -55,7 +56,7 @@ class Source:
         repo = repository(self.root, self.ds)
         from hubdask.storage.cache import immutable_reader
 
-        store = repo.store_at(self.commit, self.node, immutable_get=immutable_reader(self.root))
+        store = repo.store_at(self.commit, self.node, immutable_get=immutable_reader(self.root) if self.cache else None)
         arr = zarr.open_array(store=store, path=self.path, mode="r" if self.node is None else "r+",
                               zarr_format=3)
         with _OPEN_LOCK:

@@ -1,10 +1,190 @@
-"""The local disk cache of immutable objects (committed chunks). Placeholder hook: no caching yet."""
+"""The local disk cache of immutable objects: committed chunks of remote roots, read through.
+
+Only objects reached through a commit's chunk map are cached: a committed node never changes, so a
+cached copy can never be stale and needs no validation. A branch's open node (uncommitted writes) is
+never cached, and local or memory roots are not cached at all (they are as fast as the cache).
+
+Built on diskcache (SQLite index + one file per object): bounded by ``HUBDASK_CACHE_SIZE`` (``0`` turns
+it off), least-recently-used eviction, safe for many processes and threads at once (DataLoader
+workers, dask workers on one machine), and it survives restarts. Location ``HUBDASK_CACHE``
+(default ``~/.cache/hubdask``), folder ``objects/``. Every entry carries a crc32c of its bytes: a
+corrupted or truncated entry is dropped and refetched, never returned. When the disk is full, caching
+turns off for this process with one warning, and reads go on from storage.
+
+``hd.cache.info()`` gives this process's hits, misses and the bytes held on disk (shared by all
+processes); ``hd.cache.clear()`` empties it.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import os
+import sqlite3
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+from hubdask import config
 from hubdask.storage.root import Root
+
+_CACHES: dict[tuple[str, int], Any] = {}  # (folder, pid) -> diskcache.Cache
+_LOCK = threading.Lock()
+_STATS = {"hits": 0, "misses": 0, "corrupt": 0, "stored": 0}
+_DISABLED: dict[str, str] = {}  # folder -> why caching was turned off in this process
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+def folder() -> Path:
+    return config.cache_dir() / "objects"
+
+
+def _open() -> Any:
+    """This process's diskcache.Cache for the configured folder (reopened after a fork), or None."""
+    path = str(folder())
+    if path in _DISABLED or config.cache_size() <= 0:
+        return None
+    key = (path, os.getpid())
+    cache = _CACHES.get(key)
+    if cache is None:
+        with _LOCK:
+            cache = _CACHES.get(key)
+            if cache is None:
+                import diskcache
+
+                try:
+                    cache = diskcache.Cache(path, size_limit=config.cache_size(),
+                                            eviction_policy="least-recently-used", statistics=False,
+                                            sqlite_mmap_size=0)
+                except (OSError, sqlite3.Error) as exc:
+                    _disable(path, exc)
+                    return None
+                _CACHES[key] = cache
+    return cache
+
+
+def _disable(path: str, exc: BaseException) -> None:
+    if path not in _DISABLED:
+        _DISABLED[path] = f"{type(exc).__name__}: {exc}"
+        warnings.warn(f"hubdask: the chunk cache in {path} is turned off for this process ({exc}); "
+                      "reads go on from storage", RuntimeWarning, stacklevel=3)
+
+
+def _is_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in _FULL:
+        return True
+    return isinstance(exc, sqlite3.Error) and "full" in str(exc).lower()
+
+
+class Reader:
+    """Cache access for one root: keys are ``root URL / physical key`` (the URL holds no secrets)."""
+
+    def __init__(self, root: Root) -> None:
+        self.prefix = root.url.rstrip("/") + "/"
+
+    def get(self, key: str) -> memoryview | None:
+        """The cached bytes of ``key`` (checked against their crc32c), or None."""
+        import crc32c
+
+        cache = _open()
+        if cache is None:
+            return None
+        full = self.prefix + key
+        try:
+            value = cache.get(full, default=None, retry=True)
+        except (OSError, sqlite3.Error):
+            value = None
+        if value is not None:
+            view = memoryview(value)
+            if len(view) >= 4 and crc32c.crc32c(view[:-4]) == int.from_bytes(view[-4:], "little"):
+                _STATS["hits"] += 1
+                return view[:-4]
+            _STATS["corrupt"] += 1
+            try:
+                cache.delete(full, retry=True)
+            except (OSError, sqlite3.Error):
+                pass
+        _STATS["misses"] += 1
+        return None
+
+    def put(self, key: str, data: Any) -> None:
+        """Keep ``data`` for ``key``; a full disk turns caching off (with a warning), nothing fails."""
+        import crc32c
+
+        cache = _open()
+        if cache is None:
+            return
+        view = memoryview(data).cast("B") if not isinstance(data, (bytes, bytearray)) else data
+        value = b"".join((view, crc32c.crc32c(view).to_bytes(4, "little")))
+        try:
+            cache.set(self.prefix + key, value, retry=True)
+            _STATS["stored"] += 1
+        except (OSError, sqlite3.Error) as exc:
+            if _is_full(exc):
+                _disable(str(folder()), exc)
+            else:
+                warnings.warn(f"hubdask: could not cache {key!r} ({type(exc).__name__}); reading on",
+                              RuntimeWarning, stacklevel=2)
+
+
+def reader(root: Root) -> Reader | None:
+    """The cache for ``root``'s committed objects, or None: local and memory roots are not cached."""
+    if root.is_local or root.scheme == "memory" or config.cache_size() <= 0 or str(folder()) in _DISABLED:
+        return None
+    return Reader(root)
 
 
 def immutable_reader(root: Root):
-    """An async ``get(key, prototype)`` that serves immutable objects, or None to read storage directly."""
-    return None
+    """An async ``get(key, prototype)`` serving committed objects through the cache (zarr's Store path),
+    or None to read storage directly."""
+    cached = reader(root)
+    if cached is None:
+        return None
+
+    async def get(key: str, prototype: Any) -> Any:
+        raw = await asyncio.to_thread(cached.get, key)
+        if raw is None:
+            raw = await root.fetch_async(key)
+            if raw is None:
+                return None
+            await asyncio.to_thread(cached.put, key, raw)
+        return prototype.buffer.from_bytes(bytes(raw))
+
+    return get
+
+
+def info() -> dict[str, Any]:
+    """``hits`` and ``misses`` (this process), ``bytes`` and ``entries`` on disk (all processes),
+    ``size_limit``, ``directory`` and whether caching is ``enabled`` (and if not, ``why``)."""
+    path = str(folder())
+    cache = _open()
+    out = {"directory": path, "enabled": cache is not None, "size_limit": config.cache_size(),
+           "hits": _STATS["hits"], "misses": _STATS["misses"], "corrupt": _STATS["corrupt"],
+           "bytes": 0, "entries": 0}
+    if cache is not None:
+        out["bytes"], out["entries"] = cache.volume(), len(cache)
+    elif path in _DISABLED:
+        out["why"] = _DISABLED[path]
+    return out
+
+
+def clear() -> int:
+    """Empty the cache (every process's entries) and this process's counters; returns entries removed."""
+    cache = _open()
+    removed = cache.clear(retry=True) if cache is not None else 0
+    for k in _STATS:
+        _STATS[k] = 0
+    return removed
+
+
+def reset() -> None:
+    """Forget open caches and a 'disk full' decision (tests; after freeing space)."""
+    with _LOCK:
+        for c in _CACHES.values():
+            try:
+                c.close()
+            except Exception:
+                pass
+        _CACHES.clear()
+        _DISABLED.clear()

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import threading
+from datetime import timedelta
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -42,7 +43,8 @@ def open_root(url: str | os.PathLike | None = None, storage_options: dict[str, A
     """The Root for ``url`` (default: ``HUBDASK_ROOT`` or ``~/.hubdask``), one per process per URL."""
     url = normalize_url(url if url is not None else config.root())
     options = dict(storage_options or {})
-    key = (url, options_token(options))
+    client = config.s3_client() if url.startswith(("s3://", "s3a://")) else ""
+    key = (url, options_token(options) + client)
     with _OPEN_LOCK:
         root = _OPEN.get(key)
         if root is None:
@@ -101,7 +103,28 @@ class Root:
         return None if buf is None else buf.to_bytes()
 
     async def put_async(self, key: str, data: bytes) -> None:
-        await self.store.set(key, _PROTO.buffer.from_bytes(data))
+        store = self.store
+        if type(store).__name__ == "ObjectStore":
+            import obstore
+
+            await obstore.put_async(store.store, key, data)
+            return
+        await store.set(key, _PROTO.buffer.from_bytes(data))
+
+    async def fetch_async(self, key: str) -> Any:
+        """The object's bytes as a buffer (zero-copy where the client allows), or None if absent.
+        The data path's GET: obstore's own call on S3, no zarr Buffer in between."""
+        store = self.store
+        if type(store).__name__ == "ObjectStore":
+            import obstore
+
+            try:
+                resp = await obstore.get_async(store.store, key)
+                return await resp.bytes_async()
+            except FileNotFoundError:
+                return None
+        buf = await store.get(key, prototype=_PROTO)
+        return None if buf is None else buf.as_numpy_array()
 
     async def create_async(self, key: str, data: bytes) -> bool:
         """Write ``key`` only if it does not exist; True if this call created it. Atomic where the
@@ -181,13 +204,34 @@ class Root:
         return sync(run())
 
 
+_FORKED_FROM_OBSTORE = False  # set in a forked child whose parent had started obstore (see below)
+
+
+def _reopen_after_fork() -> None:
+    """In a forked child (a DataLoader worker, multiprocessing): drop every open store, whose connections
+    belong to the parent, so each reopens lazily. obstore cannot run at all in a child forked after the
+    parent used it (its tokio runtime's threads do not survive fork: calls hang), so such a child reaches
+    S3 through s3fs, the fallback client. Spawned or forkserver children use obstore as usual."""
+    global _FORKED_FROM_OBSTORE, _OPEN_LOCK
+    _OPEN_LOCK = threading.Lock()
+    for root in _OPEN.values():
+        if type(root._store).__name__ == "ObjectStore":
+            _FORKED_FROM_OBSTORE = True
+        root._store = None
+        root._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reopen_after_fork)
+
+
 def _make_store(url: str, options: dict[str, Any]) -> Store:
     scheme = url.split("://")[0] if "://" in url else "file"
     if scheme == "file":
         return LocalStore(url)
     if scheme == "memory":
         return MemoryStore(_MEMORY.setdefault(url, {}))
-    if scheme in ("s3", "s3a") and config.s3_client() == "obstore":
+    if scheme in ("s3", "s3a") and config.s3_client() == "obstore" and not _FORKED_FROM_OBSTORE:
         return _obstore_s3(url, options)
     return FsspecStore.from_url(url, storage_options=_fsspec_options(scheme, options))
 
@@ -237,6 +281,8 @@ def _obstore_s3(url: str, options: dict[str, Any]) -> Store:
         prefix=prefix or None,
         config=cfg,
         client_options=client_options,
-        retry_config={"max_retries": 10, "backoff": {"init_backoff": 0.1, "max_backoff": 5, "base": 2}, "retry_timeout": 120},
+        retry_config={"max_retries": 10, "retry_timeout": timedelta(seconds=120),
+                      "backoff": {"init_backoff": timedelta(seconds=0.1), "max_backoff": timedelta(seconds=5),
+                                  "base": 2}},
     )
     return ObjectStore(store)

@@ -105,13 +105,18 @@ class CommitGraph:
             if commit_id in self._maps:
                 self._maps.move_to_end(commit_id)
                 return self._maps[commit_id]
-        chain = self.chain(commit_id)
-        start, state = len(chain), {}
-        with self._lock:  # start from the nearest ancestor whose map is in memory
-            for i, rec in enumerate(chain):
-                if rec.id in self._maps:
-                    start, state = i, dict(self._maps[rec.id])
+        chain, state, cid = [], {}, commit_id
+        while cid is not None:  # walk back to the root or to the nearest map already in memory
+            with self._lock:
+                if cid in self._maps:
+                    state = dict(self._maps[cid])
                     break
+            rec = self.get(cid)
+            if rec is None:
+                raise LookupError(f"commit {cid} of dataset {self.ds!r} is missing from storage")
+            chain.append(rec)
+            cid = rec.parents[0] if rec.parents else None
+        start = len(chain)
         for rec in reversed(chain[:start]):
             for key, holder in rec.changes.items():
                 if holder is None:

@@ -139,9 +139,15 @@ class Repository:
         return head
 
     def commit(self, branch: str, message: str = "", *, merge_parent: str | None = None,
-               extra_changes: dict[str, str | None] | None = None) -> str:
-        """Seal the branch's open node into a commit and open a new node; returns the commit id."""
+               extra_changes: dict[str, str | None] | None = None, expect_base: str | None = None) -> str:
+        """Seal the branch's open node into a commit and open a new node; returns the commit id.
+
+        ``merge_parent`` and ``extra_changes`` (keys taken by reference) make a merge commit;
+        ``expect_base`` refuses to commit if the branch moved since the caller looked at it.
+        """
         head = self._head(branch)
+        if expect_base is not None and head.base != expect_base:
+            raise ConflictError(f"dataset {self.ds!r}: branch {branch!r} moved during the operation; try again")
         self.root.create(self.seal_key(head.node), b"")
         changes: dict[str, str | None] = dict(extra_changes or {})
         changes.update({k: head.node for k in self._node_keys(head.node)})

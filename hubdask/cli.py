@@ -1,0 +1,604 @@
+"""The ``hubdask`` command: list, inspect, copy, version, picture and view named arrays.
+
+Every command takes ``--storage ROOT`` (else ``HUBDASK_ROOT``, else ``~/.hubdask``) for names without a
+URL. User mistakes print one line to stderr and exit 2 (usage: bad arguments, bad names or indices) or
+1 (errors: unknown dataset, read-only ref, conflict, ...), never a traceback; ``--debug`` shows one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import itertools
+import json
+import math
+import os
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, NoReturn, Sequence
+
+import numpy as np
+
+PROG = "hubdask"
+
+
+class UsageError(Exception):
+    """A mistake in how the command was called (exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, not argparse's usage dump
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+# --- arguments ------------------------------------------------------------------------------------
+
+
+def split_index(text: str) -> tuple[str, tuple]:
+    """``'owner/ds:v1[0, 10:20, ...]'`` -> ``('owner/ds:v1', (0, slice(10, 20), Ellipsis))``."""
+    if "[" not in text:
+        return text, ()
+    name, _, rest = text.partition("[")
+    if not rest.endswith("]"):
+        raise UsageError(f"index in {text!r} must end with ']', e.g. NAME[0] or NAME[0, 100:200]")
+    body = rest[:-1].strip()
+    if not body:
+        raise UsageError(f"empty index in {text!r}: write NAME[0] or leave the brackets out")
+    return name, tuple(_index_item(part.strip(), text) for part in body.split(","))
+
+
+def _index_item(part: str, full: str) -> Any:
+    if part == "...":
+        return Ellipsis
+    try:
+        if ":" in part:
+            pieces = part.split(":")
+            if len(pieces) > 3:
+                raise ValueError
+            return slice(*(int(ast.literal_eval(p)) if p.strip() else None for p in pieces))
+        value = ast.literal_eval(part)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError
+        return value
+    except (ValueError, SyntaxError):
+        raise UsageError(f"bad index item {part!r} in {full!r}: expected integers, start:stop:step slices "
+                         "or '...'") from None
+
+
+def _storage(args: argparse.Namespace) -> str | None:
+    return args.storage
+
+
+def _progress(args: argparse.Namespace) -> bool | None:
+    return False if args.quiet else (True if args.progress else None)
+
+
+def _load(name: str, args: argparse.Namespace, storage: str | None = None) -> Any:
+    import hubdask as hd
+
+    return hd.load(name, storage=storage or _storage(args))
+
+
+def _array(name: str, args: argparse.Namespace) -> Any:
+    """The array ``name`` names, or ``--array KEY`` of the dataset it names."""
+    obj = _load(name, args)
+    key = getattr(args, "array", None)
+    if hasattr(obj, "shape"):
+        if key:
+            raise UsageError(f"{name!r} is a single array; --array is for datasets of several arrays")
+        return obj
+    if not key:
+        raise UsageError(f"{name!r} is a dataset of several arrays ({', '.join(obj.keys())}): pick one with --array KEY")
+    return obj[key]
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+# --- commands -------------------------------------------------------------------------------------
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    import hubdask as hd
+
+    names = hd.ls(args.prefix or "", storage=_storage(args))
+    if args.json:
+        print(json.dumps(names))
+        return 0
+    for name in names:
+        if args.long:
+            try:
+                a = _load(name, args)
+                print(f"{name}\t{'x'.join(map(str, a.shape))}\t{a.dtype}" if hasattr(a, "shape") else f"{name}\tdataset")
+            except Exception as exc:  # one broken dataset must not hide the others
+                print(f"{name}\t(unreadable: {type(exc).__name__})")
+        else:
+            print(name)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from hubdask.viz.summary import summarize
+
+    obj = _load(args.name, args)
+    if not hasattr(obj, "shape") and not args.array:  # a dataset: every array
+        arrays = obj.arrays
+        if args.json:
+            print(json.dumps({k: summarize(a, max_sized=None).to_dict() for k, a in arrays.items()}, default=str))
+            return 0
+        for k, a in arrays.items():
+            print(f"[{k}]")
+            _print_info(summarize(a, max_sized=None))
+        return 0
+    s = summarize(_array(args.name, args), max_sized=None)
+    if args.json:
+        print(json.dumps(s.to_dict(), default=str))
+        return 0
+    _print_info(s)
+    return 0
+
+
+def _print_info(s: Any) -> None:
+    from hubdask.viz.summary import human_bytes
+
+    shape = " x ".join(map(str, s.shape)) or "()"
+    last = s.last_commit
+    ratio = f" ({100 * s.stored_bytes / s.logical_bytes:.3g}% of logical)" if s.logical_bytes and s.stored_bytes else ""
+    rows = [
+        ("name", s.name), ("root", s.root), ("shape", shape), ("dtype", s.dtype),
+        ("chunks", " x ".join(map(str, s.chunks))),
+        ("chunk grid", f"{' x '.join(f'{g:,}' for g in s.grid)} = {s.total_chunks:,} chunks, {s.written:,} written"),
+        ("logical size", f"{human_bytes(s.logical_bytes)} ({s.logical_bytes:,} bytes)"),
+        ("stored size", f"{human_bytes(s.stored_bytes)} ({s.stored_bytes:,} bytes){ratio}"),
+        ("fill value", str(s.fill_value)),
+        ("ref", f"branch {s.branch}" + (f" ({s.uncommitted} uncommitted chunks)" if s.uncommitted else "")
+         if s.branch else f"commit {s.commit}"),
+        ("last commit", "none" if last is None else f"{last.id}  {_when(last.time)}  {last.message}"),
+        ("branches", ", ".join(s.branches) or "none"),
+        ("tags", ", ".join(f"{t} -> {c[:12]}" for t, c in s.tags.items()) or "none"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    obj = _load(args.name, args)
+    commits = obj.log()
+    tags: dict[str, list[str]] = {}
+    for t, c in obj.tags.items():
+        tags.setdefault(c, []).append(t)
+    if args.json:
+        print(json.dumps([{"id": c.id, "parents": list(c.parents), "time": c.time, "message": c.message,
+                           "changes": len(c.changes), "tags": tags.get(c.id, [])} for c in commits]))
+        return 0
+    for c in commits[: args.n] if args.n else commits:
+        label = f"  (tag: {', '.join(tags[c.id])})" if c.id in tags else ""
+        merge = "  (merge)" if len(c.parents) > 1 else ""
+        print(f"{c.id}  {_when(c.time)}  {c.message or '(no message)'}  [{len(c.changes)} changed]{label}{merge}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from hubdask.viz import to_png
+
+    name, index = split_index(args.target)
+    a = _array(name, args)
+    view = a[index] if index else a
+    out = args.output or f"{name.split(':')[0].rstrip('/').rsplit('/', 1)[-1]}.png"
+    to_png(view, out, vmin=args.vmin, vmax=args.vmax, cmap=args.cmap, max_side=args.max_side)
+    print(f"wrote {out} ({'x'.join(map(str, view.shape))} {view.dtype} slice of {a.name})")
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    import hubdask as hd
+
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UsageError(f"rm deletes every version of {args.name!r}: pass --yes to confirm")
+        answer = input(f"delete {args.name!r} with all its branches, tags and commits? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing deleted")
+            return 1
+    n = hd.delete(args.name, storage=_storage(args))
+    print(f"deleted {args.name} ({n} objects)")
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    import hubdask as hd
+
+    report = hd.gc(args.name, dry_run=args.dry_run, grace=args.grace, storage=_storage(args))
+    verb = "would delete" if args.dry_run else "deleted"
+    print(f"{verb} {len(report.unreachable)} unreachable objects of {args.name}")
+    if args.verbose:
+        for key in report.unreachable:
+            print(f"  {key}")
+    return 0
+
+
+def cmd_commit(args: argparse.Namespace) -> int:
+    obj = _load(args.name, args)
+    cid = obj.commit(args.message)
+    print(cid)
+    return 0
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    obj = _load(args.name, args)
+    if args.delete:
+        obj.delete_tag(args.delete)
+        print(f"deleted tag {args.delete}")
+    elif args.tag is None:
+        for t, c in obj.tags.items():
+            print(f"{t}\t{c}")
+    else:
+        print(f"{args.tag} -> {obj.tag(args.tag)}")
+    return 0
+
+
+def cmd_branch(args: argparse.Namespace) -> int:
+    obj = _load(args.name, args)
+    if args.delete:
+        obj.delete_branch(args.delete)
+        print(f"deleted branch {args.delete}")
+    elif args.branch is None:
+        current = obj.branch_name
+        for b in obj.branches:
+            print(f"{'*' if b == current else ' '} {b}")
+    else:
+        new = obj.branch(args.branch)
+        print(f"branch {args.branch} at {new.commit_id}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from hubdask import demo
+
+    return demo.run(storage=_storage(args), keep=not args.cleanup)
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    from hubdask.viz.server import ViewerServer
+
+    a = _array(args.name, args)
+    server = ViewerServer(a, port=args.port, max_side=args.max_side)
+    print(f"viewing {a.name} at {server.url} (Ctrl-C to stop)", flush=True)
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(server.url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+# --- cp -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Input:
+    """A source for cp: its shape and dtype, how to read a region, and (if known) where data is."""
+
+    label: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    read: Callable[[tuple[slice, ...]], np.ndarray]
+    chunks: tuple[int, ...] | None = None
+    written: Callable[[], Iterable[tuple[slice, ...]]] | None = None  # None: anywhere
+    fill_value: Any = 0
+    close: Callable[[], None] = lambda: None
+
+
+FILE_SUFFIXES = (".npy", ".h5", ".hdf5", ".zarr")
+
+
+def _file_part(spec: str) -> tuple[str, str]:
+    """``'data.h5:images'`` -> ``('data.h5', 'images')``; a plain path -> ``(path, '')``."""
+    for suffix in FILE_SUFFIXES:
+        k = spec.find(suffix + ":")
+        if k >= 0 and "://" not in spec[:k]:
+            return spec[: k + len(suffix)], spec[k + len(suffix) + 1:]
+    return spec, ""
+
+
+def _is_file_source(spec: str) -> bool:
+    path, _ = _file_part(spec)
+    return "://" not in path and (path.endswith(FILE_SUFFIXES) or os.path.exists(path))
+
+
+def open_input(spec: str, args: argparse.Namespace) -> Input:
+    """A hub name (or URL), a .npy file, an HDF5 file (``FILE.h5:DATASET``) or a zarr array (``DIR[:PATH]``)."""
+    if not _is_file_source(spec):
+        from hubdask.array import read_selection
+        from hubdask.viz.summary import written_chunks
+
+        a = _array(spec, args)
+        if a.is_view:
+            raise UsageError(f"cp copies whole arrays; {spec!r} is a view")
+        src = a._fresh_source()
+        chunks = a.storage_chunks
+
+        def regions() -> Iterator[tuple[slice, ...]]:
+            for coords in written_chunks(a):
+                yield tuple(slice(j * c, min((j + 1) * c, n)) for j, c, n in zip(coords, chunks, a.shape))
+
+        return Input(a.name, a.shape, a.dtype, lambda sel: read_selection(src, sel, a.name), chunks, regions,
+                     a.fill_value)
+    path, inner = _file_part(spec)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no file or folder {path!r}")
+    if path.endswith(".npy"):
+        arr = np.load(path, mmap_mode="r")
+        return Input(path, arr.shape, arr.dtype, lambda sel: np.array(arr[sel]))
+    if path.endswith((".h5", ".hdf5")):
+        try:
+            import h5py
+        except ImportError:
+            raise ImportError("copying from HDF5 needs h5py: pip install h5py") from None
+        f = h5py.File(path, "r")
+        if not inner:
+            names: list[str] = []
+            f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+            if len(names) != 1:
+                f.close()
+                raise UsageError(f"{path!r} holds {len(names)} datasets ({', '.join(names[:5])}): name one as "
+                                 f"{path}:DATASET")
+            inner = names[0]
+        if inner not in f or not isinstance(f[inner], h5py.Dataset):
+            f.close()
+            raise FileNotFoundError(f"{path!r} has no dataset {inner!r}")
+        d = f[inner]
+        return Input(f"{path}:{inner}", d.shape, d.dtype, lambda sel: d[sel], d.chunks, close=f.close)
+    import zarr
+
+    try:
+        z = zarr.open_array(path, path=inner or None, mode="r") if inner else zarr.open_array(path, mode="r")
+    except Exception as exc:
+        raise FileNotFoundError(f"{spec!r} is not a zarr array ({type(exc).__name__}); for a group name the "
+                                "array as DIR:PATH") from None
+    return Input(spec, z.shape, z.dtype, lambda sel: np.asarray(z[sel]), tuple(z.chunks))
+
+
+def _dst_written(dst: Any) -> set[tuple[int, ...]]:
+    from hubdask.viz.summary import written_chunks
+
+    return set(written_chunks(dst))
+
+
+def _chunks_covering(regions: Iterable[tuple[slice, ...]], chunks: tuple[int, ...]) -> set[tuple[int, ...]]:
+    out: set[tuple[int, ...]] = set()
+    for region in regions:
+        ranges = [range(s.start // c, -(-s.stop // c)) for s, c in zip(region, chunks)]
+        out.update(itertools.product(*ranges))
+    return out
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"))
+
+
+def copy(inp: Input, dst: Any, jobs: int = 8, progress: bool | None = None) -> dict[str, int]:
+    """Make ``dst`` (a branch of a hub array of inp's shape and dtype) hold ``inp``'s values.
+
+    Restartable: each destination chunk that already holds the right values is read and skipped, so a
+    rerun after an interruption writes only what is missing. Only chunks where either side holds data
+    are visited (a sparse hub array costs its written chunks, not its shape).
+    """
+    from hubdask import progress as bars
+    from hubdask.array import read_selection
+    from hubdask.write import write_region
+
+    shape, chunks = dst.storage_shape, dst.storage_chunks
+    src_dst = dst._fresh_source()
+    present = _dst_written(dst)
+    if inp.written is None:
+        todo: Iterable[tuple[int, ...]] = itertools.product(*(range(-(-n // c)) for n, c in zip(shape, chunks)))
+        total = math.prod(-(-n // c) for n, c in zip(shape, chunks)) if shape else 1
+    else:
+        todo = sorted(_chunks_covering(inp.written(), chunks) | present)
+        total = len(todo)
+    fill = np.asarray(dst.fill_value, dtype=dst.dtype)
+    counts = {"written": 0, "equal": 0, "empty": 0}
+
+    def one(coords: tuple[int, ...]) -> str:
+        sel = tuple(slice(j * c, min((j + 1) * c, n)) for j, c, n in zip(coords, chunks, shape))
+        data = np.asarray(inp.read(sel))
+        if data.dtype != dst.dtype:
+            data = data.astype(dst.dtype)
+        if coords in present:
+            if _same(read_selection(src_dst, sel, dst.name), data):
+                return "equal"
+        elif _same(np.broadcast_to(fill, data.shape), data):
+            return "empty"  # an unwritten chunk already reads as the fill value
+        write_region(src_dst, sel, data, shape, chunks)
+        return "written"
+
+    with bars.bar(total, f"cp {inp.label} -> {dst.name}", progress, unit="chunk") as bar, \
+            ThreadPoolExecutor(max(1, jobs)) as pool:
+        pending: set = set()
+        for coords in todo:
+            pending.add(pool.submit(one, coords))
+            if len(pending) >= 4 * jobs:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in done:
+                    counts[f.result()] += 1
+                    bar.update(1)
+        for f in pending:
+            counts[f.result()] += 1
+            bar.update(1)
+    return counts
+
+
+def cmd_cp(args: argparse.Namespace) -> int:
+    import hubdask as hd
+    from hubdask.api import locate
+    from hubdask.versioning import repository
+
+    inp = open_input(args.src, args)
+    try:
+        dst_storage = args.dst_storage or _storage(args)
+        root, n = locate(args.dst, dst_storage)
+        chunks = tuple(int(c) for c in args.chunks.split(",")) if args.chunks else inp.chunks
+        if repository(root, n.path).exists():
+            dst = hd.load(args.dst, storage=root)
+            if not hasattr(dst, "shape"):
+                raise ValueError(f"{args.dst!r} is a dataset of several arrays, not an array")
+            if dst.shape != tuple(inp.shape) or dst.dtype != inp.dtype:
+                raise ValueError(f"{dst.name!r} exists with shape {dst.shape} and dtype {dst.dtype}; the source "
+                                 f"{inp.label!r} has shape {tuple(inp.shape)} and dtype {inp.dtype}")
+        else:
+            if chunks is not None:  # keep the source's chunking where it fits hubdask's rules
+                chunks = tuple(max(1, min(c, s)) for c, s in zip(chunks, inp.shape))
+            dst = hd.array(tuple(inp.shape), args.dst, dtype=inp.dtype, chunks=chunks, storage=root,
+                           fill_value=inp.fill_value)
+        t0 = time.perf_counter()
+        counts = copy(inp, dst, jobs=args.jobs, progress=_progress(args))
+    finally:
+        inp.close()
+    seconds = time.perf_counter() - t0
+    print(f"copied {inp.label} -> {dst.name}: chunks written {counts['written']}, already equal {counts['equal']}, "
+          f"empty {counts['empty']} ({seconds:.1f}s)")
+    if args.message:
+        print(f"commit {dst.commit(args.message)}")
+    return 0
+
+
+# --- the parser -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # Options accepted before and after the command; SUPPRESS keeps an absent one from hiding the other.
+    common = _Parser(add_help=False)
+    common.add_argument("--storage", metavar="ROOT", default=argparse.SUPPRESS,
+                        help="root for names without a URL (path or URL such as s3://bucket/prefix; "
+                             "default: $HUBDASK_ROOT or ~/.hubdask)")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
+    common.add_argument("--progress", action="store_true", default=argparse.SUPPRESS,
+                        help="progress bars even when not on a terminal")
+    p = _Parser(prog=PROG, description="Versioned, named, chunked arrays on object storage.",
+                epilog="Names: owner/dataset[:REF] (REF: branch, tag or commit; default main) or a full URL "
+                       "s3://bucket/prefix/dataset[:REF]. Credentials: the usual AWS variables or profiles.")
+    p.add_argument("--storage", metavar="ROOT", help="root for names without a URL (also accepted after the command)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--progress", action="store_true", help="progress bars even when not on a terminal")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def add(name: str, func: Callable, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, parents=[common], help=help, description=help)
+        sp.set_defaults(func=func)
+        return sp
+
+    sp = add("ls", cmd_ls, "list dataset names under a prefix")
+    sp.add_argument("prefix", nargs="?", default="", help="owner (or owner/dataset); default: everything")
+    sp.add_argument("-l", "--long", action="store_true", help="with shape and dtype")
+    sp.add_argument("--json", action="store_true")
+    sp = add("info", cmd_info, "shape, dtype, chunks, stored vs logical size, branches, tags, last commit")
+    sp.add_argument("name")
+    sp.add_argument("-a", "--array", metavar="KEY", help="one array of a dataset (default: all)")
+    sp.add_argument("--json", action="store_true")
+    sp = add("log", cmd_log, "commits of a branch, tag or commit, newest first")
+    sp.add_argument("name")
+    sp.add_argument("-n", type=int, default=0, help="at most N commits")
+    sp.add_argument("--json", action="store_true")
+    sp = add("show", cmd_show, "render a 1-D, 2-D or (H, W, 3|4) slice to a PNG file")
+    sp.add_argument("target", metavar="NAME[INDEX]", help="e.g. 'owner/ds:v1[0]' or 'owner/ds[0, 100:300, :, 0]'")
+    sp.add_argument("-o", "--output", help="PNG file (default: DATASET.png)")
+    sp.add_argument("-a", "--array", metavar="KEY", help="the array of a dataset to show")
+    sp.add_argument("--cmap", choices=("viridis", "gray"), help="colormap for non-uint8 or 2-D slices")
+    sp.add_argument("--vmin", type=float)
+    sp.add_argument("--vmax", type=float)
+    sp.add_argument("--max-side", type=int, default=2048, help="stride larger slices down to this many pixels")
+    sp = add("cp", cmd_cp, "copy an array between roots, or from a .npy, HDF5 or zarr file, restartably")
+    sp.add_argument("src", help="hub name or URL, FILE.npy, FILE.h5[:DATASET] or DIR.zarr[:PATH]")
+    sp.add_argument("dst", help="hub name or URL (created if missing)")
+    sp.add_argument("--dst-storage", metavar="ROOT", help="root for DST when it has no URL (default: --storage)")
+    sp.add_argument("--chunks", help="chunk shape of a new DST, e.g. 10,512,512,3 (default: the source's)")
+    sp.add_argument("-j", "--jobs", type=int, default=8, help="chunks copied at once (default 8)")
+    sp.add_argument("-m", "--message", help="commit DST with this message after copying")
+    sp = add("rm", cmd_rm, "delete a dataset with all its versions")
+    sp.add_argument("name")
+    sp.add_argument("-y", "--yes", action="store_true", help="do not ask")
+    sp = add("gc", cmd_gc, "delete objects that no branch or tag reaches")
+    sp.add_argument("name")
+    sp.add_argument("-n", "--dry-run", action="store_true", help="only count what would be deleted")
+    sp.add_argument("--grace", type=float, default=3600.0, help="spare objects younger than this (s)")
+    sp.add_argument("-v", "--verbose", action="store_true", help="list the objects")
+    sp = add("commit", cmd_commit, "commit a branch's writes; prints the commit id")
+    sp.add_argument("name", help="owner/dataset[:BRANCH]")
+    sp.add_argument("-m", "--message", default="", help="commit message")
+    sp = add("tag", cmd_tag, "tag a ref's commit (no TAG: list tags)")
+    sp.add_argument("name", help="owner/dataset[:REF]")
+    sp.add_argument("tag", nargs="?")
+    sp.add_argument("-d", "--delete", metavar="TAG", help="delete tag TAG")
+    sp = add("branch", cmd_branch, "make a branch at a ref's commit (no BRANCH: list branches)")
+    sp.add_argument("name", help="owner/dataset[:REF]")
+    sp.add_argument("branch", nargs="?")
+    sp.add_argument("-d", "--delete", metavar="BRANCH", help="delete branch BRANCH")
+    sp = add("demo", cmd_demo, "walk through create, write, load, slice, mean, commit, tag and time travel")
+    sp.add_argument("--cleanup", action="store_true", help="delete the demo dataset at the end")
+    sp = add("view", cmd_view, "browse an array in a local web page (127.0.0.1 only)")
+    sp.add_argument("name")
+    sp.add_argument("-a", "--array", metavar="KEY", help="the array of a dataset to view")
+    sp.add_argument("--port", type=int, default=0, help="port (default: any free one)")
+    sp.add_argument("--max-side", type=int, default=1024, help="pixels per side shown")
+    sp.add_argument("--open", action="store_true", help="open a browser")
+    return p
+
+
+def _version() -> str:
+    from hubdask import __version__
+
+    return __version__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 error, 2 usage, 130 interrupted)."""
+    parser = build_parser()
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return 2
+        return int(args.func(args) or 0)
+    except SystemExit as exc:  # --help, --version
+        return int(exc.code or 0)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:
+        if debug:
+            raise
+        code = 2 if isinstance(exc, (UsageError, _usage_errors())) else 1
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return code
+
+
+def _usage_errors() -> tuple[type, ...]:
+    from hubdask.errors import InvalidNameError
+
+    return (InvalidNameError, IndexError)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, (KeyError, OSError)) and not isinstance(exc, FileNotFoundError) and text.startswith("'"):
+        text = f"{type(exc).__name__}: {text}"
+    return " ".join(text.split())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,276 @@
+"""Multi-array datasets: one repository whose root zarr node is a group of arrays ("images", "labels").
+
+The arrays live in the same repository, so a dataset has one version history: commit, tag, branch and
+merge act on every array at once (``history.Versioned``), and ``ds["images"]`` is an ``hd.Array`` at the
+dataset's state. Arrays are created in the dataset's first node by ``hd.dataset`` (or later with
+``create_array``); arrays given as data (numpy, dask, ``hd.Array``) are then written in parallel with
+``hd.store`` and committed. Samples are rows along axis 0, so arrays meant to be read together (the
+PyTorch/TensorFlow streams) have the same length. Every sample of an array has one shape: variable-size
+samples are out of scope (pad them, or keep one array per size).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import numpy as np
+
+from hubdask.array import Array
+from hubdask.history import Versioned
+from hubdask.names import check_part
+from hubdask.source import Source
+
+
+@dataclasses.dataclass(frozen=True)
+class ArraySpec:
+    """A validated array to create: the arguments of ``zarr.create_array`` plus optional data to write."""
+
+    key: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    chunks: tuple[int, ...]
+    fill_value: Any
+    compressors: tuple
+    data: Any = None  # numpy / dask / hd.Array / array-like to write after creation, or None
+
+    def create_in(self, group: Any) -> None:
+        group.create_array(self.key, shape=self.shape, chunks=self.chunks, dtype=self.dtype,
+                           fill_value=self.fill_value, compressors=self.compressors)
+
+
+def array_spec(what: str, key: str, spec: Any) -> ArraySpec:
+    """``spec`` (a dict of shape/dtype/chunks/fill_value/codecs, or array-like data) -> ArraySpec.
+
+    Everything is checked here, before any storage is touched.
+    """
+    from hubdask.api import _check_shape_dtype_chunks, _compressors, _fill_value
+
+    check_part(key, "array name", f"{what}[{key!r}]")
+    what = f"{what}, array {key!r}"
+    if isinstance(spec, dict):
+        unknown = set(spec) - {"shape", "dtype", "chunks", "fill_value", "codecs", "data"}
+        if unknown:
+            raise TypeError(f"{what}: unknown keys {sorted(unknown)}; expected shape, dtype, chunks, "
+                            "fill_value, codecs (or data)")
+        data = spec.get("data")
+        if "shape" not in spec and data is None:
+            raise TypeError(f"{what}: expected dict(shape=..., dtype=...) or array data")
+        shape = spec.get("shape", getattr(data, "shape", None))
+        dtype = spec.get("dtype", getattr(data, "dtype", "float64"))
+        chunks, fill, codecs = spec.get("chunks"), spec.get("fill_value", 0), spec.get("codecs")
+    else:
+        data = spec
+        if not (hasattr(data, "shape") and hasattr(data, "dtype")):
+            data = np.asarray(data)
+        shape, dtype, fill, codecs = data.shape, data.dtype, 0, None
+        chunks = data.storage_chunks if isinstance(data, Array) and not data.is_view else None
+    shape, dt, chunks = _check_shape_dtype_chunks(what, shape, dtype, chunks)
+    if data is not None and tuple(data.shape) != shape:
+        raise ValueError(f"{what}: data has shape {tuple(data.shape)} but the array's shape is {shape}")
+    return ArraySpec(key, shape, dt, chunks, _fill_value(what, fill, dt), _compressors(codecs), data)
+
+
+class Dataset(Versioned):
+    """Named arrays with one version history; ``ds["images"]`` is an ``hd.Array`` at the dataset's state."""
+
+    def __init__(self, source: Source, name: str) -> None:
+        if source.path:
+            raise ValueError(f"dataset {name!r}: a Dataset is the repository's root group, not {source.path!r}")
+        self._source = source
+        self._name = name
+
+    # --- what it holds -----------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def _fresh_source(self) -> Source:
+        """The state to read now: a branch follows its head (so it sees every returned write and new arrays)."""
+        src = self._source
+        if src.branch is None:
+            return src
+        head = self._repo.resolve(src.branch).head
+        return dataclasses.replace(src, commit=head.base, node=head.node)
+
+    def _group(self, src: Source) -> Any:
+        import zarr
+
+        from hubdask.storage.cache import immutable_reader
+
+        store = self._repo.store_at(src.commit, src.node,
+                                    immutable_get=immutable_reader(src.root) if getattr(src, "cache", True) else None)
+        return zarr.open_group(store=store, mode="r" if src.node is None else "r+", zarr_format=3)
+
+    @property
+    def arrays(self) -> dict[str, Array]:
+        """Every array of the dataset at its state, by name (sorted)."""
+        src = self._fresh_source()
+        out = {}
+        for key, zarray in sorted(self._group(src).arrays()):
+            out[key] = Array(dataclasses.replace(src, path=key), self._array_name(key), meta=zarray.metadata)
+        return out
+
+    def keys(self) -> list[str]:
+        return sorted(self._group(self._fresh_source()).array_keys())
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key in self.keys()
+
+    def _array_name(self, key: str) -> str:
+        return f"{self._name}[{key}]"
+
+    def __getitem__(self, key: str) -> Array:
+        if not isinstance(key, str):
+            raise TypeError(f"dataset {self._name!r}: index by array name (one of {self.keys()}), got "
+                            f"{type(key).__name__}; for samples use ds[name][i] or ds.pytorch()")
+        src = self._fresh_source()
+        try:
+            return Array(dataclasses.replace(src, path=key), self._array_name(key))
+        except FileNotFoundError:
+            pass
+        except Exception as exc:  # zarr raises different errors for a missing node across versions
+            if "not found" not in str(exc).lower() and "no array" not in str(exc).lower():
+                raise
+        from hubdask.errors import NotFoundError
+
+        raise NotFoundError(f"dataset {self._name!r} has no array {key!r}; arrays: {', '.join(self.keys()) or 'none'}")
+
+    @property
+    def num_samples(self) -> int:
+        """The common length of the arrays along axis 0 (ValueError if they differ)."""
+        lengths = {k: a.shape[0] if a.ndim else 1 for k, a in self.arrays.items()}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"dataset {self._name!r}: arrays have different lengths along axis 0: {lengths}")
+        return next(iter(lengths.values()), 0)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __repr__(self) -> str:
+        lines = [f"hubdask.Dataset<{self._name!r}>"]
+        for key, a in self.arrays.items():
+            lines.append(f"  {key}: shape={a.shape}, dtype={a.dtype}, chunks={a.chunks}")
+        return "\n".join(lines)
+
+    # --- changing it -------------------------------------------------------------------------------
+
+    def create_array(self, key: str, shape: Any = None, dtype: Any = None, chunks: Any = None,
+                     fill_value: Any = 0, codecs: Any = None, data: Any = None,
+                     progress: bool | None = None) -> Array:
+        """Add an array on this branch (uncommitted, like any write); ``data`` is written with hd.store."""
+        spec = dict(shape=shape, dtype=dtype, chunks=chunks, fill_value=fill_value, codecs=codecs, data=data)
+        spec = {k: v for k, v in spec.items() if v is not None}
+        parsed = array_spec(f"dataset {self._name!r}", key, spec)
+        self._writable_branch(f"add array {key!r}")
+        if key in self:
+            raise FileExistsError(f"dataset {self._name!r} already has an array {key!r}")
+        parsed.create_in(self._group(self._fresh_source()))
+        _write_data(self, [parsed], progress)
+        return self[key]
+
+    # --- other faces -------------------------------------------------------------------------------
+
+    def pytorch(self, batch_size: int | None = None, shuffle: bool = False, seed: int | None = None,
+                transform: Any = None, num_workers: int = 0, **kwargs: Any) -> Any:
+        """A ``torch.utils.data.DataLoader`` streaming this dataset's samples (see integrations.torch)."""
+        from hubdask.integrations.torch import dataloader
+
+        return dataloader(self, batch_size=batch_size, shuffle=shuffle, seed=seed, transform=transform,
+                          num_workers=num_workers, **kwargs)
+
+    def tensorflow(self, batch_size: int | None = None, shuffle: bool = False, seed: int | None = None,
+                   **kwargs: Any) -> Any:
+        """A ``tf.data.Dataset`` of this dataset's samples (see integrations.tensorflow)."""
+        from hubdask.integrations.tensorflow import tf_dataset
+
+        return tf_dataset(self, batch_size=batch_size, shuffle=shuffle, seed=seed, **kwargs)
+
+    def to_xarray(self, dims: dict[str, tuple[str, ...]] | None = None) -> Any:
+        """An ``xarray.Dataset`` backed lazily by dask (see integrations.xarray)."""
+        from hubdask.integrations.xarray import dataset_to_xarray
+
+        return dataset_to_xarray(self, dims)
+
+    def to_numpy(self, keys: Any = None) -> dict[str, np.ndarray]:
+        """Every array (or ``keys``) read into memory."""
+        return {k: np.asarray(a) for k, a in self.arrays.items() if keys is None or k in keys}
+
+    def to_zarr(self, url: str | os.PathLike, progress: bool | None = None, **kwargs: Any) -> None:
+        """Export the dataset's state as a plain zarr v3 group at ``url`` (see integrations.ingest)."""
+        from hubdask.integrations.ingest import to_zarr
+
+        to_zarr(self, url, progress=progress, **kwargs)
+
+
+def _write_data(ds: Dataset, specs: list[ArraySpec], progress: bool | None) -> bool:
+    """Write the data of ``specs`` that carry some into ``ds``'s branch, in parallel; True if any did."""
+    import dask.array as da
+
+    from hubdask import progress as _progress
+    from hubdask.write import store
+
+    jobs = []
+    for spec in specs:
+        if spec.data is None:
+            continue
+        data = spec.data
+        if isinstance(data, Array):
+            data = data.to_dask()
+        elif not isinstance(data, da.Array):
+            data = da.from_array(data, chunks=spec.chunks)
+        jobs.append(store(data, ds[spec.key]))
+    if jobs:
+        _progress.compute(jobs, progress)
+    return bool(jobs)
+
+
+def dataset(name: str, *, storage: Any = None, storage_options: dict | None = None, exist_ok: bool = False,
+            commit: str | bool = True, progress: bool | None = None, **arrays: Any) -> Dataset:
+    """Create the named multi-array dataset and return it opened on its branch.
+
+    Each keyword is an array: ``images=dict(shape=(n, 28, 28), dtype="uint8", chunks=...)`` (metadata
+    only), or data (numpy, dask, ``hd.Array``, anything array-like) that is written in parallel and
+    committed (``commit=`` the message, or False to leave it uncommitted). With ``exist_ok=True`` an
+    existing dataset is returned after checking that it has these arrays with these shapes and dtypes
+    (its data is not rewritten).
+    """
+    import zarr
+
+    from hubdask.api import DEFAULT_BRANCH, load, locate
+    from hubdask.versioning import repository
+
+    root, n = locate(name, storage, storage_options)
+    what = f"dataset {str(n)!r}"
+    if not arrays:
+        raise TypeError(f"{what}: name at least one array, e.g. hd.dataset(name, images=dict(shape=..., "
+                        "dtype=...), labels=...)")
+    specs = [array_spec(what, key, spec) for key, spec in arrays.items()]
+    repo = repository(root, n.path)
+    if repo.exists():
+        if not exist_ok:
+            raise FileExistsError(f"{what} already exists in {root.url}; pass exist_ok=True to open it")
+        existing = load(name, storage=root)
+        if not isinstance(existing, Dataset):
+            raise ValueError(f"{what} exists as a single array, not a dataset of {sorted(arrays)}")
+        have = existing.arrays
+        for s in specs:
+            a = have.get(s.key)
+            if a is None or a.shape != s.shape or a.dtype != s.dtype:
+                found = "no such array" if a is None else f"shape {a.shape} and dtype {a.dtype}"
+                raise ValueError(f"{what} exists, and its array {s.key!r} has {found}, not {s.shape} {s.dtype}")
+        return existing
+
+    def write_group(store: Any) -> None:
+        group = zarr.create_group(store=store, zarr_format=3)
+        for s in specs:
+            s.create_in(group)
+
+    repo.create(n.ref or DEFAULT_BRANCH, write_group)
+    ds = load(name, storage=root)
+    if _write_data(ds, specs, progress) and commit:
+        keys = ", ".join(s.key for s in specs if s.data is not None)
+        ds.commit(commit if isinstance(commit, str) else f"ingest {keys}")
+    return ds

@@ -1,0 +1,25 @@
+"""Small helpers shared by the test modules (not fixtures)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+from hubdask.storage import open_root
+
+
+def snapshot(root_url: str) -> dict[str, bytes]:
+    """Every object under a root, key -> bytes: to assert that storage is byte-for-byte unchanged."""
+    root = open_root(root_url)
+    return {k: root.get(k) for k in sorted(root.list_prefix(""))}
+
+
+def run_python(code: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh Python process (sharing nothing but the environment and storage)."""
+    full_env = {**os.environ, **(env or {})}
+    full_env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (os.path.dirname(os.path.dirname(os.path.abspath(__file__))), full_env.get("PYTHONPATH")) if p)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
