@@ -319,3 +319,23 @@ def test_crash_mid_commit_leaves_old_or_new_commit(tmp_path, crash_after):
     np.testing.assert_array_equal(hd.load(f"crash/a:{hd.load('crash/a', storage=root).commit_id}", storage=root).read(),
                                   expected_new)
     np.testing.assert_array_equal(hd.load(f"crash/a:{old}", storage=root).read(), [1] * 20)
+
+
+def test_long_history_reads_few_records(tmp_path, monkeypatch):
+    """Checkpoints bound the records read to build a chunk map, however long the history."""
+    from hubdask.versioning.commits import CommitGraph
+
+    monkeypatch.setattr(CommitGraph, "CHECKPOINT", 4)
+    root = str(tmp_path / "r")
+    a = hd.array((40,), name="long/a", dtype="int32", chunks=(2,), storage=root)
+    model = np.zeros(40, "int32")
+    for i in range(19):
+        a[2 * i] = i + 1
+        model[2 * i] = i + 1
+        a.commit(f"c{i}")
+    tip = a.commit_id
+    fresh = CommitGraph(a._repo.root, a._repo.ds)
+    fresh.chunk_map(tip)
+    assert len(fresh._records) <= 4
+    np.testing.assert_array_equal(hd.load(f"long/a:{tip}", storage=root).read(), model)
+    assert len(hd.gc("long/a", storage=root, grace=0)) == 0

@@ -40,17 +40,20 @@ class Commit:
     message: str
     time: float
     changes: dict[str, str | None] = field(repr=False)
+    depth: int = 0  # first-parent distance from the root commit
+    full: bool = False  # a checkpoint: ``changes`` is the whole chunk map, no need to walk further back
 
     def to_json(self) -> bytes:
         return json.dumps(
             {"id": self.id, "parents": list(self.parents), "message": self.message, "time": self.time,
-             "changes": self.changes}
+             "depth": self.depth, "full": self.full, "changes": self.changes}
         ).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> "Commit":
         d = json.loads(raw)
-        return cls(d["id"], tuple(d["parents"]), d["message"], d["time"], d["changes"])
+        return cls(d["id"], tuple(d["parents"]), d["message"], d["time"], d["changes"], d.get("depth", 0),
+                   d.get("full", False))
 
 
 def commit_key(ds: str, commit_id: str) -> str:
@@ -58,9 +61,14 @@ def commit_key(ds: str, commit_id: str) -> str:
 
 
 class CommitGraph:
-    """Reads commit records once and keeps them and a few chunk maps in memory."""
+    """Reads commit records once and keeps them and a few chunk maps in memory.
+
+    Every ``CHECKPOINT``-th commit of a first-parent line stores its whole chunk map, so building a map
+    reads at most that many records, however long the history.
+    """
 
     MAPS_KEPT = 8
+    CHECKPOINT = 32
 
     def __init__(self, root: Root, ds: str) -> None:
         self.root, self.ds = root, ds
@@ -76,6 +84,16 @@ class CommitGraph:
                 return None
             rec = self._records[commit_id] = Commit.from_json(raw)
         return rec
+
+    def make(self, node: str, parents: tuple[str, ...], message: str, changes: dict[str, str | None]) -> Commit:
+        """The commit record for ``node`` on top of ``parents`` (a checkpoint every CHECKPOINT commits)."""
+        first = self.get(parents[0]) if parents else None
+        depth = first.depth + 1 if first else 0
+        if depth and depth % self.CHECKPOINT == 0:
+            full = dict(self.chunk_map(parents[0]))
+            full.update(changes)
+            changes = {k: v for k, v in full.items() if v is not None}
+        return Commit(node, parents, message, time.time(), changes, depth, depth > 0 and depth % self.CHECKPOINT == 0)
 
     def write(self, commit: Commit) -> Commit:
         """Store ``commit`` unless a record with its id exists; return the stored record."""
@@ -115,9 +133,8 @@ class CommitGraph:
             if rec is None:
                 raise LookupError(f"commit {cid} of dataset {self.ds!r} is missing from storage")
             chain.append(rec)
-            cid = rec.parents[0] if rec.parents else None
-        start = len(chain)
-        for rec in reversed(chain[:start]):
+            cid = rec.parents[0] if rec.parents and not rec.full else None
+        for rec in reversed(chain):
             for key, holder in rec.changes.items():
                 if holder is None:
                     state.pop(key, None)

@@ -66,7 +66,7 @@ class Repository:
         node = new_node_id()
         write_initial(VersionedStore(self.root, self.ds, {}, node))
         changes = self._node_keys(node)
-        self.graph.write(Commit(node, (), message, time.time(), {k: node for k in changes}))
+        self.graph.write(self.graph.make(node, (), message, {k: node for k in changes}))
         if not refs.write_head(self.root, self.ds, branch, 0, new_node_id(), node):
             raise FileExistsError(f"dataset {self.ds!r} already exists in {self.root.url}")
         marker = {"format": FORMAT, "created": time.time(), "default_branch": branch}
@@ -152,7 +152,7 @@ class Repository:
         changes: dict[str, str | None] = dict(extra_changes or {})
         changes.update({k: head.node for k in self._node_keys(head.node)})
         parents = tuple(p for p in (head.base, merge_parent) if p is not None)
-        rec = self.graph.write(Commit(head.node, parents, message, time.time(), changes))
+        rec = self.graph.write(self.graph.make(head.node, parents, message, changes))
         if refs.write_head(self.root, self.ds, branch, head.seq + 1, new_node_id(), rec.id):
             return rec.id
         now = refs.read_head(self.root, self.ds, branch)
