@@ -67,8 +67,11 @@ class Repository:
         write_initial(VersionedStore(self.root, self.ds, {}, node))
         changes = self._node_keys(node)
         self.graph.write(self.graph.make(node, (), message, {k: node for k in changes}))
-        if not refs.write_head(self.root, self.ds, branch, 0, new_node_id(), node):
-            raise FileExistsError(f"dataset {self.ds!r} already exists in {self.root.url}")
+        first = new_node_id()
+        if not refs.write_head(self.root, self.ds, branch, 0, first, node):
+            head = refs.read_head(self.root, self.ds, branch)
+            if head is None or head.node != first:  # else our own create, whose response was lost
+                raise FileExistsError(f"dataset {self.ds!r} already exists in {self.root.url}")
         marker = {"format": FORMAT, "created": time.time(), "default_branch": branch}
         self.root.put(f"{self.ds}/{MARKER}", json.dumps(marker).encode())
         return self.resolve(branch)
@@ -181,13 +184,16 @@ class Repository:
     def create_branch(self, name: str, commit: str | None) -> None:
         check_part(name, "branch", f"{self.ds}:{name}")
         self._check_free(name)
-        if not refs.write_head(self.root, self.ds, name, 0, new_node_id(), commit):
-            raise InvalidNameError(f"dataset {self.ds!r} already has a branch {name!r}")
+        node = new_node_id()
+        if not refs.write_head(self.root, self.ds, name, 0, node, commit):
+            head = refs.read_head(self.root, self.ds, name)
+            if head is None or head.node != node:  # else our own create, whose response was lost
+                raise InvalidNameError(f"dataset {self.ds!r} already has a branch {name!r}")
 
     def create_tag(self, name: str, commit: str) -> None:
         check_part(name, "tag", f"{self.ds}:{name}")
         self._check_free(name)
-        if not refs.write_tag(self.root, self.ds, name, commit):
+        if not refs.write_tag(self.root, self.ds, name, commit) and refs.read_tag(self.root, self.ds, name) != commit:
             raise InvalidNameError(f"dataset {self.ds!r} already has a tag {name!r}")
 
     def _check_free(self, name: str) -> None:

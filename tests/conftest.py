@@ -1,0 +1,55 @@
+"""Shared fixtures: a real S3 (moto's server in its own process) and a fault proxy in front of it."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from support.faultproxy import FaultProxy
+from support.s3server import MotoServer, s3_env
+
+
+def _set_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    """Set `env` for this test, and drop s3fs instances made under another endpoint.
+
+    fsspec caches filesystems by constructor arguments, not by environment, so an s3fs made for
+    moto would otherwise be reused by a test that goes through the fault proxy (or vice versa).
+    """
+    import s3fs
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """One moto S3 server process for the whole session (request log at `.log_path`)."""
+    with MotoServer(log_dir=Path(tmp_path_factory.mktemp("moto"))) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_root(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``s3://hubdask-test-<uuid>/root`` in a new bucket; AWS_* env vars point at moto."""
+    bucket = f"hubdask-test-{uuid.uuid4().hex}"
+    moto_server.make_bucket(bucket)
+    _set_env(monkeypatch, moto_server.env())
+    return f"s3://{bucket}/root"
+
+
+@pytest.fixture
+def fault_proxy(moto_server: MotoServer) -> Iterator[FaultProxy]:
+    """A `FaultProxy` in front of moto, no faults yet (seed 0); change them with `.set(...)`."""
+    with FaultProxy(moto_server.endpoint, seed=0) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def s3_root_faulty(s3_root: str, fault_proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Like `s3_root`, but clients reach moto through `fault_proxy` (same bucket)."""
+    _set_env(monkeypatch, s3_env(fault_proxy.endpoint))
+    return s3_root
