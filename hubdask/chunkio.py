@@ -30,13 +30,13 @@ from typing import Any, Callable
 import numpy as np
 
 from hubdask import config, grid
-from hubdask.errors import CorruptChunkError
+from hubdask.errors import CorruptChunkError, StorageError
 from hubdask.source import Source
 from hubdask.storage import Root, sync
 from hubdask.storage import cache as disk_cache
 from hubdask.versioning import repository
 
-LIST_OPEN_NODE_AT = 64  # remote branch reads of more chunks than this LIST the open node once
+LIST_OPEN_NODE_AT = 4  # remote branch reads of more chunks than this LIST the open node once (not a GET each)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -371,10 +371,14 @@ def _fetch_all(res: Resolver, jobs: list, deliver: Callable[[tuple, Any], None])
     single = len(jobs) == 1
 
     def from_cache(job: tuple) -> bool:
-        raw = cache.get(job[2])
+        raw = cache.get(job[2], verify=not res.lay.codec.crc)  # a crc32c chunk is checked by decoding
         if raw is None:
             return False
-        deliver(job, raw)
+        try:
+            deliver(job, raw)
+        except CorruptChunkError:
+            cache.discard(job[2])  # a damaged cache entry: refetch, never return it
+            return False
         return True
 
     def finish(job: tuple, raw: Any, from_committed: bool) -> None:
@@ -382,10 +386,29 @@ def _fetch_all(res: Resolver, jobs: list, deliver: Callable[[tuple, Any], None])
         if cache is not None and from_committed:
             cache.put(job[2], raw)
 
+    if cache is not None:  # committed chunks first, straight from the disk cache in the threads
+        served = _run_threads(lambda job: job[1] is None and from_cache(job), jobs)
+        jobs = [job for job, done in zip(jobs, served) if not done]
+        if not jobs:
+            return
+        single = len(jobs) == 1
+
     async def in_pool(fn: Callable, *args: Any) -> Any:
         return fn(*args) if single else await asyncio.get_running_loop().run_in_executor(pool(), fn, *args)
 
     async def fetch_one(job: tuple, loop: asyncio.AbstractEventLoop) -> None:
+        """fetch_decode, fetched again once if the bytes fail their checksum (damaged in flight: if
+        the second copy fails too, they are damaged in storage); a chunk whose requests keep failing
+        past the retry budget (storage.retry) becomes a StorageError naming the dataset and chunk."""
+        try:
+            try:
+                return await fetch_decode(job, loop)
+            except CorruptChunkError:
+                return await fetch_decode(job, loop)
+        except StorageError as exc:
+            raise _chunk_error(res, job[0].coords, "read", exc) from exc
+
+    async def fetch_decode(job: tuple, loop: asyncio.AbstractEventLoop) -> None:
         mutable, committed = job[1], job[2]
         raw = None
         if mutable is not None:
@@ -394,7 +417,7 @@ def _fetch_all(res: Resolver, jobs: list, deliver: Callable[[tuple, Any], None])
                 return await in_pool(finish, job, raw, False)
         if committed is None:
             return await in_pool(finish, job, None, False)
-        if cache is not None and await in_pool(from_cache, job):
+        if cache is not None and mutable is not None and await in_pool(from_cache, job):
             return None
         raw = await res.root.fetch_async(committed)
         if raw is None:
@@ -402,6 +425,10 @@ def _fetch_all(res: Resolver, jobs: list, deliver: Callable[[tuple, Any], None])
         return await in_pool(finish, job, raw, True)
 
     sync(_bounded(fetch_one, jobs, config.read_concurrency()))
+
+
+def _chunk_error(res: Resolver, coords: tuple[int, ...], op: str, exc: StorageError) -> StorageError:
+    return StorageError(f"dataset {res.source.ds!r}: chunk {res.lay.logical_key(coords)!r} could not be {op}: {exc}")
 
 
 def _read_file(path: Path) -> bytes | None:
@@ -488,7 +515,10 @@ def write(source: Source, sel: tuple[int | slice, ...], data: np.ndarray, name: 
             if old is None and committed:
                 old = await res.root.fetch_async(committed)
         blob = build(part, old) if len(parts) == 1 else await loop.run_in_executor(pool(), build, part, old)
-        await res.root.put_async(res.physical(lay.logical_key(part.coords), source.node), blob)
+        try:
+            await res.root.put_async(res.physical(lay.logical_key(part.coords), source.node), blob)
+        except StorageError as exc:
+            raise _chunk_error(res, part.coords, "written", exc) from exc
 
     sync(_bounded(remote_one, parts, config.read_concurrency()))
     return True

@@ -391,8 +391,12 @@ def map_blocks(func: Callable[[np.ndarray], np.ndarray], array: "Array", out: "A
 
     run_waves(task, parts, _per_task(array), desc=f"map_blocks {name}", scheduler=scheduler,
               show_progress=progress, tasks_per_wave=tasks_per_wave)
-    _fill_blocks(func, array, out, {sel for sel, _ in parts}, apply, scheduler, progress, tasks_per_wave, kwargs)
+    _fill_blocks(func, array, out, {_hashable(sel) for sel, _ in parts}, apply, scheduler, progress, tasks_per_wave, kwargs)
     return out
+
+
+def _hashable(sel: tuple) -> tuple:
+    return tuple((s.start, s.stop, s.step) if isinstance(s, slice) else s for s in sel)
 
 
 def _fill_blocks(func, array, out, written, apply, scheduler, show_progress, tasks_per_wave, kwargs) -> None:
@@ -406,7 +410,7 @@ def _fill_blocks(func, array, out, written, apply, scheduler, show_progress, tas
     todo = []
     for coords in itertools.product(*ranges):
         sel = tuple(_piece(a, c, j)[0] for a, c, j in zip(axes, chunks, coords))
-        if sel not in written:
+        if _hashable(sel) not in written:
             todo.append(sel)
 
     def task(batch: list) -> int:

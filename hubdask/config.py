@@ -13,6 +13,10 @@ HUBDASK_CHUNK_MB          target chunk size for automatic chunking       ``8``
 HUBDASK_PROGRESS          ``auto`` (on a terminal), ``on``, ``off``      ``auto``
 HUBDASK_THREADS           threads decoding/encoding chunks per process   number of CPUs
 HUBDASK_READ_CONCURRENCY  chunk GETs/PUTs in flight per call (remote)    ``32``
+HUBDASK_RETRIES           retries of one failed storage request          ``10``
+HUBDASK_RETRY_WAIT        first wait before a retry, seconds (doubles)   ``0.1``
+HUBDASK_RETRY_MAX_WAIT    longest wait between retries, seconds          ``5``
+HUBDASK_RETRY_TIMEOUT     give a request up after this many seconds      ``120``
 ========================  =============================================  ====================
 """
 
@@ -80,3 +84,20 @@ def parse_size(text: str) -> int:
         return int(float(text[: len(text) - len(unit)]) * _SUFFIX[unit])
     except ValueError:
         raise ValueError(f"size {text!r}: expected a number of bytes, optionally with K, M, G or T") from None
+
+
+def retries() -> int:
+    """Retries of one storage request after a transient failure (503, reset, truncated body)."""
+    return max(0, int(os.environ.get("HUBDASK_RETRIES", "10")))
+
+
+def retry_wait() -> float:
+    return max(0.0, float(os.environ.get("HUBDASK_RETRY_WAIT", "0.1")))
+
+
+def retry_max_wait() -> float:
+    return max(0.0, float(os.environ.get("HUBDASK_RETRY_MAX_WAIT", "5")))
+
+
+def retry_timeout() -> float:
+    return max(0.0, float(os.environ.get("HUBDASK_RETRY_TIMEOUT", "120")))

@@ -47,7 +47,13 @@ def array_spec(what: str, key: str, spec: Any) -> ArraySpec:
     """
     from hubdask.api import _check_shape_dtype_chunks, _compressors, _fill_value
 
-    check_part(key, "array name", f"{what}[{key!r}]")
+    from hubdask.errors import InvalidNameError
+
+    try:
+        check_part(key, "array name", key)
+    except InvalidNameError:
+        raise InvalidNameError(f"{what}: invalid array name {key!r}; expected letters, digits, '.', '_' or '-', "
+                               "not empty and not '.' or '..'") from None
     what = f"{what}, array {key!r}"
     if isinstance(spec, dict):
         unknown = set(spec) - {"shape", "dtype", "chunks", "fill_value", "codecs", "data"}
@@ -154,6 +160,11 @@ class Dataset(Versioned):
         for key, a in self.arrays.items():
             lines.append(f"  {key}: shape={a.shape}, dtype={a.dtype}, chunks={a.chunks}")
         return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        from hubdask.viz import repr_html
+
+        return repr_html(self)
 
     # --- changing it -------------------------------------------------------------------------------
 

@@ -25,3 +25,7 @@ class ConflictError(HubdaskError, RuntimeError):
 
 class CorruptChunkError(HubdaskError, OSError):
     """Bytes in storage that fail their checksum or do not decode to a chunk."""
+
+
+class StorageError(HubdaskError, OSError):
+    """Storage that kept failing (HTTP 5xx, resets, truncated bodies) past the retry budget."""

@@ -121,25 +121,36 @@ def _write_block(block: np.ndarray, src: Source, offset: tuple[int, ...], shape:
     return np.ones((1,) * block.ndim, dtype=np.int64)
 
 
-def aligned_chunks(offset: tuple[int, ...], extent: tuple[int, ...], chunks: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
-    """Block sizes along each axis that cut ``[offset, offset+extent)`` exactly at storage chunk borders."""
+def aligned_chunks(offset: tuple[int, ...], extent: tuple[int, ...], chunks: tuple[int, ...],
+                   group: tuple[int, ...] | None = None) -> tuple[tuple[int, ...], ...]:
+    """Block sizes along each axis that cut ``[offset, offset+extent)`` only at storage chunk borders,
+    ``group[axis]`` storage chunks per block (1 by default), so no storage chunk is shared by two blocks."""
     out = []
-    for o, n, c in zip(offset, extent, chunks):
+    for axis, (o, n, c) in enumerate(zip(offset, extent, chunks)):
+        step = c * (group[axis] if group else 1)
         sizes, pos = [], o
         while pos < o + n:
-            nxt = min((pos // c + 1) * c, o + n)
+            nxt = min((pos // step + 1) * step, o + n)
             sizes.append(nxt - pos)
             pos = nxt
         out.append(tuple(sizes) or (0,))
     return tuple(out)
 
 
+def block_group(source_chunks: tuple[tuple[int, ...], ...], chunks: tuple[int, ...]) -> tuple[int, ...]:
+    """Storage chunks per write block along each axis: blocks about as large as the source's own (its
+    parallelism and memory per task), but never less than one storage chunk."""
+    return tuple(max(1, round(max(sizes, default=c) / c)) for sizes, c in zip(source_chunks, chunks))
+
+
 def store(source: "da.Array", target: "Array", region: tuple[slice, ...] | None = None, *,
           lock: bool | str | None = None) -> "da.Array":
     """A lazy dask array (the count of blocks written) whose computation writes ``source`` into ``target``.
 
-    ``source`` is rechunked to the target's storage chunks inside ``region``, so each storage chunk is
-    written by exactly one task; only chunks cut by the region's edges are read-modify-written.
+    ``source`` is rechunked to blocks cut at the target's storage chunk borders (each about the size of a
+    source block), so each storage chunk is written by exactly one task and no task needs a lock; only
+    chunks cut by the region's edges are read-modify-written (under their chunk locks, against writers
+    outside this job).
     """
     import dask.array as da
 
@@ -164,7 +175,7 @@ def store(source: "da.Array", target: "Array", region: tuple[slice, ...] | None 
         raise TypeError(f"{what}: cannot store a dask array of dtype {source.dtype} into dtype {target.dtype}")
     if math.prod(extent) == 0:
         return da.zeros((), dtype=np.int64)
-    aligned = source.rechunk(aligned_chunks(offset, extent, chunks))
+    aligned = source.rechunk(aligned_chunks(offset, extent, chunks, block_group(source.chunks, chunks)))
     written = aligned.map_blocks(
         _write_block, src=src, offset=offset, shape=shape, chunk_shape=chunks, target_dtype=target.dtype, what=what, lock=lock,
         chunks=tuple((1,) * len(c) for c in aligned.chunks), dtype=np.int64, meta=np.empty((0,) * aligned.ndim, np.int64),

@@ -18,6 +18,7 @@ processes); ``hd.cache.clear()`` empties it.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import errno
 import os
 import sqlite3
@@ -32,6 +33,12 @@ from hubdask.storage.root import Root
 _CACHES: dict[tuple[str, int], Any] = {}  # (folder, pid) -> diskcache.Cache
 _LOCK = threading.Lock()
 _STATS = {"hits": 0, "misses": 0, "corrupt": 0, "stored": 0}
+_STATS_LOCK = threading.Lock()
+
+
+def _count(what: str) -> None:
+    with _STATS_LOCK:
+        _STATS[what] += 1
 _DISABLED: dict[str, str] = {}  # folder -> why caching was turned off in this process
 _FULL = {errno.ENOSPC, errno.EDQUOT}
 
@@ -83,8 +90,9 @@ class Reader:
     def __init__(self, root: Root) -> None:
         self.prefix = root.url.rstrip("/") + "/"
 
-    def get(self, key: str) -> memoryview | None:
-        """The cached bytes of ``key`` (checked against their crc32c), or None."""
+    def get(self, key: str, verify: bool = True) -> memoryview | None:
+        """The cached bytes of ``key``, or None. ``verify``: check the entry's crc32c (a caller whose
+        objects carry their own checksum may skip it and ``discard`` an entry that fails to decode)."""
         import crc32c
 
         cache = _open()
@@ -97,35 +105,117 @@ class Reader:
             value = None
         if value is not None:
             view = memoryview(value)
-            if len(view) >= 4 and crc32c.crc32c(view[:-4]) == int.from_bytes(view[-4:], "little"):
-                _STATS["hits"] += 1
+            if len(view) >= 4 and (not verify or crc32c.crc32c(view[:-4]) == int.from_bytes(view[-4:], "little")):
+                _count("hits")
                 return view[:-4]
-            _STATS["corrupt"] += 1
+            _count("corrupt")
             try:
                 cache.delete(full, retry=True)
             except (OSError, sqlite3.Error):
                 pass
-        _STATS["misses"] += 1
+        _count("misses")
         return None
 
-    def put(self, key: str, data: Any) -> None:
-        """Keep ``data`` for ``key``; a full disk turns caching off (with a warning), nothing fails."""
-        import crc32c
-
+    def discard(self, key: str) -> None:
+        """Drop a damaged entry (found so by the caller, e.g. a chunk whose own checksum failed)."""
         cache = _open()
-        if cache is None:
+        if cache is not None:
+            _count("corrupt")
+            try:
+                cache.delete(self.prefix + key, retry=True)
+            except (OSError, sqlite3.Error):
+                pass
+
+    def put(self, key: str, data: Any) -> None:
+        """Keep ``data`` for ``key``, written by a background thread so reads never wait for the disk
+        (``flush()`` waits for it). A full disk turns caching off with a warning; nothing fails."""
+        if _open() is None:
             return
-        view = memoryview(data).cast("B") if not isinstance(data, (bytes, bytearray)) else data
-        value = b"".join((view, crc32c.crc32c(view).to_bytes(4, "little")))
-        try:
-            cache.set(self.prefix + key, value, retry=True)
-            _STATS["stored"] += 1
-        except (OSError, sqlite3.Error) as exc:
-            if _is_full(exc):
-                _disable(str(folder()), exc)
-            else:
-                warnings.warn(f"hubdask: could not cache {key!r} ({type(exc).__name__}); reading on",
-                              RuntimeWarning, stacklevel=2)
+        _writer().submit(self.prefix + key, bytes(data))
+
+
+def _store(full_key: str, data: bytes) -> None:
+    import crc32c
+
+    cache = _open()
+    if cache is None:
+        return
+    value = b"".join((data, crc32c.crc32c(data).to_bytes(4, "little")))
+    try:
+        cache.set(full_key, value, retry=True)
+        _count("stored")
+    except (OSError, sqlite3.Error) as exc:
+        if _is_full(exc):
+            _disable(str(folder()), exc)
+        else:
+            warnings.warn(f"hubdask: could not cache an object ({type(exc).__name__}: {exc}); reading on",
+                          RuntimeWarning, stacklevel=2)
+
+
+class _Writer:
+    """One background thread per process storing cache entries; at most MAX_PENDING bytes queued
+    (beyond that an entry is simply not cached)."""
+
+    MAX_PENDING = 512 * 2**20
+
+    def __init__(self) -> None:
+        self._queue: list[tuple[str, bytes]] = []
+        self._pending = 0
+        self._cond = threading.Condition()
+        self._busy = False
+        threading.Thread(target=self._run, name="hubdask-cache-writer", daemon=True).start()
+
+    def submit(self, key: str, data: bytes) -> None:
+        with self._cond:
+            if self._pending + len(data) > self.MAX_PENDING:
+                return
+            self._queue.append((key, data))
+            self._pending += len(data)
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue:
+                    self._busy = False
+                    self._cond.notify_all()
+                    self._cond.wait()
+                key, data = self._queue.pop(0)
+                self._busy = True
+            try:
+                _store(key, data)
+            finally:
+                with self._cond:
+                    self._pending -= len(data)
+
+    def flush(self) -> None:
+        with self._cond:
+            while self._queue or self._busy:
+                self._cond.wait(0.05)
+
+
+_WRITERS: dict[int, _Writer] = {}
+
+
+def _writer() -> _Writer:
+    pid = os.getpid()
+    w = _WRITERS.get(pid)
+    if w is None:
+        with _LOCK:
+            w = _WRITERS.get(pid)
+            if w is None:
+                w = _WRITERS[pid] = _Writer()
+    return w
+
+
+def flush() -> None:
+    """Wait until every entry handed to the cache by this process is on disk."""
+    w = _WRITERS.get(os.getpid())
+    if w is not None:
+        w.flush()
+
+
+atexit.register(flush)
 
 
 def reader(root: Root) -> Reader | None:
@@ -157,6 +247,7 @@ def immutable_reader(root: Root):
 def info() -> dict[str, Any]:
     """``hits`` and ``misses`` (this process), ``bytes`` and ``entries`` on disk (all processes),
     ``size_limit``, ``directory`` and whether caching is ``enabled`` (and if not, ``why``)."""
+    flush()
     path = str(folder())
     cache = _open()
     out = {"directory": path, "enabled": cache is not None, "size_limit": config.cache_size(),
@@ -171,6 +262,7 @@ def info() -> dict[str, Any]:
 
 def clear() -> int:
     """Empty the cache (every process's entries) and this process's counters; returns entries removed."""
+    flush()
     cache = _open()
     removed = cache.clear(retry=True) if cache is not None else 0
     for k in _STATS:
@@ -180,6 +272,7 @@ def clear() -> int:
 
 def reset() -> None:
     """Forget open caches and a 'disk full' decision (tests; after freeing space)."""
+    flush()
     with _LOCK:
         for c in _CACHES.values():
             try:

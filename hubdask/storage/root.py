@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import threading
-from datetime import timedelta
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -21,6 +20,7 @@ from zarr.core.sync import sync as _sync
 from zarr.storage import FsspecStore, LocalStore, MemoryStore
 
 from hubdask import config
+from hubdask.storage.retry import Policy, retrying
 
 T = TypeVar("T")
 _PROTO = default_buffer_prototype()
@@ -98,10 +98,12 @@ class Root:
 
     # --- the primitives of the layers above, as coroutines and as blocking calls -----------------
 
+    @retrying("GET")
     async def get_async(self, key: str) -> bytes | None:
         buf = await self.store.get(key, prototype=_PROTO)
         return None if buf is None else buf.to_bytes()
 
+    @retrying("PUT")
     async def put_async(self, key: str, data: bytes) -> None:
         store = self.store
         if type(store).__name__ == "ObjectStore":
@@ -111,6 +113,7 @@ class Root:
             return
         await store.set(key, _PROTO.buffer.from_bytes(data))
 
+    @retrying("GET")
     async def fetch_async(self, key: str) -> Any:
         """The object's bytes as a buffer (zero-copy where the client allows), or None if absent.
         The data path's GET: obstore's own call on S3, no zarr Buffer in between."""
@@ -126,6 +129,7 @@ class Root:
         buf = await store.get(key, prototype=_PROTO)
         return None if buf is None else buf.as_numpy_array()
 
+    @retrying("create")
     async def create_async(self, key: str, data: bytes) -> bool:
         """Write ``key`` only if it does not exist; True if this call created it. Atomic where the
         backend allows: local (link of a complete temp file), memory, S3 (If-None-Match)."""
@@ -165,12 +169,15 @@ class Root:
         await store.set(key, buf)
         return True
 
+    @retrying("DELETE")
     async def delete_async(self, key: str) -> None:
         await self.store.delete(key)
 
+    @retrying("LIST")
     async def list_prefix_async(self, prefix: str) -> list[str]:
         return [k async for k in self.store.list_prefix(prefix)]
 
+    @retrying("LIST")
     async def list_dir_async(self, prefix: str) -> list[str]:
         return [k async for k in self.store.list_dir(prefix)]
 
@@ -242,6 +249,7 @@ def _fsspec_options(scheme: str, options: dict[str, Any]) -> dict[str, Any]:
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint and "endpoint_url" not in opts and "endpoint_url" not in opts.get("client_kwargs", {}):
             opts["endpoint_url"] = endpoint
+        opts.setdefault("config_kwargs", Policy.from_env().botocore_config())  # HUBDASK_RETRIES (retry.py)
     return opts
 
 
@@ -281,8 +289,6 @@ def _obstore_s3(url: str, options: dict[str, Any]) -> Store:
         prefix=prefix or None,
         config=cfg,
         client_options=client_options,
-        retry_config={"max_retries": 10, "retry_timeout": timedelta(seconds=120),
-                      "backoff": {"init_backoff": timedelta(seconds=0.1), "max_backoff": timedelta(seconds=5),
-                                  "base": 2}},
+        retry_config=Policy.from_env().obstore_config(),  # HUBDASK_RETRIES etc. (storage/retry.py)
     )
     return ObjectStore(store)

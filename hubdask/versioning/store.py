@@ -16,6 +16,7 @@ from zarr.core.buffer import Buffer, BufferPrototype
 
 from hubdask.errors import CorruptChunkError
 from hubdask.storage import Root
+from hubdask.storage import retry
 
 PARTIAL_SUFFIX = ".partial"  # LocalStore's temp files while a write is in flight
 
@@ -52,10 +53,17 @@ class VersionedStore(Store):
     def physical_key(self, key: str, node: str) -> str:
         return f"{self.ds}/nodes/{node}/{key}"
 
+    async def _io(self, what: str, request):
+        """``await request()``; on a remote root retried through transient failures (storage.retry)."""
+        if self.root.is_local or self.root.scheme == "memory":
+            return await request()
+        return await retry.call(request, f"dataset {self.ds!r}: {what}")
+
     async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:
         store = self.root.store
         if self.node is not None:
-            buf = await store.get(self.physical_key(key, self.node), prototype, byte_range)
+            pkey = self.physical_key(key, self.node)
+            buf = await self._io(f"GET {pkey!r}", lambda: store.get(pkey, prototype, byte_range))
             if buf is not None:
                 return None if len(buf) == 0 else buf
         holder = self.chunk_map.get(key)
@@ -65,7 +73,7 @@ class VersionedStore(Store):
         if self._immutable_get is not None and byte_range is None:
             buf = await self._immutable_get(pkey, prototype)
         else:
-            buf = await store.get(pkey, prototype, byte_range)
+            buf = await self._io(f"GET {pkey!r}", lambda: store.get(pkey, prototype, byte_range))
         if buf is None:
             raise CorruptChunkError(
                 f"dataset {self.ds!r}: object {key!r} of a committed version is missing from storage "
@@ -82,11 +90,13 @@ class VersionedStore(Store):
 
     async def set(self, key: str, value: Buffer) -> None:
         self._check_writable()
-        await self.root.store.set(self.physical_key(key, self.node), value)
+        pkey = self.physical_key(key, self.node)
+        await self._io(f"PUT {pkey!r}", lambda: self.root.store.set(pkey, value))
 
     async def delete(self, key: str) -> None:
         self._check_writable()
-        await self.root.store.set(self.physical_key(key, self.node), _proto().buffer.from_bytes(b""))
+        pkey = self.physical_key(key, self.node)
+        await self._io(f"PUT {pkey!r}", lambda: self.root.store.set(pkey, _proto().buffer.from_bytes(b"")))
 
     async def _keys(self) -> set[str]:
         keys = {k for k, h in self.chunk_map.items() if h is not None}

@@ -124,10 +124,11 @@ def dataset_html(ds: Any, max_thumbs: int = 4) -> str:
         s = summarize(a, max_sized=REPR_MAX_SIZED // max(1, len(arrays)))
         head = head or s
         pic = _thumb_html(a) if k < max_thumbs else ""
-        cells.append(f"<tr><td><code>{e(key)}</code></td><td>{e(_fmt_shape(a.shape))}</td><td>{e(str(a.dtype))}</td>"
-                     f"<td>{e(_fmt_shape(a.chunks))}</td><td>{s.written:,} / {s.total_chunks:,}</td>"
-                     f"<td>{e(human_bytes(s.logical_bytes))}</td><td>{e(_stored(s))}</td><td>{pic}</td></tr>")
-    header = "".join(f"<th style='text-align:left'>{h}</th>" for h in
+        values = (f"<code>{e(key)}</code>", e(_fmt_shape(a.shape)), e(str(a.dtype)), e(_fmt_shape(a.chunks)),
+                  f"{s.written:,} / {s.total_chunks:,}", e(human_bytes(s.logical_bytes)), e(_stored(s)), pic)
+        cells.append("<tr>" + "".join(f"<td style='text-align:left;padding-right:1em'>{v}</td>" for v in values)
+                     + "</tr>")
+    header = "".join(f"<th style='text-align:left;padding-right:1em'>{h}</th>" for h in
                      ("array", "shape", "dtype", "chunks", "chunks written", "logical", "stored", ""))
     version = _table(_version_rows(head)) if head is not None else ""
     return (f"<div class='hubdask-dataset'><b>hubdask.Dataset</b> <code>{e(ds.name)}</code>{version}"

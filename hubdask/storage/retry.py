@@ -1,0 +1,152 @@
+"""Retries of storage requests after transient failures, with one budget for every client.
+
+The S3 clients retry some failures themselves: obstore retries a request whose status is 5xx or whose
+connection failed before the response began, s3fs/botocore retry 5xx, SlowDown and connection errors.
+Neither retries everything that the network does to a request (checked against tests' fault proxy):
+obstore gives up at once when a GET's body is cut (reset or truncated mid-body; a short body is caught by
+its Content-Length, never returned) and never retries a conditional PUT (``mode="create"``) whose
+connection broke. This module closes those gaps for remote roots:
+
+- ``call`` retries one request while its error is transient, waiting ``HUBDASK_RETRY_WAIT`` seconds,
+  doubling up to ``HUBDASK_RETRY_MAX_WAIT`` (with jitter), at most ``HUBDASK_RETRIES`` times and not past
+  ``HUBDASK_RETRY_TIMEOUT`` seconds; an error the client already retried to its budget is not retried
+  again. Past the budget the caller gets a ``StorageError`` naming what failed (no secret: clients'
+  messages carry URLs, never keys, and only their first line is kept).
+- ``retrying(op)`` wraps a ``Root`` primitive with ``call`` (local and memory roots are not wrapped).
+  For ``create`` it also makes a retried exclusive create idempotent: when a first attempt landed but its
+  answer was lost, the retry finds the object already there; if it holds exactly our bytes it is ours.
+- ``Policy.obstore_config`` and ``Policy.botocore_config`` give the clients the same numbers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from hubdask import config
+from hubdask.errors import HubdaskError, StorageError
+
+T = TypeVar("T")
+
+# Errors that are answers, not failures: retrying cannot change them.
+_FINAL = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError,
+          HubdaskError, ValueError, TypeError, KeyError)
+_FINAL_NAMES = {"NotFoundError", "AlreadyExistsError", "PreconditionError", "PermissionDeniedError",
+                "UnauthenticatedError", "NotSupportedError", "NotImplementedError", "InvalidPathError",
+                "UnknownConfigurationKeyError", "NoCredentialsError", "PartialCredentialsError"}
+_TRANSIENT_NAMES = {"ClientPayloadError", "ServerDisconnectedError", "ClientConnectionError",
+                    "ClientOSError", "ServerTimeoutError", "EndpointConnectionError", "ConnectionClosedError",
+                    "ReadTimeoutError", "ConnectTimeoutError", "ResponseStreamingError", "IncompleteReadError"}
+_TRANSIENT_TEXT = re.compile(
+    r"HTTP error|body error|error sending request|connection (reset|closed|refused|aborted)|broken pipe|"
+    r"timed? ?out|\b50[0234]\b|SlowDown|reduce your request rate|Service ?Unavailable|Internal ?Server ?Error|"
+    r"InternalError|payload is not completed|end of file before message length|incomplete", re.I)
+_CLIENT_EXHAUSTED = re.compile(r"after (\d+) retries, max_retries: (\d+)")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How long to keep trying one request (from ``HUBDASK_RETRIES`` and friends, see config.py)."""
+
+    retries: int = 10
+    wait: float = 0.1
+    max_wait: float = 5.0
+    timeout: float = 120.0
+
+    @classmethod
+    def from_env(cls) -> "Policy":
+        return cls(config.retries(), config.retry_wait(), config.retry_max_wait(), config.retry_timeout())
+
+    def waits(self) -> Iterator[float]:
+        """The waits before each retry: exponential, capped, with jitter (half to full length)."""
+        wait = self.wait
+        for _ in range(self.retries):
+            yield wait * random.uniform(0.5, 1.0)
+            wait = min(wait * 2, self.max_wait)
+
+    def obstore_config(self) -> dict[str, Any]:
+        """obstore's ``retry_config`` with the same budget."""
+        return {"max_retries": self.retries, "retry_timeout": timedelta(seconds=self.timeout),
+                "backoff": {"init_backoff": timedelta(seconds=self.wait),
+                            "max_backoff": timedelta(seconds=max(self.wait, self.max_wait)), "base": 2}}
+
+    def botocore_config(self) -> dict[str, Any]:
+        """s3fs's ``config_kwargs`` for botocore with the same number of attempts."""
+        return {"retries": {"total_max_attempts": self.retries + 1, "mode": "standard"}}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is a failure of the transport or of an overloaded server, worth another try."""
+    if isinstance(exc, _FINAL):
+        return False
+    names = {c.__name__ for c in type(exc).__mro__}
+    if names & _FINAL_NAMES:
+        return False
+    if names & _TRANSIENT_NAMES or isinstance(exc, (ConnectionError, TimeoutError, asyncio.TimeoutError)):
+        return True
+    if any(c.__module__.split(".")[0] == "aiohttp" for c in type(exc).__mro__):
+        return True
+    return bool(_TRANSIENT_TEXT.search(str(exc)))
+
+
+def client_exhausted(exc: BaseException) -> bool:
+    """Whether the client itself already retried ``exc`` up to its own budget (obstore says so)."""
+    m = _CLIENT_EXHAUSTED.search(str(exc))
+    return m is not None and int(m.group(1)) >= int(m.group(2))
+
+
+def summary(exc: BaseException) -> str:
+    """One short line about ``exc`` (clients append long debug dumps; they are left out)."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first[:300]}"
+
+
+async def call(fn: Callable[[], Awaitable[T]], what: str, policy: Policy | None = None) -> T:
+    """``await fn()``, retried while it fails transiently; StorageError naming ``what`` past the budget."""
+    policy = policy or Policy.from_env()
+    start = time.monotonic()
+    waits = policy.waits()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await fn()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            wait = None if client_exhausted(exc) else next(waits, None)
+            elapsed = time.monotonic() - start
+            if wait is None or elapsed + wait > policy.timeout:
+                raise StorageError(
+                    f"{what}: storage kept failing after {attempt} attempt(s) over {elapsed:.1f}s "
+                    f"({summary(exc)}); expected an answer within the retry budget (HUBDASK_RETRIES="
+                    f"{policy.retries}, HUBDASK_RETRY_TIMEOUT={policy.timeout:g}s): try again later"
+                ) from exc
+        await asyncio.sleep(wait)
+
+
+def retrying(op: str) -> Callable:
+    """Decorate an async ``Root`` primitive ``(self, key, *args)`` with ``call`` on remote roots."""
+
+    def deco(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        @functools.wraps(method)
+        async def wrapper(self: Any, key: str, *args: Any) -> Any:
+            if self.is_local or self.scheme == "memory":
+                return await method(self, key, *args)
+            out = await call(lambda: method(self, key, *args), f"storage {self.url}: {op} {key!r}")
+            if op == "create" and out is False:
+                # The object exists. If it holds our very bytes, an earlier attempt of ours (inside the
+                # client's retries or ours) wrote it and only the answer was lost: the create is ours.
+                return await self.get_async(key) == bytes(args[0])
+            return out
+
+        return wrapper
+
+    return deco

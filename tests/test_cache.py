@@ -1,0 +1,162 @@
+"""The local disk cache of committed chunks, against moto's S3 server in its own process."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import hubdask as hd
+from hubdask.storage import cache, open_root
+from helpers import run_python
+
+CHUNKS = (4, 16, 16)
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("HUBDASK_CACHE", str(folder))
+    monkeypatch.delenv("HUBDASK_CACHE_SIZE", raising=False)
+    cache.reset()
+    cache.clear()
+    yield folder
+    cache.reset()
+
+
+def _make(root: str, name: str = "c/arr", commit: bool = True) -> tuple[hd.Array, np.ndarray]:
+    data = np.random.default_rng(1).integers(0, 200, (16, 16, 16), dtype=np.uint8)
+    a = hd.array(data.shape, name, dtype="uint8", chunks=CHUNKS, storage=root)
+    a[...] = data
+    if commit:
+        a.commit("data")
+    return a, data
+
+
+def _chunk_gets(moto_server) -> int:
+    """Successful chunk GETs so far (a branch read also asks its open node, which answers 404)."""
+    return sum(1 for line in moto_server.log_lines() if '"GET ' in line and '" 200' in line
+               and re.search(r"/nodes/[0-9a-f]+/c/[0-9]", line))
+
+
+def test_cold_then_warm_reads_serve_committed_chunks_from_disk(s3_root, moto_server, cache_dir):
+    _, data = _make(s3_root)
+    x = hd.load("c/arr", storage=s3_root)
+    np.testing.assert_array_equal(np.asarray(x), data)
+    assert cache.info()["misses"] >= 4 and cache.info()["entries"] >= 4 and cache.info()["bytes"] > 0
+    before, hits = _chunk_gets(moto_server), cache.info()["hits"]
+    np.testing.assert_array_equal(np.asarray(hd.load("c/arr", storage=s3_root)), data)
+    assert cache.info()["hits"] == hits + 4
+    assert _chunk_gets(moto_server) == before, "a warm read must not GET chunks from storage"
+    assert int(x.sum().compute()) == int(data.sum(dtype=np.int64))  # the wave engine reads through it too
+
+
+def test_uncommitted_chunks_are_never_cached_or_stale(s3_root, cache_dir):
+    a, data = _make(s3_root, commit=False)
+    np.testing.assert_array_equal(np.asarray(a), data)
+    meta = cache.info()["entries"]  # the array's committed zarr.json, read once when it was opened
+    assert meta <= 1  # open-node chunks bypass the cache
+    a.commit("one")
+    np.testing.assert_array_equal(np.asarray(hd.load("c/arr", storage=s3_root)), data)
+    assert cache.info()["entries"] == meta + 4
+    a[0:4] = 7  # a new open node now shadows the cached committed chunk
+    data[0:4] = 7
+    np.testing.assert_array_equal(np.asarray(hd.load("c/arr", storage=s3_root)), data)
+
+
+def test_cache_false_bypasses_the_cache(s3_root, cache_dir):
+    _, data = _make(s3_root)
+    before = {k: cache.info()[k] for k in ("hits", "misses", "entries")}
+    x = hd.load("c/arr", storage=s3_root, cache=False)
+    np.testing.assert_array_equal(np.asarray(x), data)
+    np.testing.assert_array_equal(np.asarray(x[1:3]), data[1:3])
+    assert {k: cache.info()[k] for k in ("hits", "misses", "entries")} == before
+
+
+def test_corrupted_or_truncated_entries_are_refetched(s3_root, cache_dir):
+    data = np.random.default_rng(4).integers(0, 255, (64, 64, 64), dtype=np.uint8)
+    a = hd.array(data.shape, "c/arr", dtype="uint8", chunks=(16, 64, 64), storage=s3_root, codecs="none")
+    a[...] = data
+    a.commit("x")
+    np.asarray(hd.load("c/arr", storage=s3_root))
+    cache.flush()  # entries are written by a background thread
+    files = sorted(p for p in Path(cache_dir).rglob("*.val"))  # objects over 32 KiB are files
+    assert len(files) == 4
+    files[0].write_bytes(files[0].read_bytes()[:-7])  # truncated
+    raw = bytearray(files[1].read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # one flipped byte
+    files[1].write_bytes(bytes(raw))
+    np.testing.assert_array_equal(np.asarray(hd.load("c/arr", storage=s3_root)), data)
+    info = cache.info()
+    assert info["corrupt"] == 2 and info["hits"] >= 2
+    hits = info["hits"]
+    np.testing.assert_array_equal(np.asarray(hd.load("c/arr", storage=s3_root)), data)
+    assert cache.info()["hits"] == hits + 4 and cache.info()["corrupt"] == 2  # refetched copies stored intact  # the refetched entries were stored again, intact
+
+
+def test_size_bound_evicts_least_recently_used(s3_root, cache_dir, monkeypatch):
+    data = np.random.default_rng(2).integers(0, 255, (64, 64, 64), dtype=np.uint8)  # incompressible-ish
+    a = hd.array(data.shape, "c/big", dtype="uint8", chunks=(8, 64, 64), storage=s3_root, codecs="none")
+    a[...] = data
+    a.commit("x")
+    one = 8 * 64 * 64
+    monkeypatch.setenv("HUBDASK_CACHE_SIZE", str(3 * one + 40_000))  # about three chunks plus the index
+    cache.reset()
+    x = hd.load("c/big", storage=s3_root)
+    np.testing.assert_array_equal(np.asarray(x), data)
+    info = cache.info()
+    assert info["entries"] < 8 and info["bytes"] <= info["size_limit"] + one
+    np.testing.assert_array_equal(np.asarray(x[0:8]), data[0:8])  # still correct after eviction
+
+
+def test_local_and_memory_roots_are_not_cached(tmp_path, cache_dir):
+    assert cache.reader(open_root(str(tmp_path / "r"))) is None
+    assert cache.reader(open_root("memory://cache-test")) is None
+
+
+def test_shared_by_processes_and_survives_restart(s3_root, moto_server, cache_dir):
+    _, data = _make(s3_root)
+    code = f"""
+        import json, numpy as np, hubdask as hd
+        x = np.asarray(hd.load("c/arr", storage={s3_root!r}))
+        print(json.dumps({{"sum": int(x.sum(dtype=np.int64)), **{{k: hd.cache.info()[k] for k in ("hits", "misses")}}}}))
+    """
+    env = {**moto_server.env(), "HUBDASK_CACHE": str(cache_dir)}
+    first = [run_python(code, env) for _ in range(2)]  # two processes, one after the other: a restart
+    outs = []
+    for r in first:
+        assert r.returncode == 0, r.stderr
+        outs.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    assert all(o["sum"] == int(data.sum(dtype=np.int64)) for o in outs)
+    assert outs[0]["misses"] >= 4 and outs[1]["hits"] >= 4 and outs[1]["misses"] == 0
+
+
+def test_full_disk_turns_caching_off_and_reads_go_on(s3_root, tmp_path, monkeypatch):
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill up (needs root): {r.stderr.decode().strip()}")
+    try:
+        monkeypatch.setenv("HUBDASK_CACHE", str(mount))
+        cache.reset()
+        data = np.random.default_rng(5).integers(0, 255, (128, 128, 128), dtype=np.uint8)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            a = hd.array(data.shape, "c/full", dtype="uint8", chunks=(16, 128, 128), storage=s3_root, codecs="none")
+            a[...] = data
+            a.commit("x")
+            got = np.asarray(hd.load("c/full", storage=s3_root))
+            cache.flush()  # entries are written by a background thread
+        np.testing.assert_array_equal(got, data)
+        assert any("turned off" in str(w.message) for w in caught), [str(w.message) for w in caught]
+        assert cache.info()["enabled"] is False
+        np.testing.assert_array_equal(np.asarray(hd.load("c/full", storage=s3_root)), data)
+    finally:
+        cache.reset()
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)

@@ -1,0 +1,108 @@
+"""Multi-array datasets: creation (specs or data), arrays at the dataset's state, one history for all."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import hubdask as hd
+
+from helpers import snapshot
+
+
+@pytest.fixture
+def root(tmp_path):
+    return str(tmp_path / "root")
+
+
+def test_create_from_specs_and_data(root):
+    x = np.random.default_rng(0).integers(0, 255, (40, 6, 5), dtype=np.uint8)
+    ds = hd.dataset("ml/mnist", images=dict(data=x, chunks=(16, 6, 5)), labels=np.arange(40),
+                    masks=dict(shape=(40, 2), dtype="bool"), storage=root)
+    assert isinstance(ds, hd.Dataset) and ds.keys() == ["images", "labels", "masks"]
+    assert len(ds) == 40 and ds.num_samples == 40
+    images = ds["images"]
+    assert isinstance(images, hd.Array) and images.chunks == (16, 6, 5) and images.dtype == np.uint8
+    np.testing.assert_array_equal(images.read(), x)
+    np.testing.assert_array_equal(ds["labels"][5:8].compute(), [5, 6, 7])
+    assert not ds["masks"].read().any()
+    assert [c.message for c in ds.log()] == ["ingest images, labels", "created"]
+    again = hd.load("ml/mnist", storage=root)
+    assert isinstance(again, hd.Dataset) and set(again.arrays) == {"images", "labels", "masks"}
+    text = repr(again)
+    assert "ml/mnist:main" in text and "images: shape=(40, 6, 5), dtype=uint8" in text
+    assert hd.ls("ml", storage=root) == ["ml/mnist"]
+
+
+def test_one_history_for_every_array(root):
+    ds = hd.dataset("ml/d", images=np.zeros((20, 3), "f4"), labels=np.zeros(20, "i8"), storage=root)
+    v1 = ds.tag("v1")
+    ds["images"][0] = 1.0
+    ds["labels"][0] = 7
+    c2 = ds.commit("both arrays")
+    assert ds.commit_id == c2 and [c.message for c in ds.log()][:1] == ["both arrays"]
+    old = hd.load("ml/d:v1", storage=root)
+    assert old.commit_id == v1
+    assert old["images"][0].read().sum() == 0 and old["labels"][0].read() == 0
+    with pytest.raises(hd.ReadOnlyError, match="ml/d"):
+        old["labels"][0] = 1
+    exp = ds.branch("exp")
+    assert isinstance(exp, hd.Dataset) and exp.branch_name == "exp"
+    exp["labels"][1] = 3
+    exp.commit("relabel on exp")
+    ds["images"][2] = 5.0
+    ds.commit("images on main")
+    ds.merge("exp")
+    merged = hd.load("ml/d", storage=root)
+    assert merged["labels"][1].read() == 3 and merged["images"][2].read().sum() == 15.0
+    assert isinstance(ds.checkout("v1"), hd.Dataset)
+
+
+def test_branch_view_follows_new_writes_and_arrays(root):
+    ds = hd.dataset("ml/e", images=dict(shape=(10, 2), dtype="int32"), storage=root)
+    other = hd.load("ml/e", storage=root)
+    other["images"][3] = 9
+    assert ds["images"][3].read().tolist() == [9, 9]
+    added = other.create_array("labels", data=np.arange(10, dtype="int16"))
+    assert added.dtype == np.int16 and "labels" in ds and ds["labels"][4].read() == 4
+    with pytest.raises(FileExistsError, match="labels"):
+        other.create_array("labels", shape=(10,))
+
+
+def test_bad_input_is_refused_and_storage_unchanged(root):
+    hd.dataset("ml/f", images=dict(shape=(4, 2), dtype="uint8"), storage=root)
+    before = snapshot(root)
+    with pytest.raises(FileExistsError, match="exist_ok"):
+        hd.dataset("ml/f", images=dict(shape=(4, 2), dtype="uint8"), storage=root)
+    with pytest.raises(ValueError, match="'images' has shape"):
+        hd.dataset("ml/f", images=dict(shape=(5, 2), dtype="uint8"), storage=root, exist_ok=True)
+    assert hd.dataset("ml/f", images=dict(shape=(4, 2), dtype="uint8"), storage=root, exist_ok=True).keys() == ["images"]
+    with pytest.raises(TypeError, match="unknown keys \\['chunk'\\]"):
+        hd.dataset("ml/g", images=dict(shape=(4,), chunk=2), storage=root)
+    with pytest.raises(hd.InvalidNameError, match="bad/key"):
+        hd.dataset("ml/g", **{"bad/key": dict(shape=(4,))}, storage=root)
+    with pytest.raises(TypeError, match="not supported"):
+        hd.dataset("ml/g", images=dict(shape=(4,), dtype=object), storage=root)
+    with pytest.raises(ValueError, match="data has shape"):
+        hd.dataset("ml/g", images=dict(shape=(5,), data=np.zeros(4)), storage=root)
+    with pytest.raises(TypeError, match="at least one array"):
+        hd.dataset("ml/g", storage=root)
+    assert snapshot(root) == before
+    ds = hd.load("ml/f", storage=root)
+    with pytest.raises(hd.NotFoundError, match="no array 'nope'; arrays: images"):
+        ds["nope"]
+    with pytest.raises(TypeError, match="index by array name"):
+        ds[0]
+
+
+def test_export_numpy_and_zarr(root, tmp_path):
+    import zarr
+
+    x = np.arange(24, dtype="f8").reshape(6, 4)
+    ds = hd.dataset("ml/x", a=x, b=np.arange(6), storage=root)
+    out = ds.to_numpy()
+    np.testing.assert_array_equal(out["a"], x)
+    ds.to_zarr(tmp_path / "out.zarr")
+    group = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
+    np.testing.assert_array_equal(group["a"][:], x)
+    np.testing.assert_array_equal(group["b"][:], np.arange(6))
