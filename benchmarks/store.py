@@ -1,11 +1,12 @@
 """``hd.store`` of a misaligned dask array on a cluster, against dask's own ways of writing zarr.
 
-    python benchmarks/store.py [--size-mb N] [--workers 2] [--repeats 3]
+    python benchmarks/store.py [--size-mb N] [--workers 2] [--repeats 5]
 
 Source: a float32 (n, 2048) dask array of random numbers whose blocks (1000, 1000) cut the storage
 chunks (512, 512) (1 MiB) everywhere. Target encoding for every tool: zarr v3 + zstd(level=0) + crc32c,
 in a local folder. The cluster is a LocalCluster of --workers worker processes x 1 thread, shared by all
-tools. Figures are the best of --repeats runs (a fresh target each run), in MB/s of array bytes; each
+tools. Figures are the best of --repeats runs (a fresh target each run; the tools take turns
+run by run, so the shared machine's load swings hit all alike), in MB/s of array bytes; each
 result is read back and compared with the source once (untimed).
 
 Tools:
@@ -52,7 +53,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size-mb", type=int, default=128)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args(argv)
 
     hd, why = import_hubdask()
@@ -98,24 +99,29 @@ def main(argv=None) -> int:
                 "da.store(lock=True)": lambda d: store_lock(d, True),
                 "da.store(lock=False)": lambda d: store_lock(d, False),
             }
-            for name, run in tools.items():
-                times, correct, note = [], None, ""
-                try:
-                    for r in range(args.repeats):
-                        dest = work / f"{len(results)}-{r}"
+            # round-robin over the tools, so that the shared machine's load swings hit every tool alike
+            for name in tools:
+                results[name] = {"times": [], "correct": None, "note": ""}
+            for r in range(args.repeats):
+                for name, run in tools.items():
+                    res = results[name]
+                    if res["note"]:
+                        continue
+                    dest = work / f"{name}-{r}".replace(" ", "_")
+                    try:
                         t0 = time.perf_counter()
                         read_back = run(dest)
-                        times.append(time.perf_counter() - t0)
-                        if r == 0:
-                            correct = bool(np.array_equal(read_back(), data))
-                        rmtree(dest)
-                except Exception as exc:
-                    note = f"{type(exc).__name__}: {short(exc)}"
-                best = min(times) if times else None
-                results[name] = {"best_s": best, "times": times, "mb_per_s": nbytes / best / MB if best else None,
-                                 "correct": correct, "note": note}
-                print(f"  {name:34} {fmt(results[name]['mb_per_s']):>8} MB/s  correct={correct}  "
-                      f"runs s: {' '.join(f'{t:.2f}' for t in times)} {note}", flush=True)
+                        res["times"].append(time.perf_counter() - t0)
+                        if res["correct"] is None:
+                            res["correct"] = bool(np.array_equal(read_back(), data))
+                    except Exception as exc:
+                        res["note"] = f"{type(exc).__name__}: {short(exc)}"
+                    rmtree(dest)
+            for name, res in results.items():
+                best = min(res["times"]) if res["times"] else None
+                res.update(best_s=best, mb_per_s=nbytes / best / MB if best else None)
+                print(f"  {name:24} {fmt(res['mb_per_s']):>8} MB/s  correct={res['correct']}  "
+                      f"runs s: {' '.join(f'{t:.2f}' for t in res['times'])} {res['note']}", flush=True)
     finally:
         rmtree(work)
 

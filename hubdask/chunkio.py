@@ -440,13 +440,23 @@ def _read_file(path: Path) -> bytes | None:
 
 
 async def _bounded(fn: Callable, items: Iterable, concurrency: int) -> None:
-    """``await fn(item, loop)`` for every item, at most ``concurrency`` at a time (a worker per slot)."""
+    """``await fn(item, loop)`` for every item, at most ``concurrency`` at a time (a worker per slot).
+    After a failure no new item starts and the ones in flight finish before the first error is raised:
+    cancelling them would not stop the client's own retries (obstore's run on), so a write that raised
+    could still land later, over a newer one."""
     loop = asyncio.get_running_loop()
     it = iter(items)
+    failed: list[BaseException] = []
 
     async def worker() -> None:
         for item in it:
-            await fn(item, loop)
+            if failed:
+                return
+            try:
+                await fn(item, loop)
+            except Exception as exc:
+                failed.append(exc)
+                return
 
     workers = [asyncio.ensure_future(worker()) for _ in range(max(1, concurrency))]
     try:
@@ -454,6 +464,8 @@ async def _bounded(fn: Callable, items: Iterable, concurrency: int) -> None:
     finally:
         for w in workers:
             w.cancel()
+    if failed:
+        raise failed[0]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ def cluster(tmp_path_factory):
         mp.setenv("HUBDASK_CACHE", str(tmp_path_factory.mktemp("cache")))
         mp.delenv("HUBDASK_LOCKS", raising=False)
         with distributed.LocalCluster(processes=True, n_workers=2, threads_per_worker=2,
-                                      dashboard_address=None) as lc, distributed.Client(lc) as client:
+                                      dashboard_address=":0") as lc, distributed.Client(lc) as client:
             yield client
 
 
@@ -218,7 +218,7 @@ def test_worker_killed_while_holding_a_chunk_lock(tmp_path):
         mp.setenv("HUBDASK_CACHE", str(tmp_path / "cache"))
         mp.delenv("HUBDASK_LOCKS", raising=False)
         with distributed.LocalCluster(processes=True, n_workers=2, threads_per_worker=1,
-                                      dashboard_address=None) as lc, distributed.Client(lc) as client:
+                                      dashboard_address=":0") as lc, distributed.Client(lc) as client:
             victim = sorted(client.scheduler_info()["workers"])[0]
             pid = client.run(os.getpid, workers=[victim])[victim]
             holder = client.submit(_hold_and_write, root, "o/kill", flag, workers=[victim], pure=False)

@@ -48,7 +48,7 @@ _TRANSIENT_TEXT = re.compile(
     r"HTTP error|body error|error sending request|connection (reset|closed|refused|aborted)|broken pipe|"
     r"timed? ?out|\b50[0234]\b|SlowDown|reduce your request rate|Service ?Unavailable|Internal ?Server ?Error|"
     r"InternalError|payload is not completed|end of file before message length|incomplete", re.I)
-_CLIENT_EXHAUSTED = re.compile(r"after (\d+) retries, max_retries: (\d+)")
+_CLIENT_EXHAUSTED = re.compile(r"after (\d+) retries, max_retries: (\d+)|reached max retries: (\d+)()")
 
 
 @dataclass(frozen=True)
@@ -97,9 +97,12 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def client_exhausted(exc: BaseException) -> bool:
-    """Whether the client itself already retried ``exc`` up to its own budget (obstore says so)."""
+    """Whether the client itself already retried ``exc`` up to its own budget (obstore and botocore
+    say so in their messages)."""
     m = _CLIENT_EXHAUSTED.search(str(exc))
-    return m is not None and int(m.group(1)) >= int(m.group(2))
+    if m is None:
+        return False
+    return m.group(3) is not None or int(m.group(1)) >= int(m.group(2))
 
 
 def summary(exc: BaseException) -> str:

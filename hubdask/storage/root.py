@@ -240,7 +240,10 @@ def _make_store(url: str, options: dict[str, Any]) -> Store:
         return MemoryStore(_MEMORY.setdefault(url, {}))
     if scheme in ("s3", "s3a") and config.s3_client() == "obstore" and not _FORKED_FROM_OBSTORE:
         return _obstore_s3(url, options)
-    return FsspecStore.from_url(url, storage_options=_fsspec_options(scheme, options))
+    store = FsspecStore.from_url(url, storage_options=_fsspec_options(scheme, options))
+    if scheme in ("s3", "s3a"):
+        store.fs.retries = 1  # one budget (storage/retry.py): botocore's attempts and ours, no s3fs loop on top
+    return store
 
 
 def _fsspec_options(scheme: str, options: dict[str, Any]) -> dict[str, Any]:

@@ -53,7 +53,9 @@ def write_head(root: Root, ds: str, branch: str, seq: int, node: str, base: str 
 
 
 def list_branches(root: Root, ds: str) -> list[str]:
-    return sorted(k.rstrip("/") for k in root.list_dir(f"{ds}/refs/heads/"))
+    """Branches with at least one head record (one LIST; empty folders of deleted branches don't count)."""
+    prefix = f"{ds}/refs/heads/"
+    return sorted({k[len(prefix):].split("/", 1)[0] for k in root.list_prefix(prefix) if k.count("/") > prefix.count("/")})
 
 
 def list_tags(root: Root, ds: str) -> dict[str, str]:
