@@ -53,3 +53,13 @@ def s3_root_faulty(s3_root: str, fault_proxy: FaultProxy, monkeypatch: pytest.Mo
     """Like `s3_root`, but clients reach moto through `fault_proxy` (same bucket)."""
     _set_env(monkeypatch, s3_env(fault_proxy.endpoint))
     return s3_root
+
+
+@pytest.fixture(params=["local", "memory", "s3"])
+def root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty root URL of each kind: a local folder, a memory store, and a bucket on moto."""
+    if request.param == "local":
+        return str(tmp_path / "root")
+    if request.param == "memory":
+        return f"memory://t{uuid.uuid4().hex}"
+    return request.getfixturevalue("s3_root")

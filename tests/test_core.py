@@ -17,16 +17,6 @@ from hubdask.storage import open_root
 from helpers import run_python, snapshot
 
 
-@pytest.fixture(params=["local", "memory", "s3"])
-def root(request, tmp_path):
-    """A fresh, empty root URL of each kind."""
-    if request.param == "local":
-        return str(tmp_path / "root")
-    if request.param == "memory":
-        return f"memory://t{uuid.uuid4().hex}"
-    return request.getfixturevalue("s3_root")
-
-
 def test_seed_workflow_petabyte_array(root):
     big = hd.array((10**10, 512, 512, 3), name="test/bigarray:v0", dtype="uint8", storage=root)
     assert big.shape == (10**10, 512, 512, 3) and big.dtype == np.uint8

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 
 import numpy as np
 import pytest
@@ -14,15 +13,6 @@ import hubdask as hd
 from hubdask.storage import open_root
 
 from helpers import run_python, snapshot
-
-
-@pytest.fixture(params=["local", "memory", "s3"])
-def root(request, tmp_path):
-    if request.param == "local":
-        return str(tmp_path / "root")
-    if request.param == "memory":
-        return f"memory://v{uuid.uuid4().hex}"
-    return request.getfixturevalue("s3_root")
 
 
 def test_issue_example(root):
