@@ -160,7 +160,16 @@ def _node_metadata(repo, state, path: str, display: str) -> dict:
     buf = sync(repo.store(state).get(key, default_buffer_prototype()))
     if buf is None:
         raise NotFoundError(f"dataset {display!r} has no array {path or '(root)'!r} at this ref")
-    return json.loads(buf.to_bytes())
+    try:
+        meta = json.loads(buf.to_bytes())
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict) or meta.get("zarr_format") != 3:
+        from hubdask.errors import CorruptChunkError
+
+        raise CorruptChunkError(f"dataset {display!r}: its metadata {key!r} is damaged in storage; expected "
+                                "zarr v3 metadata (JSON with zarr_format 3)")
+    return meta
 
 
 def ls(prefix: str = "", storage: Storage = None, storage_options: dict | None = None) -> list[str]:

@@ -37,6 +37,7 @@ from hubdask.storage import cache as disk_cache
 from hubdask.versioning import repository
 
 LIST_OPEN_NODE_AT = 4  # remote branch reads of more chunks than this LIST the open node once (not a GET each)
+LIST_OPEN_NODE_AT_LOCAL = 1000  # locally a missing file costs little: list only for big reads
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -192,6 +193,25 @@ def plan(sel: tuple[int | slice, ...], lay: Layout) -> tuple[tuple[int, ...], It
     return out_shape, parts(), math.prod(len(a) for a in axes)
 
 
+def _single_part(sel: tuple[int | slice, ...], lay: Layout) -> ChunkPart:
+    """The ChunkPart of a selection known to lie inside one chunk (no per-axis planning)."""
+    coords, out, inner, whole = [], [], [], True
+    for s, c in zip(sel, lay.chunks):
+        if isinstance(s, int):
+            j = s // c
+            coords.append(j)
+            inner.append(s - j * c)
+            whole = whole and c == 1
+        else:
+            j, step = s.start // c, s.step or 1
+            k = len(range(s.start, s.stop, step))
+            coords.append(j)
+            inner.append(slice(s.start - j * c, s.stop - j * c, step))
+            out.append(slice(0, k))
+            whole = whole and step == 1 and k == c
+    return ChunkPart(tuple(coords), tuple(out), tuple(inner), whole, whole)
+
+
 def _whole_part(coords: tuple[int, ...], ndim: int) -> ChunkPart:
     """The part that is a whole chunk decoded into a chunk-shaped buffer."""
     return ChunkPart(coords, (slice(None),) * ndim, (), True, True)
@@ -227,9 +247,20 @@ def _scratch(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
 
 
 def _run_threads(fn: Callable[[Any], Any], items: list) -> list:
+    """``[fn(x) for x in items]`` on the pool: one worker per thread pulling items (no future per item)."""
     if len(items) <= 1:
         return [fn(x) for x in items]
-    return list(pool().map(fn, items))
+    results: list = [None] * len(items)
+    todo = iter(enumerate(items))  # next() on a list iterator is atomic under the GIL
+
+    def worker() -> None:
+        for i, x in todo:
+            results[i] = fn(x)
+
+    futures = [pool().submit(worker) for _ in range(min(config.io_threads(), len(items)))]
+    for f in futures:
+        f.result()
+    return results
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -245,7 +276,8 @@ class Resolver:
         self.chunk_map = repository(source.root, source.ds).graph.chunk_map(source.commit)
         self.cache = disk_cache.reader(source.root) if getattr(source, "cache", True) else None
         self.open_keys: set[str] | None = None
-        if source.node is not None and not self.root.is_local and n_chunks > LIST_OPEN_NODE_AT:
+        list_at = LIST_OPEN_NODE_AT_LOCAL if self.root.is_local else LIST_OPEN_NODE_AT
+        if source.node is not None and n_chunks > list_at:
             prefix = self.physical(f"{lay.prefix}/c" if lay.prefix else "c", source.node)
             self.open_keys = set(self.root.list_prefix(prefix))
 
@@ -328,8 +360,7 @@ def map_chunks(source: Source, sels: list[tuple[int | slice, ...]], name: str,
     results: list[Any] = [None] * len(sels)
     jobs = []
     for i, sel in enumerate(sels):
-        _, parts, _ = plan(sel, lay)
-        (part,) = parts
+        part = _single_part(sel, lay)
         mutable, committed = res.candidates(part.coords)
         jobs.append((part, mutable, committed, i))
 

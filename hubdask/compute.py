@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 from collections.abc import Callable, Iterator
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
@@ -88,13 +89,16 @@ def written_parts(view: "Array") -> tuple[list[tuple[tuple, int]], int]:
         keep = stored.__contains__
     else:
         candidates, keep = sorted(stored), lambda coords: all(j in r for j, r in zip(coords, ranges))
+    memo: list[dict[int, Any]] = [{} for _ in axes]  # per axis: chunk index -> its piece (computed once)
     parts = []
     for coords in candidates:
         if not keep(coords):
             continue
         sel, n = [], 1
-        for a, c, j in zip(axes, chunks, coords):
-            p = _piece(a, c, j)
+        for k, j in enumerate(coords):
+            p = memo[k].get(j, False)
+            if p is False:
+                p = memo[k][j] = _piece(axes[k], chunks[k], j)
             if p is None:
                 break
             sel.append(p[0])
@@ -128,17 +132,21 @@ def run_waves(fn: Callable[[list], Any], items: list, per_task: int, *, desc: st
     out: list = []
     with progress.bar(len(waves), desc, show_progress, unit="wave") as bar:
         for wave in waves:
-            delayed = [dask.delayed(fn, pure=False)(batch) for batch in wave]
+            delayed = [dask.delayed(_call, pure=False)(fn, _Ref(batch)) for batch in wave]  # opaque: no traversal
             out.extend(_compute(delayed, scheduler))
             bar.update(1)
     return out
+
+
+def _call(fn: Callable[[list], Any], batch: "_Ref") -> Any:
+    return fn(batch.view)
 
 
 def _compute(delayed: list, scheduler: Any) -> list:
     """Compute on the given scheduler; inside a distributed worker, through a worker client (seceding)."""
     import dask
 
-    if scheduler is None:
+    if scheduler is None and "distributed" in sys.modules:  # never import distributed just to ask
         try:
             from distributed import get_worker, worker_client
 
@@ -318,9 +326,9 @@ def lazy_reduce(view: "Array", op: str, **kwargs: Any):
 
 
 class _Ref:
-    """Carries a view into a task without dask treating it as a collection to compute first."""
+    """Carries a view (or a batch) into a task opaquely: dask neither computes nor traverses it."""
 
-    def __init__(self, view: "Array") -> None:
+    def __init__(self, view: Any) -> None:
         self.view = view
 
 

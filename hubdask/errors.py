@@ -29,3 +29,22 @@ class CorruptChunkError(HubdaskError, OSError):
 
 class StorageError(HubdaskError, OSError):
     """Storage that kept failing (HTTP 5xx, resets, truncated bodies) past the retry budget."""
+
+
+def refusing_read_only(what: str, url: str):
+    """A context that turns the OS's "read-only file system" or "permission denied" into a ReadOnlyError
+    naming ``what`` (e.g. the dataset), instead of a bare OSError about some object path."""
+    import contextlib
+    import errno
+
+    @contextlib.contextmanager
+    def ctx():
+        try:
+            yield
+        except OSError as exc:
+            if isinstance(exc, HubdaskError) or exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
+            raise ReadOnlyError(f"{what}: the root {url} is read-only ({exc.strerror}); expected a writable "
+                                "root") from exc
+
+    return ctx()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from hubdask.errors import ReadOnlyError
+from hubdask.errors import ReadOnlyError, refusing_read_only
 from hubdask.versioning import Repository, repository
 from hubdask.versioning.commits import Commit
 
@@ -78,7 +78,8 @@ class Versioned:
     def commit(self, message: str = "") -> str:
         """Snapshot the branch's writes as an immutable commit; returns its id."""
         branch = self._writable_branch("commit")
-        cid = self._repo.commit(branch, message)
+        with refusing_read_only(f"dataset {self._name!r}", self._source.root.url):
+            cid = self._repo.commit(branch, message)
         self._follow(branch)
         return cid
 
@@ -127,7 +128,11 @@ class Versioned:
         branch = self._writable_branch(f"merge {ref!r} into it")
         if self._repo.uncommitted(branch):
             self._repo.commit(branch, f"commit before merging {ref}")
-        cid = merge(self._repo, branch, ref, strategy=strategy, message=message, name=self._name)
+        from hubdask.locks import chunk_locks, lock_name
+
+        root, ds = self._source.root, self._source.ds
+        cid = merge(self._repo, branch, ref, strategy=strategy, message=message, name=self._name,
+                    lock=lambda keys: chunk_locks([lock_name(root.url, ds, branch, k) for k in keys]))
         self._follow(branch)
         return cid
 

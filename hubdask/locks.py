@@ -31,7 +31,7 @@ from hubdask import config
 
 _GUARD = threading.Lock()
 _THREAD: dict[str, threading.Lock] = {}  # stripe -> lock for the threads of this process
-_FILES: dict[str, Any] = {}  # stripe -> filelock.FileLock, shared by the processes of this machine
+_FILES: dict[str, Any] = {}  # lock file path -> filelock.FileLock, shared by the processes of this machine
 # the Worker or Client a distributed lock is bound to -> {stripe: distributed.Lock}
 _DIST: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = weakref.WeakKeyDictionary()
 
@@ -100,12 +100,12 @@ def _thread_lock(name: str) -> threading.Lock:
 def _file_lock(name: str) -> Any:
     import filelock
 
+    path = config.cache_dir() / "locks" / f"{name}.lock"  # keyed by path: HUBDASK_CACHE may change
     with _GUARD:
-        lk = _FILES.get(name)
+        lk = _FILES.get(str(path))
         if lk is None:
-            folder = config.cache_dir() / "locks"
-            folder.mkdir(parents=True, exist_ok=True)
-            lk = _FILES[name] = filelock.FileLock(str(folder / f"{name}.lock"), thread_local=False)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lk = _FILES[str(path)] = filelock.FileLock(str(path), thread_local=False)
         return lk
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hubdask import chunkio, grid
-from hubdask.errors import ReadOnlyError
+from hubdask.errors import ReadOnlyError, refusing_read_only
 from hubdask.locks import chunk_locks, lock_name
 from hubdask.source import Source
 from hubdask.versioning import repository
@@ -102,7 +102,7 @@ def write_region(src: Source, sel: tuple, data: np.ndarray, shape: tuple[int, ..
     repo = repository(src.root, src.ds)
     names = [lock_name(src.root.url, src.ds, src.branch, grid.chunk_key(c, src.path))
              for c in partial_chunks(sel, shape, chunks)]
-    with chunk_locks(names, lock):
+    with chunk_locks(names, lock), refusing_read_only(f"dataset {src.ds!r}", src.root.url):
         while True:
             if repo.is_sealed(src.node):  # a commit took this node since ``src`` was opened: writing there
                 head = repo.wait_for_new_head(src.branch, src.node)  # would change that commit's data

@@ -72,15 +72,15 @@ def test_200_chunks_exact_under_503s_and_resets(client, s3_root_faulty, fault_pr
 
 
 def test_truncated_bodies_are_detected_and_refetched(client, s3_root_faulty, fault_proxy, moto_server):
-    """Chunk GETs cut short (clean FIN, 40% of them): never decoded into garbage, always refetched."""
+    """Chunk GETs cut short (clean FIN, 15% of them): never decoded into garbage, always refetched."""
     expected = data(1)
     a = hd.array(SHAPE, name="f/t", dtype="float64", chunks=CHUNKS, storage=s3_root_faulty)
     a[:] = expected
     a.commit("c")
-    fault_proxy.set(truncate_rate=0.4, match=CHUNK_GET)
+    fault_proxy.set(truncate_rate=0.15, match=CHUNK_GET)
     np.testing.assert_array_equal(hd.load("f/t", storage=s3_root_faulty, cache=False).read(), expected)
     np.testing.assert_array_equal(hd.load("f/t", storage=s3_root_faulty).read(), expected)  # through the cache
-    assert fault_proxy.counters["truncations"] >= 40
+    assert fault_proxy.counters["truncations"] >= 20
     fault_proxy.clear()
     hd.cache.reset()
     np.testing.assert_array_equal(hd.load("f/t", storage=s3_root_faulty).read(), expected)  # cached copies exact
@@ -111,34 +111,36 @@ def test_damaged_bytes_in_flight_are_refetched(s3_root, monkeypatch):
     assert len(damaged) == 200
 
 
-@pytest.mark.parametrize("damage", ["flip", "short", "garbage"])
-def test_damaged_in_storage_is_an_error_not_garbage(s3_root, damage):
+def test_damaged_in_storage_is_an_error_not_garbage(s3_root):
     """A committed chunk damaged in storage (bit flip, cut short, replaced): CorruptChunkError naming the
     dataset and chunk, for the whole read and for the dask path; the other chunks still read."""
-    expected = data(3)
-    a = hd.array(SHAPE, name="f/s", dtype="float64", chunks=CHUNKS, storage=s3_root)
+    expected = data(3)[:20]
+    a = hd.array(expected.shape, name="f/s", dtype="float64", chunks=CHUNKS, storage=s3_root)
     a[:] = expected
     cid = a.commit("c")
     root = open_root(s3_root)
-    key = f"f/s/nodes/{repository(root, 'f/s').graph.chunk_map(cid)['c/7/0']}/c/7/0"
-    raw = bytearray(root.get(key))
-    if damage == "flip":
-        raw[10] ^= 0x01
-    elif damage == "short":
-        raw = raw[: len(raw) // 2]
-    else:
-        raw = bytearray(os.urandom(len(raw)))
-    root.put(key, bytes(raw))
     b = hd.load(f"f/s:{cid}", storage=s3_root, cache=False)
-    with pytest.raises(hd.CorruptChunkError, match=r"f/s.*c/7/0"):
-        b.read()
-    with pytest.raises(hd.CorruptChunkError, match=r"f/s.*c/7/0"):
-        b[5:10].compute()
-    np.testing.assert_array_equal(b[8:].read(), expected[8:])
-    assert isinstance(hd.CorruptChunkError("x"), OSError)
+    for row, damage in enumerate(["flip", "short", "garbage"]):
+        key = f"f/s/nodes/{repository(root, 'f/s').graph.chunk_map(cid)[f'c/{row}/0']}/c/{row}/0"
+        good = root.get(key)
+        raw = bytearray(good)
+        if damage == "flip":
+            raw[10] ^= 0x01
+        elif damage == "short":
+            raw = raw[: len(raw) // 2]
+        else:
+            raw = bytearray(os.urandom(len(raw)))
+        root.put(key, bytes(raw))
+        with pytest.raises(hd.CorruptChunkError, match=rf"f/s.*c/{row}/0"):
+            b.read()
+        with pytest.raises(hd.CorruptChunkError, match=rf"f/s.*c/{row}/0"):
+            b[row].compute()
+        np.testing.assert_array_equal(b[row + 1:].read(), expected[row + 1:])  # the others read
+        root.put(key, good)
+    np.testing.assert_array_equal(b.read(), expected)
 
 
-def test_read_fault_past_budget_names_dataset_and_chunk(client, s3_root_faulty, fault_proxy, monkeypatch):
+def test_read_fault_past_budget_names_dataset_and_chunk(s3_root_faulty, fault_proxy, monkeypatch):
     short_budget(monkeypatch)
     a = hd.array(SHAPE, name="f/r", dtype="float64", chunks=CHUNKS, storage=s3_root_faulty)
     a[:] = data(4)
@@ -154,7 +156,7 @@ def test_read_fault_past_budget_names_dataset_and_chunk(client, s3_root_faulty, 
     np.testing.assert_array_equal(hd.load("f/r", storage=s3_root_faulty, cache=False).read(), data(4))
 
 
-def test_write_fault_past_budget_leaves_no_bad_chunk(client, s3_root_faulty, fault_proxy, moto_server, monkeypatch):
+def test_write_fault_past_budget_leaves_no_bad_chunk(s3_root_faulty, fault_proxy, moto_server, monkeypatch):
     """Chunk PUTs reset mid-upload past the budget: StorageError naming dataset and chunk; every object
     storage holds decodes (no partial chunk), each chunk reads old or new; rerunning the write completes."""
     short_budget(monkeypatch)
@@ -185,31 +187,32 @@ STEPS = {  # the requests of each commit step (see versioning/repository.py), by
 }
 
 
-@pytest.mark.parametrize("step", list(STEPS))
-def test_commit_interrupted_at_each_step(step, s3_root_faulty, fault_proxy, moto_server, monkeypatch):
+def test_commit_interrupted_at_each_step(s3_root_faulty, fault_proxy, moto_server, monkeypatch):
     """A commit failing at any step leaves the branch at the old commit (every version intact); the
     branch still shows the writes; the next commit completes it."""
     short_budget(monkeypatch)
-    first, second = data(7), data(8)
-    a = hd.array(SHAPE, name="f/c", dtype="float64", chunks=CHUNKS, storage=s3_root_faulty)
-    a[:] = first
-    c1 = a.commit("first")
-    a[:50] = second[:50]
-    fault_proxy.set(error_rate=1.0, match=STEPS[step])
-    with pytest.raises(hd.StorageError, match="f/c"):
-        a.commit("second")
-    assert fault_proxy.counters["errors"] > 0
-    fault_proxy.clear()
     truth = direct(s3_root_faulty, moto_server)
-    assert read_head(truth, "f/c", "main").base == c1
-    expected = first.copy()
-    expected[:50] = second[:50]
-    np.testing.assert_array_equal(hd.load(f"f/c:{c1}", storage=s3_root_faulty, cache=False).read(), first)
-    np.testing.assert_array_equal(hd.load("f/c", storage=s3_root_faulty, cache=False).read(), expected)
-    c2 = hd.load("f/c", storage=s3_root_faulty).commit("second")
-    assert c2 != c1 and read_head(truth, "f/c", "main").base == c2
-    np.testing.assert_array_equal(hd.load(f"f/c:{c2}", storage=s3_root_faulty, cache=False).read(), expected)
-    np.testing.assert_array_equal(hd.load(f"f/c:{c1}", storage=s3_root_faulty, cache=False).read(), first)
+    a = hd.array((20, 50), name="f/c", dtype="int32", chunks=(5, 50), storage=s3_root_faulty)
+    versions = {}
+    expected = np.zeros((20, 50), np.int32)
+    for i, (step, pattern) in enumerate(STEPS.items()):
+        c1 = a.commit(f"before {step}")
+        versions[c1] = expected.copy()
+        a[i * 5:i * 5 + 3] = i + 1
+        expected[i * 5:i * 5 + 3] = i + 1
+        fault_proxy.set(error_rate=1.0, match=pattern)
+        with pytest.raises(hd.StorageError, match="f/c"):
+            a.commit(step)
+        assert fault_proxy.counters["errors"] > 0
+        fault_proxy.clear()
+        fault_proxy.reset_counters()
+        assert read_head(truth, "f/c", "main").base == c1, step
+        np.testing.assert_array_equal(hd.load("f/c", storage=s3_root_faulty, cache=False).read(), expected)
+        c2 = hd.load("f/c", storage=s3_root_faulty).commit(step)
+        assert c2 != c1 and read_head(truth, "f/c", "main").base == c2
+        versions[c2] = expected.copy()
+        for cid, state in versions.items():
+            np.testing.assert_array_equal(hd.load(f"f/c:{cid}", storage=s3_root_faulty, cache=False).read(), state)
 
 
 def test_commits_under_random_faults_land_whole_or_not(s3_root_faulty, fault_proxy, moto_server, monkeypatch):

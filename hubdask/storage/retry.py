@@ -15,7 +15,8 @@ connection broke. This module closes those gaps for remote roots:
 - ``retrying(op)`` wraps a ``Root`` primitive with ``call`` (local and memory roots are not wrapped).
   For ``create`` it also makes a retried exclusive create idempotent: when a first attempt landed but its
   answer was lost, the retry finds the object already there; if it holds exactly our bytes it is ours.
-- ``Policy.obstore_config`` and ``Policy.botocore_config`` give the clients the same numbers.
+- ``Policy.obstore_config`` gives obstore the same numbers (it retries 5xx itself, cheaply, before the
+  body is read); with s3fs, botocore and s3fs make one attempt each and ``call`` does all the retrying.
 """
 
 from __future__ import annotations
@@ -78,8 +79,9 @@ class Policy:
                             "max_backoff": timedelta(seconds=max(self.wait, self.max_wait)), "base": 2}}
 
     def botocore_config(self) -> dict[str, Any]:
-        """s3fs's ``config_kwargs`` for botocore with the same number of attempts."""
-        return {"retries": {"total_max_attempts": self.retries + 1, "mode": "standard"}}
+        """s3fs's ``config_kwargs``: botocore makes one attempt, ``call`` does the retrying (botocore's
+        own backoff waits up to 20 s and would not follow ``HUBDASK_RETRY_WAIT``)."""
+        return {"retries": {"total_max_attempts": 1, "mode": "standard"}}
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -9,11 +9,14 @@ open node, and the node is committed with both parents.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from typing import ContextManager
+
 import numpy as np
 import zarr
 
 from hubdask.errors import ConflictError, NotFoundError
-from hubdask.locks import chunk_locks, lock_name
 from hubdask.versioning.diff import chunk_region, parse_chunk_key
 from hubdask.versioning.repository import Repository
 
@@ -26,8 +29,10 @@ def _differs(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def merge(repo: Repository, branch: str, ref: str, *, strategy: str | None = None, message: str | None = None,
-          name: str = "") -> str:
-    """Merge ``ref`` (a branch's last commit, a tag or a commit) into ``branch``; returns the new commit."""
+          name: str = "", lock: Callable[[list[str]], ContextManager] | None = None) -> str:
+    """Merge ``ref`` (a branch's last commit, a tag or a commit) into ``branch``; returns the new commit.
+
+    ``lock(keys)`` is held while merged chunks are written (the write layer passes its chunk locks)."""
     what = f"dataset {name or repo.ds!r}"
     if strategy not in (None, "ours", "theirs"):
         raise ValueError(f"{what}: merge strategy must be None, 'ours' or 'theirs', not {strategy!r}")
@@ -91,8 +96,7 @@ def merge(repo: Repository, branch: str, ref: str, *, strategy: str | None = Non
             f"{sum(conflicts.values())} elements changed differently on both sides: {listed}{more}. Nothing "
             "was applied; pass strategy='ours' or 'theirs' to resolve"
         )
-    names = [lock_name(repo.root.url, repo.ds, branch, k) for k in merged]
-    with chunk_locks(names):
+    with (lock or (lambda keys: contextlib.nullcontext()))(sorted(merged)):
         store = repo.store_at(ours, head.node)
         for key, (path, region, values) in merged.items():
             zarr.open_array(store=store, path=path, mode="r+", zarr_format=3)[region] = values

@@ -1,0 +1,266 @@
+"""The bad-input corpus: user mistakes over the public API and the ``hubdask`` CLI.
+
+Every case asserts the exception type (or the CLI's exit status: 2 usage, 1 error), that the message
+names the dataset (or the name given) and what was expected, and that storage is byte-for-byte
+unchanged (tests/helpers.snapshot).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import dask.array as da
+import numpy as np
+import pytest
+
+import hubdask as hd
+from hubdask.storage import open_root
+
+from helpers import snapshot
+
+DS = "o/ds"
+
+
+@dataclass
+class World:
+    """A root holding ``o/ds`` (int32 (20, 10), chunks (5, 5)): commit ``c1``, tag ``v1``, branch ``exp``."""
+
+    root: str
+    c1: str
+    extra: dict = field(default_factory=dict)
+
+    def load(self, ref: str = "") -> hd.Array:
+        return hd.load(f"{DS}:{ref}" if ref else DS, storage=self.root)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> World:
+    root = str(tmp_path_factory.mktemp("bad") / "root")
+    a = hd.array((20, 10), name=DS, dtype="int32", chunks=(5, 5), storage=root)
+    a[:] = np.arange(200, dtype=np.int32).reshape(20, 10)
+    c1 = a.commit("c1")
+    a.tag("v1")
+    a[0] = 7
+    a.commit("c2")
+    a.branch("exp")
+    return World(root, c1)
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    run: Callable[[World], Any]
+    error: type[BaseException]
+    says: tuple[str, ...]  # substrings of the message (case-insensitive): the name and what was expected
+
+
+def setitem(ref: str, index: Any, value: Any) -> Callable[[World], None]:
+    def run(w: World) -> None:
+        w.load(ref)[index] = value
+
+    return run
+
+
+def load(name: str) -> Callable[[World], Any]:
+    return lambda w: hd.load(name, storage=w.root)
+
+
+def create(**kw: Any) -> Callable[[World], Any]:
+    args = {"shape": (10, 10), "name": "o/new", "dtype": "float32", **kw}
+    return lambda w: hd.array(storage=w.root, **args)
+
+
+API_CASES = [
+    # names: refused before any storage is touched
+    Case("traversal", load("o/../etc"), hd.InvalidNameError, ("o/../etc", "expected")),
+    Case("traversal-dataset", load("../etc"), hd.InvalidNameError, ("'..'", "expected")),
+    Case("empty-part", load("o//ds"), hd.InvalidNameError, ("o//ds", "expected")),
+    Case("leading-slash", load("/o/ds"), hd.InvalidNameError, ("/o/ds", "expected")),
+    Case("unicode-lookalike", load("o/d\u0430ta"), hd.InvalidNameError, ("d\u0430ta", "expected")),
+    Case("zero-width", load("o/ds\u200b"), hd.InvalidNameError, ("ds\\u200b", "expected")),  # shown escaped
+    Case("over-long", load("o/" + "x" * 300), hd.InvalidNameError, ("xxxxxxxxxx", "255")),
+    Case("too-many-parts", load("a/b/c"), hd.InvalidNameError, ("a/b/c", "expected 'owner/dataset'")),
+    Case("two-refs", load("o/ds:a:b"), hd.InvalidNameError, ("o/ds:a:b", "more than one ':'")),
+    Case("bad-ref", load("o/ds:v 1"), hd.InvalidNameError, ("v 1", "expected a branch, tag or commit")),
+    Case("not-a-str", load(42), hd.InvalidNameError, ("str", "owner/dataset")),
+    Case("create-bad-name", create(name="o/x y"), hd.InvalidNameError, ("x y", "expected")),
+    # unknown things
+    Case("unknown-dataset", load("o/missing"), hd.NotFoundError, ("o/missing",)),
+    Case("unknown-ref", load(f"{DS}:nope"), hd.NotFoundError, (DS, "nope", "branches")),
+    Case("merge-unknown-ref", lambda w: w.load("exp").merge("nope"), hd.NotFoundError, (DS, "nope")),
+    Case("delete-unknown", lambda w: hd.delete("o/missing", storage=w.root), hd.NotFoundError, ("o/missing",)),
+    # read-only refs
+    Case("write-tag", setitem("v1", 0, 1), hd.ReadOnlyError, (DS, "read-only")),
+    Case("write-old-commit", lambda w: setitem(w.c1, 0, 1)(w), hd.ReadOnlyError, (DS, "read-only")),
+    Case("commit-tag", lambda w: w.load("v1").commit("x"), hd.ReadOnlyError, (DS, "read-only")),
+    Case("store-into-tag", lambda w: hd.store(da.zeros((20, 10), dtype="int32"), w.load("v1")),
+         hd.ReadOnlyError, (DS, "read-only")),
+    Case("delete-with-ref", lambda w: hd.delete(f"{DS}:v1", storage=w.root), hd.InvalidNameError,
+         (DS, "without ':REF'")),
+    # shapes, dtypes, indices
+    Case("shape-mismatch", setitem("", slice(0, 2), np.ones((3, 10), np.int32)), ValueError, (DS, "broadcast", "(2, 10)")),
+    Case("string-value", setitem("", 0, "abc"), TypeError, (DS, "int32")),
+    Case("nan-into-int", setitem("", 0, float("nan")), TypeError, (DS, "nan", "int32")),
+    Case("float-array-into-int", setitem("", 0, np.full(10, np.nan)), TypeError, (DS, "float64", "int32")),
+    Case("inf-into-int", setitem("", 0, np.inf), TypeError, (DS, "int32")),
+    Case("overflow", setitem("", 0, 2**40), TypeError, (DS, "int32", "range")),
+    Case("object-value", setitem("", 0, np.array([object()] * 10)), TypeError, (DS, "object", "int32")),
+    Case("index-out-of-bounds", lambda w: w.load()[100], IndexError, (DS, "100")),
+    Case("negative-out-of-bounds", setitem("", -21, 1), IndexError, (DS, "-21")),
+    Case("too-many-indices", lambda w: w.load()[0, 0, 0], IndexError, (DS,)),
+    Case("float-index", lambda w: w.load()[1.5], IndexError, (DS,)),
+    Case("store-shape", lambda w: hd.store(da.zeros((3, 3), dtype="int32"), w.load()), ValueError,
+         (DS, "(3, 3)", "(20, 10)")),
+    # creating arrays
+    Case("object-dtype", create(dtype=object), TypeError, ("o/new", "numeric")),
+    Case("string-dtype", create(dtype="U4"), TypeError, ("o/new", "numeric")),
+    Case("not-a-dtype", create(dtype="nonsense"), TypeError, ("o/new", "nonsense")),
+    Case("negative-chunk", create(chunks=(-1, 5)), ValueError, ("o/new", "positive")),
+    Case("zero-chunk", create(chunks=(0, 5)), ValueError, ("o/new", "positive")),
+    Case("chunk-larger-than-shape", create(chunks=(20, 5)), ValueError, ("o/new", "at most the axis length")),
+    Case("chunks-wrong-ndim", create(chunks=(5,)), ValueError, ("o/new", "axes")),
+    Case("negative-shape", create(shape=(-1, 4)), ValueError, ("o/new", "non-negative")),
+    Case("fill-does-not-fit", create(dtype="uint8", fill_value="x"), TypeError, ("o/new", "fill_value")),
+    Case("exists", create(name=DS, shape=(20, 10), dtype="int32"), FileExistsError, (DS, "exist_ok")),
+    Case("exists-other-shape", create(name=DS, exist_ok=True), ValueError, (DS, "(20, 10)")),
+    # refs
+    Case("branch-exists", lambda w: w.load().branch("exp"), hd.InvalidNameError, (DS, "exp")),
+    Case("tag-exists", lambda w: w.load("exp").tag("v1"), hd.InvalidNameError, (DS, "v1")),
+    Case("tag-bad-name", lambda w: w.load("v1").tag("a/b"), hd.InvalidNameError, ("a/b", "expected")),
+    Case("delete-only-branch-missing", lambda w: w.load().delete_branch("nope"), hd.NotFoundError, (DS, "nope")),
+]
+
+
+def check_message(exc: BaseException, says: tuple[str, ...]) -> None:
+    text = str(exc).lower()
+    for s in says:
+        assert s.lower() in text, f"{s!r} not in message {str(exc)!r}"
+
+
+@pytest.mark.parametrize("case", API_CASES, ids=[c.id for c in API_CASES])
+def test_api(case: Case, world: World) -> None:
+    before = snapshot(world.root)
+    with pytest.raises(case.error) as info:
+        case.run(world)
+    check_message(info.value, case.says)
+    assert snapshot(world.root) == before
+
+
+def test_corpus_is_large_enough() -> None:
+    assert len(API_CASES) + len(CLI_CASES) + 4 >= 30
+
+
+# --- damaged storage: each case damages its own dataset first, then checks nothing else changes ------
+
+
+def make(root: str, name: str) -> tuple[hd.Array, str]:
+    a = hd.array((10, 10), name=name, dtype="float64", chunks=(5, 5), storage=root)
+    a[:] = 1.5
+    return a, a.commit("c")
+
+
+def test_corrupted_metadata_json(tmp_path) -> None:
+    root = str(tmp_path / "root")
+    make(root, "o/meta")
+    r = open_root(root)
+    for garbage in (b"{not json", b"[]", json.dumps({"zarr_format": 2}).encode()):
+        for k in [k for k in r.list_prefix("o/meta/nodes/") if k.endswith("zarr.json")]:
+            r.put(k, garbage)
+        before = snapshot(root)
+        with pytest.raises(hd.CorruptChunkError, match=r"o/meta.*zarr.json.*expected zarr v3"):
+            hd.load("o/meta", storage=root)
+        assert snapshot(root) == before
+
+
+@pytest.mark.parametrize("size", ["short", "long", "empty-ish"])
+def test_chunk_object_of_wrong_size(tmp_path, size: str) -> None:
+    root = str(tmp_path / "root")
+    _, cid = make(root, "o/size")
+    r = open_root(root)
+    key = next(k for k in r.list_prefix("o/size/nodes/") if k.endswith("/c/1/0"))
+    raw = r.get(key)
+    r.put(key, {"short": raw[:-7], "long": raw + b"\0" * 9, "empty-ish": raw[:3]}[size])
+    before = snapshot(root)
+    b = hd.load(f"o/size:{cid}", storage=root)
+    with pytest.raises(hd.CorruptChunkError, match=r"o/size.*c/1/0.*expected"):
+        b.read()
+    with pytest.raises(hd.CorruptChunkError, match=r"o/size.*c/1/0"):
+        b.compute()
+    np.testing.assert_array_equal(b[:5].read(), 1.5)  # the chunks that are fine still read
+    assert snapshot(root) == before
+
+
+def test_root_that_does_not_exist(tmp_path) -> None:
+    nowhere = tmp_path / "nowhere" / "root"
+    with pytest.raises(hd.NotFoundError, match=r"o/ds.*nowhere"):
+        hd.load(DS, storage=str(nowhere))
+    assert hd.ls(storage=str(nowhere)) == []
+    assert not [p for p in (tmp_path / "nowhere").rglob("*") if p.is_file()]  # reading wrote nothing
+
+
+def test_read_only_root(world: World, tmp_path) -> None:
+    """A root mounted read-only: reads work; a write fails with a PermissionError naming the dataset."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    r = subprocess.run(["mount", "--bind", "-o", "ro", world.root, str(ro)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot bind-mount the root read-only (needs root): {r.stderr.decode().strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], capture_output=True)
+        if os.access(ro, os.W_OK) and _writable(ro):
+            pytest.skip("the read-only bind mount is writable here")
+        before = snapshot(world.root)
+        b = hd.load(DS, storage=str(ro))
+        assert b[1, 1].read() == 11
+        with pytest.raises(hd.ReadOnlyError, match=rf"{DS}.*read-only"):
+            b[1] = 3
+        with pytest.raises(hd.ReadOnlyError, match=rf"{DS}.*read-only"):
+            b.commit("x")
+        assert snapshot(world.root) == before
+    finally:
+        subprocess.run(["umount", str(ro)], capture_output=True)
+
+
+def _writable(path) -> bool:
+    try:
+        with open(path / ".probe", "wb"):
+            pass
+        os.unlink(path / ".probe")
+        return True
+    except OSError:
+        return False
+
+
+# --- the CLI: exit status 2 for usage mistakes, 1 for errors; one line naming the dataset, no traceback --
+
+CLI_CASES = [
+    (["info", "o/../etc"], 2, ("o/../etc", "expected")),
+    (["info", "o/missing"], 1, ("o/missing",)),
+    (["log", f"{DS}:nope"], 1, (DS, "nope")),
+    (["commit", f"{DS}:v1", "-m", "x"], 1, (DS, "read-only")),
+    (["tag", DS, "v1"], 2, (DS, "v1")),
+    (["branch", DS, "bad/name"], 2, ("bad/name", "expected")),
+    (["rm", f"{DS}:v1", "-y"], 2, (DS, ":REF")),
+    (["show", f"{DS}[100]", "-o", "/dev/null"], 2, (DS, "100")),
+    (["cp", "/no/such/file.npy", "o/new"], 1, ("file.npy",)),
+    (["gc", "o/missing"], 1, ("o/missing",)),
+]
+
+
+def test_cli(world: World, tmp_path) -> None:
+    """All CLI cases in one subprocess each (the installed entry point's module)."""
+    env = {**os.environ, "HUBDASK_ROOT": world.root, "HUBDASK_CACHE": str(tmp_path / "cache")}
+    before = snapshot(world.root)
+    for argv, status, says in CLI_CASES:
+        r = subprocess.run([sys.executable, "-m", "hubdask.cli", *argv], capture_output=True, text=True,
+                           env=env, timeout=120)
+        assert r.returncode == status, (argv, r.returncode, r.stderr)
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, (argv, r.stderr)
+        for s in says:
+            assert s.lower() in r.stderr.lower(), (argv, s, r.stderr)
+    assert snapshot(world.root) == before
