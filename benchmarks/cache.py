@@ -11,6 +11,9 @@ committed chunks are cached). Then, MB/s of logical bytes:
     s3 warm       the cache full: every chunk served from local disk
     local root    the same array in a local folder (local roots are never cached)
 
+each with ``hd.load`` in the timed call (which on S3 costs several metadata round trips that no cache
+may serve: refs are mutable), then warm and local again reading arrays loaded once.
+
 Goal: warm >= 0.9x local root. Results: printed, and written to benchmarks/results/cache.{json,md}.
 """
 
@@ -96,12 +99,27 @@ def main(argv=None) -> int:
                 print(f"  {m.backend:6} {m.tool:34} {m.op:5} {fmt(m.mbps):>9} MB/s   (runs s: "
                       f"{' '.join(f'{t:.2f}' for t in m.times)})", flush=True)
                 results.append(m)
+            # the same, reading arrays loaded once (the metadata round trips of hd.load left out)
+            xs, xl = hd.load(NAME, storage=s3), hd.load(NAME, storage=local)
+            warm, loc = [], []
+            for _ in range(args.repeats):
+                warm.append(measure("s3", "warm, array loaded once", "read", nbytes, lambda: np.asarray(xs),
+                                    repeats=1, check=check, verbose=False))
+                loc.append(measure("local", "local root, array loaded once", "read", nbytes, lambda: np.asarray(xl),
+                                   repeats=1, check=check, verbose=False))
+            for group in (warm, loc):
+                m = group[0]
+                m.times = [t for g in group for t in g.times]
+                print(f"  {m.backend:6} {m.tool:34} {m.op:5} {fmt(m.mbps):>9} MB/s   (runs s: "
+                      f"{' '.join(f'{t:.2f}' for t in m.times)})", flush=True)
+                results.append(m)
             hits = hd.cache.info()
     finally:
         rmtree(work)
 
     by = {m.tool: m for m in results}
     ratio = (by["warm (cache full)"].mbps or 0) / (by["local root"].mbps or float("inf"))
+    ratio_read = (by["warm, array loaded once"].mbps or 0) / (by["local root, array loaded once"].mbps or float("inf"))
     rows = [[m.backend, m.tool, fmt(m.mbps, missing=m.status)] for m in results]
     md = "\n".join([
         "# cache benchmark",
@@ -111,7 +129,8 @@ def main(argv=None) -> int:
         "",
         markdown_table(["backend", "read", "MB/s"], rows),
         "",
-        f"warm / local root = **{ratio:.2f}x** (goal >= 0.9x). Cache counters at the end: hits {hits['hits']}, "
+        f"warm / local root = **{ratio:.2f}x** with hd.load each time, **{ratio_read:.2f}x** reading arrays loaded "
+        f"once (goal >= 0.9x). Cache counters at the end: hits {hits['hits']}, "
         f"misses {hits['misses']}.",
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions("numpy", "zarr", "diskcache", "obstore", "moto").items()),
@@ -119,7 +138,8 @@ def main(argv=None) -> int:
     print()
     print(md)
     if not args.no_save:
-        j, m = write_results("cache", {"results": [r.as_dict() for r in results], "warm_over_local": ratio}, md)
+        j, m = write_results("cache", {"results": [r.as_dict() for r in results], "warm_over_local": ratio,
+                                       "warm_over_local_loaded_once": ratio_read}, md)
         print(f"\nwrote {j} and {m}")
     return 0
 

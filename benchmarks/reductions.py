@@ -131,7 +131,7 @@ def main(argv=None) -> int:
     if dense_rows:
         hd_s = dense_rows["hubdask x.sum() (waves)"]
         lines += ["", "hubdask / dask.array speed: " + ", ".join(
-            f"{hd and (s / hd_s):.2f}x vs {tool}" for tool, s in dense_rows.items() if not tool.startswith("hubdask"))]
+            f"{s / hd_s:.2f}x vs {tool}" for tool, s in dense_rows.items() if not tool.startswith("hubdask"))]
     lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in versions("numpy", "zarr", "dask").items())]
     md = "\n".join(lines)
     print()

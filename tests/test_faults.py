@@ -224,7 +224,7 @@ def test_commits_under_random_faults_land_whole_or_not(s3_root_faulty, fault_pro
     model = np.zeros((20, 50), np.int32)
     commits = {read_head(truth, "f/m", "main").base: model.copy()}
     failures = 0
-    for i in range(12):
+    for i in range(8):
         fault_proxy.clear()
         row = i % 20
         a[row] = i + 1  # written without faults; the commit gets them

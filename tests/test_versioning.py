@@ -65,7 +65,11 @@ def test_copy_on_write_storage_growth(tmp_path):
     a = hd.array((1000, 100), name="cow/a", dtype="float64", chunks=(100, 100), storage=root)
     a[:] = np.random.default_rng(0).random((1000, 100))
     a.commit("full")
-    size = lambda: sum(len(v) for v in snapshot(root).values())
+
+    def size() -> int:  # after gc has reclaimed the branch's old working copies
+        hd.gc("cow/a", storage=root, dry_run=False, grace=0)
+        return sum(len(v) for v in snapshot(root).values())
+
     before = size()
     for i in range(5):
         a[i * 100, 0] = -1.0
@@ -203,7 +207,11 @@ def test_delete_refs_and_gc(root):
     b[0:20] = -1
     b.commit("to be dropped")
     a.tag("release")
-    assert len(hd.gc("g/a", storage=root, grace=0)) == 0  # everything is reachable
+    working = hd.gc("g/a", storage=root, grace=0)  # only the branches' old working copies are unreachable
+    assert working.unreachable and all(k.startswith("nodes/") for k in working.unreachable)
+    hd.gc("g/a", storage=root, grace=0, dry_run=False)
+    assert len(hd.gc("g/a", storage=root, grace=0)) == 0
+    np.testing.assert_array_equal(hd.load("g/a:tmp", storage=root)[:20].read(), [-1] * 20)
     a.delete_branch("tmp")
     report = hd.gc("g/a", storage=root, grace=0)
     assert len([k for k in report.unreachable if "/c/" in k]) == 2
@@ -328,4 +336,19 @@ def test_long_history_reads_few_records(tmp_path, monkeypatch):
     fresh.chunk_map(tip)
     assert len(fresh._records) <= 4
     np.testing.assert_array_equal(hd.load(f"long/a:{tip}", storage=root).read(), model)
-    assert len(hd.gc("long/a", storage=root, grace=0)) == 0
+    unreachable = hd.gc("long/a", storage=root, grace=0).unreachable
+    assert len(unreachable) == 19  # just the 19 working copies: every committed chunk is still reached
+    hd.gc("long/a", storage=root, grace=0, dry_run=False)
+    np.testing.assert_array_equal(hd.load(f"long/a:{tip}", storage=root).read(), model)
+
+
+def test_late_write_into_a_sealed_node_cannot_change_the_commit(tmp_path):
+    """A writer holding a handle from before a commit writes after it: the commit stays as it was."""
+    root = str(tmp_path / "r")
+    a = hd.array((10,), name="late/a", dtype="int32", chunks=(5,), storage=root)
+    a[:] = 1
+    stale = hd.load("late/a", storage=root)  # holds the working node that the commit will seal
+    cid = a.commit("ones")
+    stale[0:5] = 7  # lands in the sealed node first, then is repeated in the new open node
+    np.testing.assert_array_equal(hd.load(f"late/a:{cid}", storage=root).read(), [1] * 10)
+    np.testing.assert_array_equal(hd.load("late/a", storage=root).read(), [7] * 5 + [1] * 5)

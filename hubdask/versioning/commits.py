@@ -42,18 +42,19 @@ class Commit:
     changes: dict[str, str | None] = field(repr=False)
     depth: int = 0  # first-parent distance from the root commit
     full: bool = False  # a checkpoint: ``changes`` is the whole chunk map, no need to walk further back
+    source: str | None = None  # the branch's working node this commit was copied from
 
     def to_json(self) -> bytes:
         return json.dumps(
             {"id": self.id, "parents": list(self.parents), "message": self.message, "time": self.time,
-             "depth": self.depth, "full": self.full, "changes": self.changes}
+             "depth": self.depth, "full": self.full, "source": self.source, "changes": self.changes}
         ).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> "Commit":
         d = json.loads(raw)
         return cls(d["id"], tuple(d["parents"]), d["message"], d["time"], d["changes"], d.get("depth", 0),
-                   d.get("full", False))
+                   d.get("full", False), d.get("source"))
 
 
 def commit_key(ds: str, commit_id: str) -> str:
@@ -85,7 +86,8 @@ class CommitGraph:
             rec = self._records[commit_id] = Commit.from_json(raw)
         return rec
 
-    def make(self, node: str, parents: tuple[str, ...], message: str, changes: dict[str, str | None]) -> Commit:
+    def make(self, node: str, parents: tuple[str, ...], message: str, changes: dict[str, str | None],
+             source: str | None = None) -> Commit:
         """The commit record for ``node`` on top of ``parents`` (a checkpoint every CHECKPOINT commits)."""
         first = self.get(parents[0]) if parents else None
         depth = first.depth + 1 if first else 0
@@ -93,7 +95,8 @@ class CommitGraph:
             full = dict(self.chunk_map(parents[0]))
             full.update(changes)
             changes = {k: v for k, v in full.items() if v is not None}
-        return Commit(node, parents, message, time.time(), changes, depth, depth > 0 and depth % self.CHECKPOINT == 0)
+        return Commit(node, parents, message, time.time(), changes, depth, depth > 0 and depth % self.CHECKPOINT == 0,
+                      source)
 
     def write(self, commit: Commit) -> Commit:
         """Store ``commit`` unless a record with its id exists; return the stored record."""

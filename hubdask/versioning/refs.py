@@ -39,11 +39,19 @@ def read_head(root: Root, ds: str, branch: str) -> Head | None:
     keys = root.list_prefix(head_prefix(ds, branch))
     seqs = sorted(int(k.rsplit("/", 1)[1]) for k in keys if k.rsplit("/", 1)[1].isdigit())
     for seq in reversed(seqs):  # a half-deleted branch may lack its newest record; take the newest readable
-        raw = root.get(f"{head_prefix(ds, branch)}{seq:0{SEQ_DIGITS}d}")
-        if raw is not None:
-            rec = json.loads(raw)
-            return Head(branch, seq, rec["node"], rec["base"])
+        head = read_head_at(root, ds, branch, seq)
+        if head is not None:
+            return head
     return None
+
+
+def read_head_at(root: Root, ds: str, branch: str, seq: int) -> Head | None:
+    """Head record number ``seq`` of ``branch`` (None if it does not exist)."""
+    raw = root.get(f"{head_prefix(ds, branch)}{seq:0{SEQ_DIGITS}d}")
+    if raw is None:
+        return None
+    rec = json.loads(raw)
+    return Head(branch, seq, rec["node"], rec["base"])
 
 
 def write_head(root: Root, ds: str, branch: str, seq: int, node: str, base: str | None) -> bool:

@@ -1,10 +1,12 @@
 """A dataset as a repository: branches whose writes land in an open node, commits that seal nodes.
 
-Commit protocol (every step idempotent, so a crash anywhere leaves the branch at the old or new commit):
-1. read the head (open node N, base B); 2. create the seal marker of N: from now on a writer that finds
-N sealed after writing repeats its write in the next open node; 3. list N's objects: the changes;
-4. create the record ``commits/N`` (parents [B]); 5. create head SEQ+1 = (new open node, base N).
-Two committers of one branch coalesce into one commit: both list the same sealed node, one record wins.
+Commit protocol (a crash anywhere leaves the branch at the old or the new commit):
+1. read the head (open working node N, base B); 2. create the seal marker of N: from now on a writer that
+finds N sealed after writing repeats its write in the next open node; 3. list N's objects and copy them
+(hard link / server-side copy) into a fresh node C that no writer ever touches, so a late write into N
+cannot change the commit; 4. create the record ``commits/C`` (parents [B], source N); 5. create head
+SEQ+1 = (new open node, base C): exactly one committer wins. Two committers of one working node coalesce:
+the loser finds the winner's commit has the same source and returns it.
 """
 
 from __future__ import annotations
@@ -152,15 +154,19 @@ class Repository:
         if expect_base is not None and head.base != expect_base:
             raise ConflictError(f"dataset {self.ds!r}: branch {branch!r} moved during the operation; try again")
         self.root.create(self.seal_key(head.node), b"")
+        keys = self._node_keys(head.node)
+        cid = new_node_id()  # the commit's own node: nobody ever writes there, so it never changes
+        self.root.copy_many([(f"{node_prefix(self.ds, head.node)}{k}", f"{node_prefix(self.ds, cid)}{k}") for k in keys])
         changes: dict[str, str | None] = dict(extra_changes or {})
-        changes.update({k: head.node for k in self._node_keys(head.node)})
+        changes.update({k: cid for k in keys})
         parents = tuple(p for p in (head.base, merge_parent) if p is not None)
-        rec = self.graph.write(self.graph.make(head.node, parents, message, changes))
+        rec = self.graph.write(self.graph.make(cid, parents, message, changes, source=head.node))
         if refs.write_head(self.root, self.ds, branch, head.seq + 1, new_node_id(), rec.id):
             return rec.id
-        now = refs.read_head(self.root, self.ds, branch)
-        if now is not None and now.base == rec.id:
-            return rec.id  # a concurrent committer of the same state finished it first
+        taken = refs.read_head_at(self.root, self.ds, branch, head.seq + 1)
+        winner = self.graph.get(taken.base) if taken is not None and taken.base else None
+        if winner is not None and winner.source == head.node:
+            return winner.id  # a concurrent committer of the same working node finished first
         raise ConflictError(f"dataset {self.ds!r}: branch {branch!r} moved while committing; try again")
 
     def wait_for_new_head(self, branch: str, sealed_node: str) -> refs.Head:
