@@ -183,7 +183,7 @@ class _Stats:
             n = self.n + o.n
             delta = o.mean - self.mean
             self.mean += delta * o.n / n
-            self.m2 += o.m2 + delta * delta * self.n * o.n / n
+            self.m2 += o.m2 + abs(delta) ** 2 * self.n * o.n / n
         self.n += o.n
         self.lo = o.lo if self.lo is None else min(self.lo, o.lo)
         self.hi = o.hi if self.hi is None else max(self.hi, o.hi)

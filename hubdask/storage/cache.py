@@ -34,6 +34,10 @@ _CACHES: dict[tuple[str, int], Any] = {}  # (folder, pid) -> diskcache.Cache
 _LOCK = threading.Lock()
 _STATS = {"hits": 0, "misses": 0, "corrupt": 0, "stored": 0}
 _STATS_LOCK = threading.Lock()
+# Held around every SQLite use. A fork waits for it, so no transaction is in flight in the parent when a
+# child (a DataLoader worker, multiprocessing) is forked: SQLite's in-memory lock bookkeeping, copied into
+# the child, would otherwise show a lock that no thread of the child will ever release.
+_SQL = threading.Lock()
 
 
 def _count(what: str) -> None:
@@ -61,9 +65,10 @@ def _open() -> Any:
                 import diskcache
 
                 try:
-                    cache = diskcache.Cache(path, size_limit=config.cache_size(),
-                                            eviction_policy="least-recently-used", statistics=False,
-                                            sqlite_mmap_size=0)
+                    with _SQL:
+                        cache = diskcache.Cache(path, size_limit=config.cache_size(),
+                                                eviction_policy="least-recently-used", statistics=False,
+                                                sqlite_mmap_size=0)
                 except (OSError, sqlite3.Error) as exc:
                     _disable(path, exc)
                     return None
@@ -100,7 +105,11 @@ class Reader:
             return None
         full = self.prefix + key
         try:
-            value = cache.get(full, default=None, retry=True)
+            with _SQL:  # only the index lookup under the lock; a file-backed value is read after it
+                value = cache.get(full, default=None, retry=True, read=True)
+            if value is not None and not isinstance(value, (bytes, bytearray)):
+                with value as f:
+                    value = f.read()
         except (OSError, sqlite3.Error):
             value = None
         if value is not None:
@@ -110,7 +119,8 @@ class Reader:
                 return view[:-4]
             _count("corrupt")
             try:
-                cache.delete(full, retry=True)
+                with _SQL:
+                    cache.delete(full, retry=True)
             except (OSError, sqlite3.Error):
                 pass
         _count("misses")
@@ -122,7 +132,8 @@ class Reader:
         if cache is not None:
             _count("corrupt")
             try:
-                cache.delete(self.prefix + key, retry=True)
+                with _SQL:
+                    cache.delete(self.prefix + key, retry=True)
             except (OSError, sqlite3.Error):
                 pass
 
@@ -142,7 +153,8 @@ def _store(full_key: str, data: bytes) -> None:
         return
     value = b"".join((data, crc32c.crc32c(data).to_bytes(4, "little")))
     try:
-        cache.set(full_key, value, retry=True)
+        with _SQL:
+            cache.set(full_key, value, retry=True)
         _count("stored")
     except (OSError, sqlite3.Error) as exc:
         if _is_full(exc):
@@ -218,6 +230,19 @@ def flush() -> None:
 atexit.register(flush)
 
 
+def _after_fork_in_child() -> None:
+    """The child starts with no open cache (it opens its own), no writer thread, and a free lock."""
+    global _SQL
+    _SQL = threading.Lock()
+    _CACHES.clear()
+    _WRITERS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=lambda: _SQL.acquire(), after_in_parent=lambda: _SQL.release(),
+                        after_in_child=_after_fork_in_child)
+
+
 def reader(root: Root) -> Reader | None:
     """The cache for ``root``'s committed objects, or None: local and memory roots are not cached."""
     if root.is_local or root.scheme == "memory" or config.cache_size() <= 0 or str(folder()) in _DISABLED:
@@ -254,7 +279,8 @@ def info() -> dict[str, Any]:
            "hits": _STATS["hits"], "misses": _STATS["misses"], "corrupt": _STATS["corrupt"],
            "bytes": 0, "entries": 0}
     if cache is not None:
-        out["bytes"], out["entries"] = cache.volume(), len(cache)
+        with _SQL:
+            out["bytes"], out["entries"] = cache.volume(), len(cache)
     elif path in _DISABLED:
         out["why"] = _DISABLED[path]
     return out
@@ -264,7 +290,8 @@ def clear() -> int:
     """Empty the cache (every process's entries) and this process's counters; returns entries removed."""
     flush()
     cache = _open()
-    removed = cache.clear(retry=True) if cache is not None else 0
+    with _SQL:
+        removed = cache.clear(retry=True) if cache is not None else 0
     for k in _STATS:
         _STATS[k] = 0
     return removed
