@@ -16,7 +16,7 @@ from hubdask.names import Name, parse
 from hubdask.source import Source
 from hubdask.storage import Root, open_root
 from hubdask.versioning import repository
-from hubdask.versioning.repository import MARKER
+from hubdask.versioning.repository import MARKER, forget
 
 Storage = str | os.PathLike | Root | None
 DEFAULT_BRANCH = "main"
@@ -208,6 +208,7 @@ def delete(name: str, storage: Storage = None, storage_options: dict | None = No
     if not repo.exists():
         raise NotFoundError(f"no dataset {name!r} in {root.url}")
     root.delete(f"{n.path}/{MARKER}")
+    forget(root, n.path)
     return root.delete_prefix(f"{n.path}/") + 1
 
 

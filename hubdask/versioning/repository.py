@@ -52,12 +52,21 @@ class Repository:
     def __init__(self, root: Root, ds: str) -> None:
         self.root, self.ds = root, ds
         self.graph = CommitGraph(root, ds)
+        self._marker: dict | None = None
 
     def __repr__(self) -> str:
         return f"Repository({self.root.url!r}, {self.ds!r})"
 
+    def marker(self) -> dict | None:
+        """The dataset marker (written once at creation; kept in memory once seen), or None."""
+        if self._marker is None:
+            raw = self.root.get(f"{self.ds}/{MARKER}")
+            self._marker = json.loads(raw) if raw is not None else None
+        return self._marker
+
     def exists(self) -> bool:
-        return self.root.get(f"{self.ds}/{MARKER}") is not None
+        return self.marker() is not None
+
 
     # --- creation ----------------------------------------------------------------------------------
 
@@ -80,8 +89,7 @@ class Repository:
 
     def default_branch(self) -> str:
         """The branch a name without ':REF' means: the dataset's first branch (``main`` unless named)."""
-        raw = self.root.get(f"{self.ds}/{MARKER}")
-        return json.loads(raw).get("default_branch", "main") if raw else "main"
+        return (self.marker() or {}).get("default_branch", "main")
 
     # --- resolving refs ------------------------------------------------------------------------------
 
@@ -237,3 +245,9 @@ def repository(root: Root, ds: str) -> Repository:
         if repo is None:
             repo = _REPOS[key] = Repository(root, ds)
         return repo
+
+
+def forget(root: Root, ds: str) -> None:
+    """Drop the process-wide Repository of ``ds`` (after the dataset was deleted)."""
+    with _REPOS_LOCK:
+        _REPOS.pop((root.token, ds), None)
