@@ -48,6 +48,14 @@ def import_hubdask(needs: tuple[str, ...] = HUBDASK_API) -> tuple[Any, str]:
     return hubdask, ""
 
 
+def require_hubdask(needs: tuple[str, ...] = HUBDASK_API) -> Any:
+    """The hubdask module, or exit with the reason (for benchmarks that measure nothing without it)."""
+    hd, why = import_hubdask(needs)
+    if hd is None:
+        raise SystemExit(f"hubdask unavailable: {why}")
+    return hd
+
+
 def short(exc: BaseException | str, limit: int = 160) -> str:
     text = " ".join(str(exc).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"

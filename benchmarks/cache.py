@@ -31,7 +31,7 @@ from _common import (
     MB,
     check_equal,
     fmt,
-    import_hubdask,
+    require_hubdask,
     machine,
     markdown_table,
     measure,
@@ -55,10 +55,7 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="hubdask-bench-cache-"))
     os.environ["HUBDASK_CACHE"] = str(work / "cache")
     os.environ.setdefault("HUBDASK_PROGRESS", "off")
-    hd, why = import_hubdask()
-    if hd is None:
-        print(f"hubdask unavailable: {why}")
-        return 1
+    hd = require_hubdask()
     frames = max(CHUNKS[0], args.size_mb * MB // (512 * 512) // CHUNKS[0] * CHUNKS[0])
     data = np.random.default_rng(0).integers(0, 32, (frames, 512, 512), dtype=np.uint8)
     nbytes, check = data.nbytes, check_equal(data)

@@ -31,7 +31,7 @@ import tracemalloc
 
 import numpy as np
 
-from _common import fmt, import_hubdask, machine, markdown_table, rmtree, versions, write_results
+from _common import fmt, require_hubdask, machine, markdown_table, rmtree, versions, write_results
 
 COLS = 256
 ROWS_PER_CHUNK = 8
@@ -173,10 +173,7 @@ def main(argv=None) -> int:
     p.add_argument("--latency-n", type=int, default=300)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
-    hd, why = import_hubdask()
-    if hd is None:
-        print("hubdask unavailable:", why)
-        return 1
+    hd = require_hubdask()
     import distributed
 
     work = tempfile.mkdtemp(prefix="hubdask-bench-locks-")

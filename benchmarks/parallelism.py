@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import MB, RESULTS, import_hubdask, machine, markdown_table, moto_s3, rmtree, versions, write_results
+from _common import MB, RESULTS, require_hubdask, machine, markdown_table, moto_s3, rmtree, versions, write_results
 
 FRAME = (512, 512)
 
@@ -50,9 +50,7 @@ def _warm(root: str, name: str) -> int:
 
 
 def run(args) -> tuple[list[dict], dict]:
-    hd, why = import_hubdask()
-    if hd is None:
-        raise SystemExit(f"hubdask unavailable: {why}")
+    hd = require_hubdask()
     threads = [int(t) for t in args.threads.split(",")]
     procs = [int(p) for p in args.processes.split(",")]
     chunk_mbs = [float(c) for c in args.chunk_mb.split(",")]

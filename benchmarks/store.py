@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import MB, fmt, import_hubdask, machine, markdown_table, rmtree, short, versions, write_results
+from _common import MB, fmt, require_hubdask, machine, markdown_table, rmtree, short, versions, write_results
 
 CHUNKS = (512, 512)
 BLOCKS = (1000, 1000)
@@ -56,10 +56,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args(argv)
 
-    hd, why = import_hubdask()
-    if hd is None:
-        print("hubdask unavailable:", why)
-        return 1
+    hd = require_hubdask()
     import dask.array as da
     import distributed
     import zarr
