@@ -130,7 +130,7 @@ def main(argv=None) -> int:
         f"once (goal >= 0.9x). Cache counters at the end: hits {hits['hits']}, "
         f"misses {hits['misses']}.",
         "",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in versions("numpy", "zarr", "diskcache", "obstore", "moto").items()),
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in versions("numpy", "zarr", "obstore", "moto").items()),
     ])
     print()
     print(md)

@@ -4,12 +4,14 @@ Only objects reached through a commit's chunk map are cached: a committed node n
 cached copy can never be stale and needs no validation. A branch's open node (uncommitted writes) is
 never cached, and local or memory roots are not cached at all (they are as fast as the cache).
 
-Built on diskcache (SQLite index + one file per object): bounded by ``HUBDASK_CACHE_SIZE`` (``0`` turns
-it off), least-recently-used eviction, safe for many processes and threads at once (DataLoader
-workers, dask workers on one machine), and it survives restarts. Location ``HUBDASK_CACHE``
-(default ``~/.cache/hubdask``), folder ``objects/``. Every entry carries a crc32c of its bytes: a
-corrupted or truncated entry is dropped and refetched, never returned. When the disk is full, caching
-turns off for this process with one warning, and reads go on from storage.
+One file per object under ``objects/`` (named by a hash of root URL and key), written atomically (temp
+file + rename), so reading an entry is reading a file: as fast as a local root, with no index to lock.
+Bounded by ``HUBDASK_CACHE_SIZE`` (``0`` turns it off): a hit touches the file's time, and whichever
+process finds the total over the bound deletes the least recently used files (under a file lock).
+Safe for many processes and threads at once (DataLoader workers, dask workers on one machine), and it
+survives restarts. Location ``HUBDASK_CACHE`` (default ``~/.cache/hubdask``). Every entry carries a
+crc32c of its bytes: a corrupted or truncated entry is dropped and refetched, never returned. When the
+disk is full, caching turns off for this process with one warning, and reads go on from storage.
 
 ``hd.cache.info()`` gives this process's hits, misses and the bytes held on disk (shared by all
 processes); ``hd.cache.clear()`` empties it.
@@ -20,9 +22,10 @@ from __future__ import annotations
 import asyncio
 import atexit
 import errno
+import hashlib
 import os
-import sqlite3
 import threading
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,19 +33,17 @@ from typing import Any
 from hubdask import config
 from hubdask.storage.root import Root
 
-_CACHES: dict[tuple[str, int], Any] = {}  # (folder, pid) -> diskcache.Cache
+_CACHES: dict[str, "_Files"] = {}  # folder -> its entries
 _LOCK = threading.Lock()
 _STATS = {"hits": 0, "misses": 0, "corrupt": 0, "stored": 0}
 _STATS_LOCK = threading.Lock()
-# Held around every SQLite use. A fork waits for it, so no transaction is in flight in the parent when a
-# child (a DataLoader worker, multiprocessing) is forked: SQLite's in-memory lock bookkeeping, copied into
-# the child, would otherwise show a lock that no thread of the child will ever release.
-_SQL = threading.Lock()
 
 
 def _count(what: str) -> None:
     with _STATS_LOCK:
         _STATS[what] += 1
+
+
 _DISABLED: dict[str, str] = {}  # folder -> why caching was turned off in this process
 _FULL = {errno.ENOSPC, errno.EDQUOT}
 
@@ -51,29 +52,106 @@ def folder() -> Path:
     return config.cache_dir() / "objects"
 
 
-def _open() -> Any:
-    """This process's diskcache.Cache for the configured folder (reopened after a fork), or None."""
+class _Files:
+    """The entries of one cache folder: ``ab/cdef...`` files named by a hash of their full key."""
+
+    EVICT_TO = 0.9  # an eviction brings the total down to this fraction of the bound
+
+    def __init__(self, path: Path, limit: int) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self.path, self.limit = path, limit
+        self._approx: int | None = None  # bytes on disk when this process last counted, plus its writes
+
+    def file(self, full_key: str) -> Path:
+        digest = hashlib.sha256(full_key.encode()).hexdigest()[:40]
+        return self.path / digest[:2] / digest[2:]
+
+    def read(self, full_key: str) -> bytes | None:
+        path = self.file(full_key)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        try:
+            os.utime(path)  # least recently used = oldest time
+        except OSError:
+            pass
+        return data
+
+    def delete(self, full_key: str) -> None:
+        self.file(full_key).unlink(missing_ok=True)
+
+    def write(self, full_key: str, value: bytes) -> None:
+        path = self.file(full_key)
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(value)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        if self._approx is None:
+            self._approx = self.volume()[0]
+        else:
+            self._approx += len(value)
+        if self._approx > self.limit:
+            self.evict()
+
+    def entries(self) -> list[tuple[Path, os.stat_result]]:
+        out = []
+        for sub in os.scandir(self.path):
+            if sub.is_dir(follow_symlinks=False):
+                for entry in os.scandir(sub.path):
+                    if not entry.name.startswith("."):
+                        try:
+                            out.append((Path(entry.path), entry.stat(follow_symlinks=False)))
+                        except FileNotFoundError:
+                            pass
+        return out
+
+    def volume(self) -> tuple[int, int]:
+        found = self.entries()
+        return sum(st.st_size for _, st in found), len(found)
+
+    def evict(self) -> None:
+        """Delete the least recently used entries until the total is under EVICT_TO of the bound."""
+        import filelock
+
+        with filelock.FileLock(str(self.path / ".evict.lock")):
+            found = sorted(self.entries(), key=lambda e: e[1].st_mtime)
+            total = sum(st.st_size for _, st in found)
+            for path, st in found:
+                if total <= self.limit * self.EVICT_TO:
+                    break
+                path.unlink(missing_ok=True)
+                total -= st.st_size
+            self._approx = total
+
+    def clear(self) -> int:
+        found = self.entries()
+        for path, _ in found:
+            path.unlink(missing_ok=True)
+        self._approx = 0
+        return len(found)
+
+
+def _open() -> "_Files | None":
+    """This process's view of the configured cache folder, or None when caching is off."""
     path = str(folder())
     if path in _DISABLED or config.cache_size() <= 0:
         return None
-    key = (path, os.getpid())
-    cache = _CACHES.get(key)
-    if cache is None:
+    files = _CACHES.get(path)
+    if files is None or files.limit != config.cache_size():
         with _LOCK:
-            cache = _CACHES.get(key)
-            if cache is None:
-                import diskcache
-
-                try:
-                    with _SQL:
-                        cache = diskcache.Cache(path, size_limit=config.cache_size(),
-                                                eviction_policy="least-recently-used", statistics=False,
-                                                sqlite_mmap_size=0)
-                except (OSError, sqlite3.Error) as exc:
-                    _disable(path, exc)
-                    return None
-                _CACHES[key] = cache
-    return cache
+            try:
+                files = _CACHES[path] = _Files(Path(path), config.cache_size())
+            except OSError as exc:
+                _disable(path, exc)
+                return None
+    return files
 
 
 def _disable(path: str, exc: BaseException) -> None:
@@ -84,9 +162,7 @@ def _disable(path: str, exc: BaseException) -> None:
 
 
 def _is_full(exc: BaseException) -> bool:
-    if isinstance(exc, OSError) and exc.errno in _FULL:
-        return True
-    return isinstance(exc, sqlite3.Error) and "full" in str(exc).lower()
+    return isinstance(exc, OSError) and exc.errno in _FULL
 
 
 class Reader:
@@ -105,12 +181,8 @@ class Reader:
             return None
         full = self.prefix + key
         try:
-            with _SQL:  # only the index lookup under the lock; a file-backed value is read after it
-                value = cache.get(full, default=None, retry=True, read=True)
-            if value is not None and not isinstance(value, (bytes, bytearray)):
-                with value as f:
-                    value = f.read()
-        except (OSError, sqlite3.Error):
+            value = cache.read(full)
+        except OSError:
             value = None
         if value is not None:
             view = memoryview(value)
@@ -119,9 +191,8 @@ class Reader:
                 return view[:-4]
             _count("corrupt")
             try:
-                with _SQL:
-                    cache.delete(full, retry=True)
-            except (OSError, sqlite3.Error):
+                cache.delete(full)
+            except OSError:
                 pass
         _count("misses")
         return None
@@ -132,9 +203,8 @@ class Reader:
         if cache is not None:
             _count("corrupt")
             try:
-                with _SQL:
-                    cache.delete(self.prefix + key, retry=True)
-            except (OSError, sqlite3.Error):
+                cache.delete(self.prefix + key)
+            except OSError:
                 pass
 
     def put(self, key: str, data: Any) -> None:
@@ -153,10 +223,9 @@ def _store(full_key: str, data: bytes) -> None:
         return
     value = b"".join((data, crc32c.crc32c(data).to_bytes(4, "little")))
     try:
-        with _SQL:
-            cache.set(full_key, value, retry=True)
+        cache.write(full_key, value)
         _count("stored")
-    except (OSError, sqlite3.Error) as exc:
+    except OSError as exc:
         if _is_full(exc):
             _disable(str(folder()), exc)
         else:
@@ -231,16 +300,12 @@ atexit.register(flush)
 
 
 def _after_fork_in_child() -> None:
-    """The child starts with no open cache (it opens its own), no writer thread, and a free lock."""
-    global _SQL
-    _SQL = threading.Lock()
-    _CACHES.clear()
+    """The child has no writer thread of its own yet (threads do not survive a fork)."""
     _WRITERS.clear()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=lambda: _SQL.acquire(), after_in_parent=lambda: _SQL.release(),
-                        after_in_child=_after_fork_in_child)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def reader(root: Root) -> Reader | None:
@@ -279,8 +344,7 @@ def info() -> dict[str, Any]:
            "hits": _STATS["hits"], "misses": _STATS["misses"], "corrupt": _STATS["corrupt"],
            "bytes": 0, "entries": 0}
     if cache is not None:
-        with _SQL:
-            out["bytes"], out["entries"] = cache.volume(), len(cache)
+        out["bytes"], out["entries"] = cache.volume()
     elif path in _DISABLED:
         out["why"] = _DISABLED[path]
     return out
@@ -290,8 +354,7 @@ def clear() -> int:
     """Empty the cache (every process's entries) and this process's counters; returns entries removed."""
     flush()
     cache = _open()
-    with _SQL:
-        removed = cache.clear(retry=True) if cache is not None else 0
+    removed = cache.clear() if cache is not None else 0
     for k in _STATS:
         _STATS[k] = 0
     return removed
@@ -301,10 +364,5 @@ def reset() -> None:
     """Forget open caches and a 'disk full' decision (tests; after freeing space)."""
     flush()
     with _LOCK:
-        for c in _CACHES.values():
-            try:
-                c.close()
-            except Exception:
-                pass
         _CACHES.clear()
         _DISABLED.clear()
