@@ -149,7 +149,7 @@ def load(name: str, storage: Storage = None, storage_options: dict | None = None
         from hubdask.dataset import Dataset
 
         return Dataset(src, display)
-    return Array(src, display)
+    return Array(src, display, meta=src.zarr(meta).metadata)  # the metadata read above: no second GET
 
 
 def _node_metadata(repo, state, path: str, display: str) -> dict:

@@ -273,29 +273,23 @@ class Resolver:
     def __init__(self, source: Source, lay: Layout, n_chunks: int) -> None:
         self.source, self.lay = source, lay
         self.root: Root = source.root
-        self.chunk_map = repository(source.root, source.ds).graph.chunk_map(source.commit)
+        self.store = repository(source.root, source.ds).store_at(source.commit, source.node)
         self.cache = disk_cache.reader(source.root) if getattr(source, "cache", True) else None
         self.open_keys: set[str] | None = None
         list_at = LIST_OPEN_NODE_AT_LOCAL if self.root.is_local else LIST_OPEN_NODE_AT
         if source.node is not None and n_chunks > list_at:
-            prefix = self.physical(f"{lay.prefix}/c" if lay.prefix else "c", source.node)
+            prefix = self.store.physical_key(f"{lay.prefix}/c" if lay.prefix else "c", source.node)
             self.open_keys = set(self.root.list_prefix(prefix))
 
-    def physical(self, logical: str, node: str) -> str:
-        return f"{self.source.ds}/nodes/{node}/{logical}"
-
     def candidates(self, coords: tuple[int, ...]) -> tuple[str | None, str | None]:
-        """(mutable key in the open node or None, immutable committed key or None)."""
-        logical = self.lay.logical_key(coords)
-        mutable = None
-        if self.source.node is not None:
-            mutable = self.physical(logical, self.source.node)
-            if self.open_keys is not None:
-                if mutable in self.open_keys:
-                    return mutable, None
-                mutable = None
-        holder = self.chunk_map.get(logical)
-        return mutable, (self.physical(logical, holder) if holder is not None else None)
+        """(mutable key in the open node or None, immutable committed key or None): the versioned
+        store's rule, with the open node's listing (when taken) answering 'is it there' without a GET."""
+        mutable, committed = self.store.locate(self.lay.logical_key(coords))
+        if mutable is not None and self.open_keys is not None:
+            if mutable in self.open_keys:
+                return mutable, None
+            mutable = None
+        return mutable, committed
 
     def missing_committed(self, key: str) -> CorruptChunkError:
         return CorruptChunkError(
@@ -545,7 +539,7 @@ def write(source: Source, sel: tuple[int | slice, ...], data: np.ndarray, name: 
                 old = _read_file(local_root / mutable)
                 if old is None and committed:
                     old = _read_file(local_root / committed)
-            _write_file(local_root / res.physical(lay.logical_key(part.coords), source.node), build(part, old))
+            _write_file(local_root / res.store.physical_key(lay.logical_key(part.coords), source.node), build(part, old))
 
         _run_threads(local_job, parts)
         return True
@@ -559,7 +553,7 @@ def write(source: Source, sel: tuple[int | slice, ...], data: np.ndarray, name: 
                 old = await res.root.fetch_async(committed)
         blob = build(part, old) if len(parts) == 1 else await loop.run_in_executor(pool(), build, part, old)
         try:
-            await res.root.put_async(res.physical(lay.logical_key(part.coords), source.node), blob)
+            await res.root.put_async(res.store.physical_key(lay.logical_key(part.coords), source.node), blob)
         except StorageError as exc:
             raise _chunk_error(res, part.coords, "written", exc) from exc
 

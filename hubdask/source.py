@@ -46,8 +46,9 @@ class Source:
     def chunk_prefix(self) -> str:
         return f"{self.path}/" if self.path else ""
 
-    def zarr(self) -> zarr.Array:
-        """The zarr Array over this state's versioned store (opened once per process)."""
+    def zarr(self, metadata: dict | None = None) -> zarr.Array:
+        """The zarr Array over this state's versioned store (opened once per process). ``metadata``: the
+        array's zarr.json already read by the caller, so opening costs no request."""
         with _OPEN_LOCK:
             arr = _OPEN.get(self.key)
             if arr is not None:
@@ -57,8 +58,14 @@ class Source:
         from hubdask.storage.cache import immutable_reader
 
         store = repo.store_at(self.commit, self.node, immutable_get=immutable_reader(self.root) if self.cache else None)
-        arr = zarr.open_array(store=store, path=self.path, mode="r" if self.node is None else "r+",
-                              zarr_format=3)
+        if metadata is not None:
+            from zarr.core.array import AsyncArray
+            from zarr.storage import StorePath
+
+            arr = zarr.Array(AsyncArray(metadata, StorePath(store, self.path)))
+        else:
+            arr = zarr.open_array(store=store, path=self.path, mode="r" if self.node is None else "r+",
+                                  zarr_format=3)
         with _OPEN_LOCK:
             _OPEN[self.key] = arr
             while len(_OPEN) > _KEEP:

@@ -53,6 +53,13 @@ class VersionedStore(Store):
     def physical_key(self, key: str, node: str) -> str:
         return f"{self.ds}/nodes/{node}/{key}"
 
+    def locate(self, key: str) -> tuple[str | None, str | None]:
+        """Where ``key``'s bytes may be, in the order to try: (the open node's object, which may not
+        exist; the committed object), each None where there is none. Pure arithmetic, no I/O."""
+        mutable = self.physical_key(key, self.node) if self.node is not None else None
+        holder = self.chunk_map.get(key)
+        return mutable, (self.physical_key(key, holder) if holder is not None else None)
+
     async def _io(self, what: str, request):
         """``await request()``; on a remote root retried through transient failures (storage.retry)."""
         if self.root.is_local or self.root.scheme == "memory":
@@ -61,15 +68,13 @@ class VersionedStore(Store):
 
     async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:
         store = self.root.store
-        if self.node is not None:
-            pkey = self.physical_key(key, self.node)
-            buf = await self._io(f"GET {pkey!r}", lambda: store.get(pkey, prototype, byte_range))
+        mutable, pkey = self.locate(key)
+        if mutable is not None:
+            buf = await self._io(f"GET {mutable!r}", lambda: store.get(mutable, prototype, byte_range))
             if buf is not None:
                 return None if len(buf) == 0 else buf
-        holder = self.chunk_map.get(key)
-        if holder is None:
+        if pkey is None:
             return None
-        pkey = self.physical_key(key, holder)
         if self._immutable_get is not None and byte_range is None:
             buf = await self._immutable_get(pkey, prototype)
         else:
