@@ -129,8 +129,7 @@ def array(shape: Any, name: str, dtype: Any = "float64", chunks: Any = None, fil
         zarr.create_array(store, shape=shape, chunks=chunks, dtype=dt, fill_value=fill,
                           compressors=compressors, zarr_format=3)
 
-    repo.create(branch, write_metadata)
-    return load(name, storage=root)
+    return open_at(root, n, repo, repo.create(branch, write_metadata))
 
 
 def load(name: str, storage: Storage = None, storage_options: dict | None = None, *, _path: str = "",
@@ -141,10 +140,14 @@ def load(name: str, storage: Storage = None, storage_options: dict | None = None
     repo = repository(root, n.path)
     if not repo.exists():
         raise NotFoundError(f"no dataset {str(n).split(':')[0]!r} in {root.url}; hd.ls() lists what exists")
-    state = repo.resolve(n.ref or repo.default_branch())
+    return open_at(root, n, repo, repo.resolve(n.ref or repo.default_branch()), _path, cache)
+
+
+def open_at(root: Root, n: Name, repo, state, path: str = "", cache: bool = True) -> Any:
+    """The Array (or Dataset) at the resolved ``state``: one metadata read (from the disk cache if seen)."""
     display = _display(root, n, state.ref)
-    meta = _node_metadata(repo, state, _path, display)
-    src = Source.at(root, n.path, _path, state.commit, state.head, cache=cache)
+    meta = _node_metadata(repo, state, path, display, cache)
+    src = Source.at(root, n.path, path, state.commit, state.head, cache=cache)
     if meta.get("node_type") == "group":
         from hubdask.dataset import Dataset
 
@@ -152,12 +155,15 @@ def load(name: str, storage: Storage = None, storage_options: dict | None = None
     return Array(src, display, meta=src.zarr(meta).metadata)  # the metadata read above: no second GET
 
 
-def _node_metadata(repo, state, path: str, display: str) -> dict:
+def _node_metadata(repo, state, path: str, display: str, cache: bool = True) -> dict:
+    """The zarr.json of ``path`` at ``state`` (committed metadata through the disk cache: it never changes)."""
     from hubdask.storage import sync
+    from hubdask.storage.cache import immutable_reader
     from zarr.core.buffer import default_buffer_prototype
 
     key = f"{path}/zarr.json" if path else "zarr.json"
-    buf = sync(repo.store(state).get(key, default_buffer_prototype()))
+    store = repo.store(state, immutable_get=immutable_reader(repo.root) if cache else None)
+    buf = sync(store.get(key, default_buffer_prototype()))
     if buf is None:
         raise NotFoundError(f"dataset {display!r} has no array {path or '(root)'!r} at this ref")
     try:

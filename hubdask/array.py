@@ -301,7 +301,7 @@ def build_dask(source: Source, axes: tuple[grid.Axis, ...], meta: Any, name: str
     token = dask.base.tokenize(source, axes)
     key_name = f"hubdask-{name.replace('/', '-').replace(':', '-')}-{token}"
     prefix = source.chunk_prefix()
-    known = None if source.node is not None else _chunk_keys(source)
+    known = None if source.reads_node else _chunk_keys(source)
     dsk: dict = {}
     for block in itertools.product(*(range(len(per_axis[k])) for k in live)):
         coords, sel, flips, shape = [], [], [], []

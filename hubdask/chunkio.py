@@ -20,7 +20,6 @@ import itertools
 import math
 import os
 import threading
-import uuid
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from hubdask.errors import CorruptChunkError, StorageError
 from hubdask.source import Source
 from hubdask.storage import Root, sync
 from hubdask.storage import cache as disk_cache
-from hubdask.versioning import repository
+from hubdask.storage import files
 
 LIST_OPEN_NODE_AT = 4  # remote branch reads of more chunks than this LIST the open node once (not a GET each)
 LIST_OPEN_NODE_AT_LOCAL = 1000  # locally a missing file costs little: list only for big reads
@@ -273,11 +272,11 @@ class Resolver:
     def __init__(self, source: Source, lay: Layout, n_chunks: int) -> None:
         self.source, self.lay = source, lay
         self.root: Root = source.root
-        self.store = repository(source.root, source.ds).store_at(source.commit, source.node)
+        self.store = source.store()
         self.cache = disk_cache.reader(source.root) if getattr(source, "cache", True) else None
         self.open_keys: set[str] | None = None
         list_at = LIST_OPEN_NODE_AT_LOCAL if self.root.is_local else LIST_OPEN_NODE_AT
-        if source.node is not None and n_chunks > list_at:
+        if source.reads_node and n_chunks > list_at:
             prefix = self.store.physical_key(f"{lay.prefix}/c" if lay.prefix else "c", source.node)
             self.open_keys = set(self.root.list_prefix(prefix))
 
@@ -383,9 +382,9 @@ def _fetch_all(res: Resolver, jobs: list, deliver: Callable[[tuple, Any], None])
 
         def local_job(job: tuple) -> None:
             mutable, committed = job[1], job[2]
-            raw = _read_file(local_root / mutable) if mutable else None
+            raw = files.read(local_root / mutable, scratch=True) if mutable else None
             if raw is None and committed:
-                raw = _read_file(local_root / committed)
+                raw = files.read(local_root / committed, scratch=True)
                 if raw is None:
                     raise res.missing_committed(committed)
             deliver(job, raw)
@@ -396,7 +395,7 @@ def _fetch_all(res: Resolver, jobs: list, deliver: Callable[[tuple, Any], None])
     single = len(jobs) == 1
 
     def from_cache(job: tuple) -> bool:
-        raw = cache.get(job[2], verify=not res.lay.codec.crc)  # a crc32c chunk is checked by decoding
+        raw = cache.get(job[2], verify=not res.lay.codec.crc, scratch=True)  # crc32c chunks: checked by decoding
         if raw is None:
             return False
         try:
@@ -456,14 +455,6 @@ def _chunk_error(res: Resolver, coords: tuple[int, ...], op: str, exc: StorageEr
     return StorageError(f"dataset {res.source.ds!r}: chunk {res.lay.logical_key(coords)!r} could not be {op}: {exc}")
 
 
-def _read_file(path: Path) -> bytes | None:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-
-
 async def _bounded(fn: Callable, items: Iterable, concurrency: int) -> None:
     """``await fn(item, loop)`` for every item, at most ``concurrency`` at a time (a worker per slot).
     After a failure no new item starts and the ones in flight finish before the first error is raised:
@@ -499,8 +490,9 @@ async def _bounded(fn: Callable, items: Iterable, concurrency: int) -> None:
 
 def write(source: Source, sel: tuple[int | slice, ...], data: np.ndarray, name: str) -> bool:
     """Write ``data`` (the selection's shape and dtype) into the branch's open node; False when the
-    array's codecs need zarr (the caller writes through zarr instead). Locks and the seal check are the
-    caller's (write.write_region)."""
+    array's codecs need zarr (the caller writes through zarr instead); the branch's written mark of the
+    node lands with the chunks (store.mark_written). Locks and the seal check are the caller's
+    (write.write_region)."""
     lay = layout(source)
     if lay is None:
         return False
@@ -536,11 +528,12 @@ def write(source: Source, sel: tuple[int | slice, ...], data: np.ndarray, name: 
             old = None
             if not part.covers:
                 mutable, committed = res.candidates(part.coords)
-                old = _read_file(local_root / mutable)
+                old = files.read(local_root / mutable, scratch=True) if mutable else None
                 if old is None and committed:
-                    old = _read_file(local_root / committed)
-            _write_file(local_root / res.store.physical_key(lay.logical_key(part.coords), source.node), build(part, old))
+                    old = files.read(local_root / committed, scratch=True)
+            files.write_atomic(local_root / res.store.physical_key(lay.logical_key(part.coords), source.node), build(part, old))
 
+        sync(res.store.mark_written())
         _run_threads(local_job, parts)
         return True
 
@@ -548,7 +541,7 @@ def write(source: Source, sel: tuple[int | slice, ...], data: np.ndarray, name: 
         old = None
         if not part.covers:
             mutable, committed = res.candidates(part.coords)
-            old = await res.root.fetch_async(mutable)
+            old = await res.root.fetch_async(mutable) if mutable else None
             if old is None and committed:
                 old = await res.root.fetch_async(committed)
         blob = build(part, old) if len(parts) == 1 else await loop.run_in_executor(pool(), build, part, old)
@@ -557,7 +550,14 @@ def write(source: Source, sel: tuple[int | slice, ...], data: np.ndarray, name: 
         except StorageError as exc:
             raise _chunk_error(res, part.coords, "written", exc) from exc
 
-    sync(_bounded(remote_one, parts, config.read_concurrency()))
+    async def write_all() -> None:  # the written mark goes out with the first chunks, not before them
+        done = await asyncio.gather(_bounded(remote_one, parts, config.read_concurrency()),
+                                    res.store.mark_written(), return_exceptions=True)
+        for outcome in done:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    sync(write_all())
     return True
 
 
@@ -567,16 +567,3 @@ def _only_fill(chunk: np.ndarray, fill: Any, is_zero: bool) -> bool:
     if isinstance(fill, (float, np.floating)) and np.isnan(fill):
         return bool(np.isnan(chunk).all())
     return bool((chunk == fill).all())
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    """Atomic replace through a ``.partial`` temp file (ignored by node listings while in flight)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink(missing_ok=True)

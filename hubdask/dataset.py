@@ -99,15 +99,14 @@ class Dataset(Versioned):
         if src.branch is None:
             return src
         head = self._repo.resolve(src.branch).head
-        return dataclasses.replace(src, commit=head.base, node=head.node)
+        return dataclasses.replace(src, commit=head.base, node=head.node, node_written=head.written)
 
     def _group(self, src: Source) -> Any:
         import zarr
 
         from hubdask.storage.cache import immutable_reader
 
-        store = self._repo.store_at(src.commit, src.node,
-                                    immutable_get=immutable_reader(src.root) if getattr(src, "cache", True) else None)
+        store = src.store(immutable_reader(src.root) if src.cache else None)
         return zarr.open_group(store=store, mode="r" if src.node is None else "r+", zarr_format=3)
 
     @property
@@ -250,7 +249,7 @@ def dataset(name: str, *, storage: Any = None, storage_options: dict | None = No
     """
     import zarr
 
-    from hubdask.api import DEFAULT_BRANCH, load, locate
+    from hubdask.api import DEFAULT_BRANCH, load, locate, open_at
     from hubdask.versioning import repository
 
     root, n = locate(name, storage, storage_options)
@@ -279,8 +278,7 @@ def dataset(name: str, *, storage: Any = None, storage_options: dict | None = No
         for s in specs:
             s.create_in(group)
 
-    repo.create(n.ref or DEFAULT_BRANCH, write_group)
-    ds = load(name, storage=root)
+    ds = open_at(root, n, repo, repo.create(n.ref or DEFAULT_BRANCH, write_group))
     if _write_data(ds, specs, progress) and commit:
         keys = ", ".join(s.key for s in specs if s.data is not None)
         ds.commit(commit if isinstance(commit, str) else f"ingest {keys}")

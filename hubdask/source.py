@@ -13,6 +13,7 @@ import zarr
 
 from hubdask.storage import Root
 from hubdask.versioning import repository
+from hubdask.versioning import store as store_module
 
 _OPEN: OrderedDict[tuple, zarr.Array] = OrderedDict()
 _OPEN_LOCK = threading.Lock()
@@ -28,16 +29,27 @@ class Source:
     node: str | None = None  # a branch's open node: writes go there
     branch: str | None = None
     cache: bool = True  # read committed objects of a remote root through the local disk cache
+    node_written: bool = True  # False: the head showed no written mark, the open node is empty
 
     @classmethod
     def at(cls, root: Root, ds: str, path: str, commit: str | None, head=None, cache: bool = True) -> "Source":
         """The source of array ``path`` at a commit, or at a branch head (writable)."""
         if head is None:
             return cls(root, ds, path, commit, cache=cache)
-        return cls(root, ds, path, head.base, head.node, head.branch, cache)
+        return cls(root, ds, path, head.base, head.node, head.branch, cache, head.written)
 
     def __dask_tokenize__(self) -> tuple:
-        return ("hubdask.Source", self.root.token, self.ds, self.path, self.commit, self.node)
+        return ("hubdask.Source", self.root.token, self.ds, self.path, self.commit, self.node, self.node_written)
+
+    @property
+    def reads_node(self) -> bool:
+        """Whether reads must look in the open node (a branch whose node may hold writes)."""
+        return self.node is not None and (self.node_written or store_module.writing(self.root, self.ds, self.node))
+
+    def store(self, immutable_get=None):
+        """The VersionedStore of this state (see versioning.store)."""
+        return repository(self.root, self.ds).store_at(self.commit, self.node, branch=self.branch,
+                                                       node_written=self.node_written, immutable_get=immutable_get)
 
     @property
     def key(self) -> tuple:
@@ -54,10 +66,9 @@ class Source:
             if arr is not None:
                 _OPEN.move_to_end(self.key)
                 return arr
-        repo = repository(self.root, self.ds)
         from hubdask.storage.cache import immutable_reader
 
-        store = repo.store_at(self.commit, self.node, immutable_get=immutable_reader(self.root) if self.cache else None)
+        store = self.store(immutable_reader(self.root) if self.cache else None)
         if metadata is not None:
             from zarr.core.array import AsyncArray
             from zarr.storage import StorePath
@@ -71,9 +82,3 @@ class Source:
             while len(_OPEN) > _KEEP:
                 _OPEN.popitem(last=False)
         return arr
-
-    def written(self, key: str) -> bool | None:
-        """Whether chunk ``key`` holds data at the base commit; None if unknowable without I/O (a branch)."""
-        if self.node is not None:
-            return None
-        return key in repository(self.root, self.ds).graph.chunk_map(self.commit)

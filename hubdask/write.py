@@ -18,6 +18,7 @@ from hubdask.errors import ReadOnlyError, refusing_read_only
 from hubdask.locks import chunk_locks, lock_name
 from hubdask.source import Source
 from hubdask.versioning import repository
+from hubdask.versioning.store import begin_write
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -104,6 +105,7 @@ def write_region(src: Source, sel: tuple, data: np.ndarray, shape: tuple[int, ..
              for c in partial_chunks(sel, shape, chunks)]
     with chunk_locks(names, lock), refusing_read_only(f"dataset {src.ds!r}", src.root.url):
         while True:
+            begin_write(src.root, src.ds, src.node)  # before any read-modify-write looks at the node
             if not chunkio.write(src, sel, data, src.ds):  # threaded encode, concurrent PUTs
                 src.zarr()[sel] = data  # codec chains the chunk engine does not run
             if not repo.is_sealed(src.node):

@@ -109,3 +109,16 @@ def test_array_round_trip_through_the_chunk_engine(root):
     b = hd.load("conf/arr", storage=root)
     np.testing.assert_array_equal(np.asarray(b[::-3, 4:]), data[::-3, 4:])
     assert int(b.sum().compute()) == int(data.astype(np.int64).sum())
+
+
+def test_s3_payload_is_hashed_only_over_plain_http(monkeypatch):
+    """As botocore: over TLS the body is not hashed for the signature (TLS protects it; saves a SHA-256
+    pass over every byte written); over plain HTTP the signature covers the body."""
+    from hubdask.storage.root import _obstore_s3
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+
+    assert _obstore_s3("s3://b/p", {"endpoint_url": "https://s3.example"}).store.config.get("unsigned_payload") == "true"
+    assert _obstore_s3("s3://b/p", {}).store.config.get("unsigned_payload") == "true"  # AWS itself: https
+    assert "unsigned_payload" not in _obstore_s3("s3://b/p", {"endpoint_url": "http://s3.example"}).store.config

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -352,3 +354,74 @@ def test_late_write_into_a_sealed_node_cannot_change_the_commit(tmp_path):
     stale[0:5] = 7  # lands in the sealed node first, then is repeated in the new open node
     np.testing.assert_array_equal(hd.load(f"late/a:{cid}", storage=root).read(), [1] * 10)
     np.testing.assert_array_equal(hd.load("late/a", storage=root).read(), [7] * 5 + [1] * 5)
+
+
+def test_a_branch_read_lists_its_refs_once_and_skips_an_unwritten_node(s3_root, moto_server):
+    """Reading a branch costs one LIST of its refs; with no written mark for the open node, no request
+    touches the node. A write from another process marks the node first, so the next read sees it."""
+    a = hd.array((8, 8), name="vc/one", dtype="int32", chunks=(4, 8), storage=s3_root)
+    a[...] = 1
+    a.commit("ones")
+    x = hd.load("vc/one", storage=s3_root)
+    node = x._source.node
+    before = len(moto_server.requests())
+    np.testing.assert_array_equal(x.read(), np.ones((8, 8)))
+    reads = [unquote(r.path) for r in moto_server.requests()[before:]]
+    assert not [p for p in reads if f"/nodes/{node}/" in p]
+    lists = [p for p in reads if "list-type" in p]
+    assert len(lists) == 1 and lists[0].endswith("prefix=root/vc/one/refs/heads/main/"), lists
+    assert not [p for p in reads if "/refs/" in p and "list-type" not in p], "the head needs no GET"
+    done = run_python(f"""
+        import hubdask as hd
+        hd.load("vc/one", storage={s3_root!r})[0, :] = 5
+    """)
+    assert done.returncode == 0, done.stderr
+    expected = np.ones((8, 8))
+    expected[0] = 5
+    np.testing.assert_array_equal(x.read(), expected)
+    np.testing.assert_array_equal(np.asarray(x.to_dask()), expected)
+
+
+def test_heads_without_name_copies_or_marks_are_read_safely(tmp_path):
+    """A crash after a head record but before its name copy leaves a head read by GET; a dataset of format
+    1 (no written marks) always looks in its open node."""
+    root = str(tmp_path / "root")
+    a = hd.array((8,), name="vc/h", dtype="int32", chunks=(4,), storage=root)
+    a[:] = 1
+    a.commit("ones")
+    a[0:2] = 2  # uncommitted
+    r = open_root(root)
+    heads = "vc/h/refs/heads/main/"
+    for k in r.list_prefix(heads):
+        if "." in k.rsplit("/", 1)[1]:
+            r.delete(k)  # every name copy
+    read = f"import hubdask as hd; print(hd.load('vc/h', storage={root!r}).read().tolist())"
+    out = run_python(read)
+    assert out.returncode == 0 and out.stdout.strip() == "[2, 2, 1, 1, 1, 1, 1, 1]", out.stderr
+    marks = [k for k in r.list_prefix(heads) if k.rsplit("/", 1)[1].startswith("written-")]
+    assert len(marks) == 2  # the committed node's and the open node's
+    for k in marks:
+        r.delete(k)
+    marker = json.loads(r.get("vc/h/hubdask.json"))
+    r.put("vc/h/hubdask.json", json.dumps({**marker, "format": "hubdask/1"}).encode())
+    out = run_python(read)
+    assert out.returncode == 0 and out.stdout.strip() == "[2, 2, 1, 1, 1, 1, 1, 1]", out.stderr
+
+
+def test_gc_prunes_past_heads_from_the_branch_listing(tmp_path):
+    root = str(tmp_path / "root")
+    a = hd.array((8,), name="vc/p", dtype="int32", chunks=(4,), storage=root)
+    for i in range(5):
+        a[0] = i
+        a.commit(f"c{i}")
+    a[5] = 9  # uncommitted: the current node's mark must survive
+    r = open_root(root)
+    names = lambda: sorted(k.rsplit("/", 1)[1] for k in r.list_prefix("vc/p/refs/heads/main/"))  # noqa: E731
+    assert len([n for n in names() if not n.isdigit()]) > 2
+    hd.gc("vc/p", storage=root, grace=0, dry_run=False)
+    left = names()
+    records = [n for n in left if n.isdigit()]
+    assert len(records) == 6  # the first head + one per commit: records are never pruned
+    assert sorted(n.split(".")[0] if "." in n else n[:8] for n in left if not n.isdigit()) == [records[-1], "written-"]
+    out = run_python(f"import hubdask as hd; print(hd.load('vc/p', storage={root!r}).read().tolist())")
+    assert out.returncode == 0 and out.stdout.strip() == "[4, 0, 0, 0, 0, 9, 0, 0]", out.stderr

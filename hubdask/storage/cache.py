@@ -25,12 +25,12 @@ import errno
 import hashlib
 import os
 import threading
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any
 
 from hubdask import config
+from hubdask.storage import files
 from hubdask.storage.root import Root
 
 _CACHES: dict[str, "_Files"] = {}  # folder -> its entries
@@ -66,12 +66,11 @@ class _Files:
         digest = hashlib.sha256(full_key.encode()).hexdigest()[:40]
         return self.path / digest[:2] / digest[2:]
 
-    def read(self, full_key: str) -> bytes | None:
+    def read(self, full_key: str, scratch: bool = False) -> bytes | memoryview | None:
+        """The entry's bytes (``scratch``: in this thread's reused buffer, see storage.files), or None."""
         path = self.file(full_key)
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
+        data = files.read(path, scratch=scratch)
+        if data is None:
             return None
         try:
             os.utime(path)  # least recently used = oldest time
@@ -83,16 +82,7 @@ class _Files:
         self.file(full_key).unlink(missing_ok=True)
 
     def write(self, full_key: str, value: bytes) -> None:
-        path = self.file(full_key)
-        path.parent.mkdir(exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(value)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        files.write_atomic(self.file(full_key), value)
         if self._approx is None:
             self._approx = self.volume()[0]
         else:
@@ -105,7 +95,7 @@ class _Files:
         for sub in os.scandir(self.path):
             if sub.is_dir(follow_symlinks=False):
                 for entry in os.scandir(sub.path):
-                    if not entry.name.startswith("."):
+                    if not entry.name.endswith(files.TEMP_SUFFIX):
                         try:
                             out.append((Path(entry.path), entry.stat(follow_symlinks=False)))
                         except FileNotFoundError:
@@ -171,9 +161,10 @@ class Reader:
     def __init__(self, root: Root) -> None:
         self.prefix = root.url.rstrip("/") + "/"
 
-    def get(self, key: str, verify: bool = True) -> memoryview | None:
+    def get(self, key: str, verify: bool = True, scratch: bool = False) -> memoryview | None:
         """The cached bytes of ``key``, or None. ``verify``: check the entry's crc32c (a caller whose
-        objects carry their own checksum may skip it and ``discard`` an entry that fails to decode)."""
+        objects carry their own checksum may skip it and ``discard`` an entry that fails to decode).
+        ``scratch``: the bytes are in this thread's reused read buffer (storage.files.read)."""
         import crc32c
 
         cache = _open()
@@ -181,7 +172,7 @@ class Reader:
             return None
         full = self.prefix + key
         try:
-            value = cache.read(full)
+            value = cache.read(full, scratch)
         except OSError:
             value = None
         if value is not None:

@@ -328,6 +328,8 @@ def _obstore_s3(url: str, options: dict[str, Any]) -> Store:
         cfg["region"] = region
     if opts.pop("anon", False):
         cfg["skip_signature"] = True
+    if not endpoint or endpoint.startswith("https://"):
+        cfg["unsigned_payload"] = True  # TLS protects the body; as botocore, hash it only over plain HTTP
     client_options: dict[str, Any] = {"timeout": "120s", "connect_timeout": "10s"}
     if endpoint and endpoint.startswith("http://"):
         client_options["allow_http"] = True

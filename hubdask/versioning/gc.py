@@ -3,7 +3,8 @@
 Reached: every commit record reachable (through all parents) from a branch's base or a tag, every
 object those commits' changes name, and everything in a branch's open node. Nodes younger than
 ``grace`` seconds are never touched (a merge or branch may be writing them right now), and seal
-markers are kept (a slow writer relies on them to notice a commit).
+markers are kept (a slow writer relies on them to notice a commit). Deleting also prunes the branches'
+name copies and written marks of past heads (refs.prune).
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ def gc(repo: Repository, dry_run: bool = True, grace: float = 3600.0) -> GCRepor
     if not dry_run:
         for rel in report.unreachable:
             repo.root.delete(ds + rel)
+        for branch in repo.branches():  # and the refs' name copies and marks of past heads
+            head = refs.read_head(repo.root, repo.ds, branch)
+            if head is not None:
+                refs.prune(repo.root, repo.ds, branch, head)
         report.deleted = True
     return report
 

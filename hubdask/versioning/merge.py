@@ -17,6 +17,7 @@ import numpy as np
 import zarr
 
 from hubdask.errors import ConflictError, NotFoundError
+from hubdask.storage import sync
 from hubdask.versioning.diff import chunk_region, parse_chunk_key
 from hubdask.versioning.repository import Repository
 
@@ -97,7 +98,8 @@ def merge(repo: Repository, branch: str, ref: str, *, strategy: str | None = Non
             "was applied; pass strategy='ours' or 'theirs' to resolve"
         )
     with (lock or (lambda keys: contextlib.nullcontext()))(sorted(merged)):
-        store = repo.store_at(ours, head.node)
+        store = repo.store_at(ours, head.node, branch=head.branch, node_written=head.written)
+        sync(store.mark_written())  # before the partial-chunk reads of the writes below
         for key, (path, region, values) in merged.items():
             zarr.open_array(store=store, path=path, mode="r+", zarr_format=3)[region] = values
         return repo.commit(branch, message or f"merge {ref} into {branch}", merge_parent=theirs,

@@ -11,6 +11,7 @@ the loser finds the winner's commit has the same source and returns it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -24,7 +25,7 @@ from hubdask.versioning.commits import Commit, CommitGraph, new_node_id
 from hubdask.versioning.store import PARTIAL_SUFFIX, VersionedStore, node_prefix
 
 MARKER = "hubdask.json"
-FORMAT = "hubdask/1"
+FORMAT = "hubdask/2"  # 2: writers mark open nodes before writing (refs.written_key)
 
 
 @dataclass(frozen=True)
@@ -83,9 +84,11 @@ class Repository:
             head = refs.read_head(self.root, self.ds, branch)
             if head is None or head.node != first:  # else our own create, whose response was lost
                 raise FileExistsError(f"dataset {self.ds!r} already exists in {self.root.url}")
+            refs.name_head(self.root, self.ds, branch, 0, first, node)
         marker = {"format": FORMAT, "created": time.time(), "default_branch": branch}
         self.root.put(f"{self.ds}/{MARKER}", json.dumps(marker).encode())
-        return self.resolve(branch)
+        self._marker = marker
+        return State(branch, node, refs.Head(branch, 0, first, node, written=False))
 
     def default_branch(self) -> str:
         """The branch a name without ':REF' means: the dataset's first branch (``main`` unless named)."""
@@ -95,7 +98,7 @@ class Repository:
 
     def resolve(self, ref: str) -> State:
         """A branch, a tag or a commit id -> State, or NotFoundError listing what exists."""
-        head = refs.read_head(self.root, self.ds, ref)
+        head = self.read_head(ref)
         if head is not None:
             return State(ref, head.base, head)
         tagged = refs.read_tag(self.root, self.ds, ref)
@@ -112,12 +115,18 @@ class Repository:
         """The same ref resolved again (a branch may have moved)."""
         return self.resolve(state.ref) if state.head else state
 
-    def store_at(self, commit: str | None, node: str | None = None, *, immutable_get=None) -> VersionedStore:
-        """The Store view of ``commit``, writable into ``node`` when one is given (a branch)."""
-        return VersionedStore(self.root, self.ds, self.graph.chunk_map(commit), node, immutable_get=immutable_get)
+    def store_at(self, commit: str | None, node: str | None = None, *, branch: str | None = None,
+                 node_written: bool = True, immutable_get=None) -> VersionedStore:
+        """The Store view of ``commit``, writable into ``node`` (``branch``'s open node) when one is given."""
+        return VersionedStore(self.root, self.ds, self.graph.chunk_map(commit), node, branch=branch,
+                              node_written=node_written, immutable_get=immutable_get)
 
     def store(self, state: State, *, immutable_get=None) -> VersionedStore:
-        return self.store_at(state.commit, state.head.node if state.head else None, immutable_get=immutable_get)
+        h = state.head
+        if h is None:
+            return self.store_at(state.commit, immutable_get=immutable_get)
+        return self.store_at(state.commit, h.node, branch=h.branch, node_written=h.written,
+                             immutable_get=immutable_get)
 
     def branches(self) -> list[str]:
         return refs.list_branches(self.root, self.ds)
@@ -142,8 +151,16 @@ class Repository:
         head = self._head(branch)
         return self._node_keys(head.node)
 
-    def _head(self, branch: str) -> refs.Head:
+    def read_head(self, branch: str) -> refs.Head | None:
+        """The head of ``branch`` (refs.read_head); datasets of format 1 had no written marks, so there
+        an open node always counts as written."""
         head = refs.read_head(self.root, self.ds, branch)
+        if head is not None and not head.written and (self.marker() or {}).get("format") == "hubdask/1":
+            head = dataclasses.replace(head, written=True)
+        return head
+
+    def _head(self, branch: str) -> refs.Head:
+        head = self.read_head(branch)
         if head is None:
             if refs.read_tag(self.root, self.ds, branch) is not None or self.graph.get(branch):
                 raise ReadOnlyError(f"dataset {self.ds!r}: {branch!r} is a tag or commit, not a branch; "
@@ -174,6 +191,7 @@ class Repository:
         taken = refs.read_head_at(self.root, self.ds, branch, head.seq + 1)
         winner = self.graph.get(taken.base) if taken is not None and taken.base else None
         if winner is not None and winner.source == head.node:
+            refs.name_head(self.root, self.ds, branch, taken.seq, taken.node, taken.base)  # if ours, lost
             return winner.id  # a concurrent committer of the same working node finished first
         raise ConflictError(f"dataset {self.ds!r}: branch {branch!r} moved while committing; try again")
 
@@ -203,6 +221,7 @@ class Repository:
             head = refs.read_head(self.root, self.ds, name)
             if head is None or head.node != node:  # else our own create, whose response was lost
                 raise InvalidNameError(f"dataset {self.ds!r} already has a branch {name!r}")
+            refs.name_head(self.root, self.ds, name, 0, node, commit)
 
     def create_tag(self, name: str, commit: str) -> None:
         check_part(name, "tag", f"{self.ds}:{name}")

@@ -3,7 +3,9 @@
 At a commit the view is read-only and every key resolves in memory through the commit's chunk map
 (an unwritten chunk costs no request). At a branch the view reads the branch's open node first (its
 uncommitted writes, so every returned write is seen) and falls back to the base commit's map; writes go
-to the open node. A zero-byte object in a node is a tombstone: the key was deleted there.
+to the open node, after the branch's written mark for it (refs.written_key). When the head was read
+without that mark the node is known empty and reads skip it. A zero-byte object in a node is a
+tombstone: the key was deleted there.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from zarr.core.buffer import Buffer, BufferPrototype
 from hubdask.errors import CorruptChunkError
 from hubdask.storage import Root
 from hubdask.storage import retry
+from hubdask.versioning import refs
 
 PARTIAL_SUFFIX = ".partial"  # LocalStore's temp files while a write is in flight
 
@@ -25,8 +28,26 @@ def node_prefix(ds: str, node: str) -> str:
     return f"{ds}/nodes/{node}/"
 
 
+# (root token, dataset, node) of open nodes this process writes into (its own reads look there) and of
+# those whose written mark it has seen land in storage
+_WRITING: set[tuple[str, str, str]] = set()
+_MARKED: set[tuple[str, str, str]] = set()
+
+
+def begin_write(root: Root, ds: str, node: str) -> None:
+    """Note, before a write reads or writes anything, that this process writes into ``node``: from now on
+    its reads (the read-modify-write of a partial chunk among them) look in the node."""
+    _WRITING.add((root.token, ds, node))
+
+
+def writing(root: Root, ds: str, node: str) -> bool:
+    """Whether this process writes into ``node`` (begin_write)."""
+    return (root.token, ds, node) in _WRITING
+
+
 class VersionedStore(Store):
-    """A zarr Store over one dataset state: ``chunk_map`` (the base commit) plus an optional open node."""
+    """A zarr Store over one dataset state: ``chunk_map`` (the base commit) plus an optional open node
+    of ``branch``; ``node_written=False`` when the head's listing showed no written mark for it."""
 
     supports_writes = True
     supports_deletes = True
@@ -34,9 +55,11 @@ class VersionedStore(Store):
     supports_listing = True
 
     def __init__(self, root: Root, ds: str, chunk_map: dict[str, str | None], node: str | None = None,
-                 *, immutable_get: Any = None) -> None:
+                 *, branch: str | None = None, node_written: bool = True, immutable_get: Any = None) -> None:
         super().__init__(read_only=node is None)
         self.root, self.ds, self.chunk_map, self.node = root, ds, chunk_map, node
+        self.branch, self.node_written = branch, node_written
+        self._mark = (root.token, ds, node)
         self._immutable_get = immutable_get  # the disk cache's reader for committed objects, if any
 
     def __eq__(self, other: object) -> bool:
@@ -48,7 +71,7 @@ class VersionedStore(Store):
 
     def with_read_only(self, read_only: bool = False) -> "VersionedStore":
         return VersionedStore(self.root, self.ds, self.chunk_map, None if read_only else self.node,
-                              immutable_get=self._immutable_get)
+                              branch=self.branch, node_written=self.node_written, immutable_get=self._immutable_get)
 
     def physical_key(self, key: str, node: str) -> str:
         return f"{self.ds}/nodes/{node}/{key}"
@@ -56,9 +79,23 @@ class VersionedStore(Store):
     def locate(self, key: str) -> tuple[str | None, str | None]:
         """Where ``key``'s bytes may be, in the order to try: (the open node's object, which may not
         exist; the committed object), each None where there is none. Pure arithmetic, no I/O."""
-        mutable = self.physical_key(key, self.node) if self.node is not None else None
+        mutable = None
+        if self.node is not None and (self.node_written or self._mark in _WRITING):
+            mutable = self.physical_key(key, self.node)
         holder = self.chunk_map.get(key)
         return mutable, (self.physical_key(key, holder) if holder is not None else None)
+
+    async def mark_written(self) -> None:
+        """Create the branch's written mark of the open node (once per process; begin_write first): a
+        write returns only once it is in storage, since readers that list the branch without it take the
+        node as empty. It may land concurrently with the write's own objects (a write in flight may be
+        seen in part or not at all)."""
+        _WRITING.add(self._mark)
+        if self.branch is None or self._mark in _MARKED:
+            return
+        key = refs.written_key(self.ds, self.branch, self.node)
+        await self.root.put_async(key, b"")
+        _MARKED.add(self._mark)
 
     async def _io(self, what: str, request):
         """``await request()``; on a remote root retried through transient failures (storage.retry)."""
@@ -95,17 +132,19 @@ class VersionedStore(Store):
 
     async def set(self, key: str, value: Buffer) -> None:
         self._check_writable()
+        await self.mark_written()
         pkey = self.physical_key(key, self.node)
         await self._io(f"PUT {pkey!r}", lambda: self.root.store.set(pkey, value))
 
     async def delete(self, key: str) -> None:
         self._check_writable()
+        await self.mark_written()
         pkey = self.physical_key(key, self.node)
         await self._io(f"PUT {pkey!r}", lambda: self.root.store.set(pkey, _proto().buffer.from_bytes(b"")))
 
     async def _keys(self) -> set[str]:
         keys = {k for k, h in self.chunk_map.items() if h is not None}
-        if self.node is not None:
+        if self.node is not None and (self.node_written or self._mark in _WRITING):
             prefix = node_prefix(self.ds, self.node)
             async for k in self.root.store.list_prefix(prefix):
                 if not k.endswith(PARTIAL_SUFFIX):

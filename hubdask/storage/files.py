@@ -1,0 +1,66 @@
+"""Local files the way the data path reads and writes them: chunks of a local root and cache entries.
+
+Reading a chunk into a fresh ``bytes`` costs more than the read itself (a multi-MB allocation is new
+memory, and every page of it faults in), so ``read(path, scratch=True)`` fills a buffer owned by the
+calling thread and reused by its next read. Writes are atomic: a temp file beside the target (named
+``NAME.RANDOM.partial``, which listings ignore), then a rename.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from pathlib import Path
+
+TEMP_SUFFIX = ".partial"
+
+_THREAD = threading.local()
+
+
+def _scratch(nbytes: int) -> memoryview:
+    buf = getattr(_THREAD, "buf", None)
+    if buf is None or len(buf) < nbytes:
+        buf = _THREAD.buf = bytearray(max(nbytes, 1 << 20))
+    return memoryview(buf)
+
+
+def read(path: str | Path, *, scratch: bool = False) -> bytes | memoryview | None:
+    """The file's bytes, or None if it does not exist. ``scratch``: a view of this thread's read buffer,
+    valid only until the thread reads again (callers decode or copy it at once)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        if not scratch:
+            with open(fd, "rb", closefd=False) as f:
+                return f.read()
+        size = os.fstat(fd).st_size
+        buf = _scratch(size + 1)  # one spare byte: a file that grew is caught below, not truncated
+        n = 0
+        while True:
+            got = os.readv(fd, [buf[n:]])
+            if got == 0:
+                return buf[:n]
+            n += got
+            if n == len(buf):  # replaced by a bigger file since fstat: read it whole the plain way
+                os.lseek(fd, 0, os.SEEK_SET)
+                with open(fd, "rb", closefd=False) as f:
+                    return f.read()
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str | Path, data: bytes | memoryview) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the whole new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}{TEMP_SUFFIX}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
