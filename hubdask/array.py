@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
+from concurrent.futures import Future
 from typing import Any
 
 import dask
@@ -30,6 +32,7 @@ class Array(Versioned):
     def __init__(self, source: Source, name: str, axes: tuple[grid.Axis, ...] | None = None,
                  meta: Any = None) -> None:
         self._source = source
+        self._seen: Source | None = None  # the branch state the last read found (what the next assumes)
         self._name = name
         self._meta = meta if meta is not None else source.zarr().metadata
         self._axes = axes if axes is not None else grid.full(tuple(self._meta.shape))
@@ -144,10 +147,32 @@ class Array(Versioned):
         return out.astype(dtype, copy=False) if dtype is not None else out
 
     def read(self) -> np.ndarray:
-        """Read the view into memory now, straight through zarr (no dask scheduler)."""
+        """Read the view into memory now, through the chunk engine (no dask scheduler)."""
         sel, flips = self._selection()
-        out = read_selection(self._fresh_source(), sel, self._name)
+        out = self._read_current(sel)
         return np.flip(out, flips) if flips else out
+
+    def _read_current(self, sel: tuple) -> np.ndarray:
+        """``sel`` at the branch's current state. On a remote root the head check (one LIST) runs while
+        the chunks of the state last seen are read; only if the branch moved meanwhile (a commit, or a
+        first write into its open node) is the read repeated at the new state."""
+        src = self._source
+        if src.branch is None:
+            return read_selection(src, sel, self._name)
+        if src.root.is_local or src.root.scheme == "memory":  # a head check costs less than a thread here
+            return read_selection(self._fresh_source(), sel, self._name)
+        src = self._seen if self._seen is not None and self._seen.branch == src.branch else src
+        check = _in_thread(self._fresh_source)
+        try:
+            out, failed = read_selection(src, sel, self._name), None
+        except Exception as exc:  # e.g. a chunk of the old state collected since: decided below
+            out, failed = None, exc
+        now = self._seen = check.result()
+        if now == src:
+            if failed is not None:
+                raise failed
+            return out
+        return read_selection(now, sel, self._name)
 
     def to_dask(self) -> da.Array:
         """A dask array with one task per storage chunk the view touches."""
@@ -247,6 +272,20 @@ for _op in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__",
 Array.__hash__ = object.__hash__
 Array.__neg__ = lambda self: -self.to_dask()
 Array.__abs__ = lambda self: abs(self.to_dask())
+
+
+def _in_thread(fn: Any) -> Future:
+    """``fn()`` running in a new thread, as a Future."""
+    done: Future = Future()
+
+    def run() -> None:
+        try:
+            done.set_result(fn())
+        except BaseException as exc:  # handed to whoever waits on the future
+            done.set_exception(exc)
+
+    threading.Thread(target=run, name="hubdask-head-check", daemon=True).start()
+    return done
 
 
 def read_selection(source: Source, sel: tuple, name: str) -> np.ndarray:

@@ -380,6 +380,17 @@ def test_a_branch_read_lists_its_refs_once_and_skips_an_unwritten_node(s3_root, 
     expected[0] = 5
     np.testing.assert_array_equal(x.read(), expected)
     np.testing.assert_array_equal(np.asarray(x.to_dask()), expected)
+    done = run_python(f"""
+        import hubdask as hd
+        y = hd.load("vc/one", storage={s3_root!r})
+        y[7, :] = 3
+        y.commit("row 7")
+        y.commit("empty")
+    """)  # the head moves twice: a read that started from the state seen before must be repeated
+    assert done.returncode == 0, done.stderr
+    expected[7] = 3
+    np.testing.assert_array_equal(x.read(), expected)
+    np.testing.assert_array_equal(x[6:].read(), expected[6:])
 
 
 def test_heads_without_name_copies_or_marks_are_read_safely(tmp_path):
