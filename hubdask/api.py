@@ -116,7 +116,7 @@ def array(shape: Any, name: str, dtype: Any = "float64", chunks: Any = None, fil
     compressors = _compressors(codecs)
     repo = repository(root, n.path)
     branch = n.ref or DEFAULT_BRANCH
-    if repo.exists():
+    if repo.exists(refresh=True):
         if not exist_ok:
             raise FileExistsError(f"{what} already exists in {root.url}; pass exist_ok=True to open it")
         existing = load(name, storage=root)

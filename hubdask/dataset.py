@@ -259,7 +259,7 @@ def dataset(name: str, *, storage: Any = None, storage_options: dict | None = No
                         "dtype=...), labels=...)")
     specs = [array_spec(what, key, spec) for key, spec in arrays.items()]
     repo = repository(root, n.path)
-    if repo.exists():
+    if repo.exists(refresh=True):
         if not exist_ok:
             raise FileExistsError(f"{what} already exists in {root.url}; pass exist_ok=True to open it")
         existing = load(name, storage=root)

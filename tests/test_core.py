@@ -131,6 +131,17 @@ def test_ls_delete_repr(root):
         hd.load("alice/one", storage=root)
 
 
+def test_a_dataset_deleted_by_another_process_can_be_made_again(tmp_path):
+    root = str(tmp_path / "root")
+    a = hd.array((4,), name="alice/re", dtype="uint8", storage=root)
+    a[:] = 1
+    assert hd.load("alice/re", storage=root).read().tolist() == [1, 1, 1, 1]  # this process has seen it
+    done = run_python(f"import hubdask as hd; hd.delete('alice/re', storage={root!r})")
+    assert done.returncode == 0, done.stderr
+    b = hd.array((3,), name="alice/re", dtype="int16", fill_value=7, storage=root)
+    assert (b.shape, b.dtype, b.read().tolist()) == ((3,), np.int16, [7, 7, 7])
+
+
 def test_corrupted_chunk_is_detected(root):
     a = hd.array((8, 8), name="c/a", dtype="float64", chunks=(4, 4), storage=root)
     a[:] = np.ones((8, 8))

@@ -58,15 +58,16 @@ class Repository:
     def __repr__(self) -> str:
         return f"Repository({self.root.url!r}, {self.ds!r})"
 
-    def marker(self) -> dict | None:
-        """The dataset marker (written once at creation; kept in memory once seen), or None."""
-        if self._marker is None:
+    def marker(self, refresh: bool = False) -> dict | None:
+        """The dataset marker (written once at creation; kept in memory once seen, unless ``refresh``:
+        another process may have deleted the dataset since), or None."""
+        if self._marker is None or refresh:
             raw = self.root.get(f"{self.ds}/{MARKER}")
             self._marker = json.loads(raw) if raw is not None else None
         return self._marker
 
-    def exists(self) -> bool:
-        return self.marker() is not None
+    def exists(self, refresh: bool = False) -> bool:
+        return self.marker(refresh) is not None
 
 
     # --- creation ----------------------------------------------------------------------------------
