@@ -81,12 +81,14 @@ class _Files:
     def delete(self, full_key: str) -> None:
         self.file(full_key).unlink(missing_ok=True)
 
-    def write(self, full_key: str, value: bytes) -> None:
-        files.write_atomic(self.file(full_key), value)
+    def write(self, full_key: str, *parts: Any) -> None:
+        """Store the entry made of the buffers ``parts`` (written one after the other, not joined)."""
+        files.write_atomic(self.file(full_key), *parts)
+        size = sum(memoryview(p).nbytes for p in parts)
         if self._approx is None:
             self._approx = self.volume()[0]
         else:
-            self._approx += len(value)
+            self._approx += size
         if self._approx > self.limit:
             self.evict()
 
@@ -203,18 +205,23 @@ class Reader:
         (``flush()`` waits for it). A full disk turns caching off with a warning; nothing fails."""
         if _open() is None:
             return
-        _writer().submit(self.prefix + key, bytes(data))
+        _writer().submit(self.prefix + key, data if isinstance(data, bytes) else _immutable(data))
 
 
-def _store(full_key: str, data: bytes) -> None:
+def _immutable(data: Any) -> Any:
+    """``data`` itself if it is a buffer nobody can change (obstore's Bytes), else a copy."""
+    return data if type(data).__name__ == "Bytes" and type(data).__module__.startswith("obstore") else bytes(data)
+
+
+def _store(full_key: str, data: Any) -> None:
     import crc32c
 
     cache = _open()
     if cache is None:
         return
-    value = b"".join((data, crc32c.crc32c(data).to_bytes(4, "little")))
+    trailer = crc32c.crc32c(data).to_bytes(4, "little")
     try:
-        cache.write(full_key, value)
+        cache.write(full_key, data, trailer)
         _count("stored")
     except OSError as exc:
         if _is_full(exc):
@@ -239,10 +246,10 @@ class _Writer:
 
     def submit(self, key: str, data: bytes) -> None:
         with self._cond:
-            if self._pending + len(data) > self.MAX_PENDING:
+            if self._pending + memoryview(data).nbytes > self.MAX_PENDING:
                 return
             self._queue.append((key, data))
-            self._pending += len(data)
+            self._pending += memoryview(data).nbytes
             self._cond.notify_all()
 
     def _run(self) -> None:
@@ -258,7 +265,7 @@ class _Writer:
                 _store(key, data)
             finally:
                 with self._cond:
-                    self._pending -= len(data)
+                    self._pending -= memoryview(data).nbytes
 
     def flush(self) -> None:
         with self._cond:

@@ -52,14 +52,16 @@ def read(path: str | Path, *, scratch: bool = False) -> bytes | memoryview | Non
         os.close(fd)
 
 
-def write_atomic(path: str | Path, data: bytes | memoryview) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the whole new one, never a part."""
+def write_atomic(path: str | Path, *parts: bytes | memoryview) -> None:
+    """Write the buffers ``parts``, one after the other, to ``path`` so readers see the old file or the
+    whole new one, never a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}{TEMP_SUFFIX}")
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            for part in parts:
+                f.write(part)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
