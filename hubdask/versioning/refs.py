@@ -8,8 +8,9 @@ supports exclusive create (local link, memory, S3 If-None-Match). A head names t
 Two kinds of empty objects beside the records let one LIST of the branch's folder answer a read, with
 no GET (on S3 each request is a round trip that no cache may save, since refs move):
 - ``SEQ.NODE.BASE``, created by the winner right after record SEQ: the record's content in its name;
-- ``written-NODE``, created by every writer before its first write into open node NODE: without it
-  the node is known empty, and readers take every chunk from the base commit (and its disk cache).
+- ``written-NODE``, created by every writer with its first write into open node NODE (the write returns
+  only once it has landed): without it the node holds no returned write, and readers take every chunk
+  from the base commit (and its disk cache).
 A crash before either object leaves the safe answer (GET the record; look in the node).
 """
 
@@ -44,7 +45,7 @@ def tag_key(ds: str, tag: str) -> str:
 
 
 def written_key(ds: str, branch: str, node: str) -> str:
-    """The mark a writer creates before its first write into ``node``, the open node of ``branch``."""
+    """The mark a writer creates with its first write into ``node``, the open node of ``branch``."""
     return f"{head_prefix(ds, branch)}written-{node}"
 
 

@@ -3,8 +3,9 @@
 At a commit the view is read-only and every key resolves in memory through the commit's chunk map
 (an unwritten chunk costs no request). At a branch the view reads the branch's open node first (its
 uncommitted writes, so every returned write is seen) and falls back to the base commit's map; writes go
-to the open node, after the branch's written mark for it (refs.written_key). When the head was read
-without that mark the node is known empty and reads skip it. A zero-byte object in a node is a
+to the open node, together with the branch's written mark for it (refs.written_key). When the head was
+read without that mark the node holds no returned write and reads skip it (except in a process that
+writes there itself: begin_write). A zero-byte object in a node is a
 tombstone: the key was deleted there.
 """
 
