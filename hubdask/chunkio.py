@@ -128,7 +128,7 @@ _LAYOUTS_LOCK = threading.Lock()
 
 def layout(source: Source) -> Layout | None:
     """The Layout of ``source``'s array, or None when its codecs need zarr's general pipeline."""
-    key = (source.root.token, source.ds, source.path, source.commit, source.node)
+    key = source.__dask_tokenize__()  # the array at one state (metadata may live in the open node)
     with _LAYOUTS_LOCK:
         if key in _LAYOUTS:
             return _LAYOUTS[key]

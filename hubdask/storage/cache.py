@@ -158,10 +158,16 @@ def _is_full(exc: BaseException) -> bool:
 
 
 class Reader:
-    """Cache access for one root: keys are ``root URL / physical key`` (the URL holds no secrets)."""
+    """Cache access for one root: keys are ``root URL / physical key`` (the URL holds no secrets). The
+    cache folder is looked up once, when the reader is made (not per chunk)."""
 
-    def __init__(self, root: Root) -> None:
+    def __init__(self, root: Root, files: _Files) -> None:
         self.prefix = root.url.rstrip("/") + "/"
+        self._files, self._folder = files, str(files.path)
+
+    def _open(self) -> "_Files | None":
+        """The cache, or None once a full disk turned it off."""
+        return None if self._folder in _DISABLED else self._files
 
     def get(self, key: str, verify: bool = True, scratch: bool = False) -> memoryview | None:
         """The cached bytes of ``key``, or None. ``verify``: check the entry's crc32c (a caller whose
@@ -169,7 +175,7 @@ class Reader:
         ``scratch``: the bytes are in this thread's reused read buffer (storage.files.read)."""
         import crc32c
 
-        cache = _open()
+        cache = self._open()
         if cache is None:
             return None
         full = self.prefix + key
@@ -192,7 +198,7 @@ class Reader:
 
     def discard(self, key: str) -> None:
         """Drop a damaged entry (found so by the caller, e.g. a chunk whose own checksum failed)."""
-        cache = _open()
+        cache = self._open()
         if cache is not None:
             _count("corrupt")
             try:
@@ -203,7 +209,7 @@ class Reader:
     def put(self, key: str, data: Any) -> None:
         """Keep ``data`` for ``key``, written by a background thread so reads never wait for the disk
         (``flush()`` waits for it). A full disk turns caching off with a warning; nothing fails."""
-        if _open() is None:
+        if self._open() is None:
             return
         _writer().submit(self.prefix + key, data if isinstance(data, bytes) else _immutable(data))
 
@@ -308,9 +314,10 @@ if hasattr(os, "register_at_fork"):
 
 def reader(root: Root) -> Reader | None:
     """The cache for ``root``'s committed objects, or None: local and memory roots are not cached."""
-    if root.is_local or root.scheme == "memory" or config.cache_size() <= 0 or str(folder()) in _DISABLED:
+    if root.is_local or root.scheme == "memory":
         return None
-    return Reader(root)
+    files = _open()
+    return Reader(root, files) if files is not None else None
 
 
 def immutable_reader(root: Root):

@@ -26,15 +26,16 @@ class GCReport:
         return len(self.unreachable)
 
 
-def reachable_commits(repo: Repository) -> tuple[set[str], set[str]]:
-    """(commits reached from refs, open nodes of branches)."""
-    tips, open_nodes = set(), set()
-    for branch in repo.branches():
-        head = refs.read_head(repo.root, repo.ds, branch)
-        if head is not None:
-            open_nodes.add(head.node)
-            if head.base:
-                tips.add(head.base)
+def branch_heads(repo: Repository) -> dict[str, refs.Head]:
+    """Every branch's current head."""
+    heads = {b: refs.read_head(repo.root, repo.ds, b) for b in repo.branches()}
+    return {b: h for b, h in heads.items() if h is not None}
+
+
+def reachable_commits(repo: Repository, heads: dict[str, refs.Head]) -> tuple[set[str], set[str]]:
+    """(commits reached from ``heads`` and the tags, open nodes of branches)."""
+    open_nodes = {h.node for h in heads.values()}
+    tips = {h.base for h in heads.values() if h.base}
     tips.update(repo.tags().values())
     seen: set[str] = set()
     for tip in tips:
@@ -44,7 +45,8 @@ def reachable_commits(repo: Repository) -> tuple[set[str], set[str]]:
 
 def gc(repo: Repository, dry_run: bool = True, grace: float = 3600.0) -> GCReport:
     """List (and unless ``dry_run``, delete) what no ref reaches, sparing nodes younger than ``grace`` s."""
-    commits, open_nodes = reachable_commits(repo)
+    heads = branch_heads(repo)
+    commits, open_nodes = reachable_commits(repo, heads)
     keep: set[tuple[str, str]] = set()
     for cid in commits:
         rec = repo.graph.get(cid)
@@ -66,10 +68,8 @@ def gc(repo: Repository, dry_run: bool = True, grace: float = 3600.0) -> GCRepor
     if not dry_run:
         for rel in report.unreachable:
             repo.root.delete(ds + rel)
-        for branch in repo.branches():  # and the refs' name copies and marks of past heads
-            head = refs.read_head(repo.root, repo.ds, branch)
-            if head is not None:
-                refs.prune(repo.root, repo.ds, branch, head)
+        for branch, head in heads.items():  # and the refs' name copies and marks of past heads
+            refs.prune(repo.root, repo.ds, branch, head)
         report.deleted = True
     return report
 

@@ -90,6 +90,18 @@ def write_head(root: Root, ds: str, branch: str, seq: int, node: str, base: str 
     return True
 
 
+def start_branch(root: Root, ds: str, branch: str, node: str, base: str | None) -> bool:
+    """Create ``branch``'s first head record (open node ``node`` on commit ``base``); False if the branch
+    exists. A create whose response was lost but that landed counts as ours (the record names ``node``)."""
+    if write_head(root, ds, branch, 0, node, base):
+        return True
+    head = read_head(root, ds, branch)
+    if head is None or head.node != node:
+        return False
+    name_head(root, ds, branch, 0, node, base)
+    return True
+
+
 def name_head(root: Root, ds: str, branch: str, seq: int, node: str, base: str | None) -> None:
     """Create the name copy of head record ``seq`` (idempotent; its creator calls it after winning)."""
     root.put(_pointer_key(ds, branch, seq, node, base), b"")

@@ -81,11 +81,8 @@ class Repository:
         changes = self._node_keys(node)
         self.graph.write(self.graph.make(node, (), message, {k: node for k in changes}))
         first = new_node_id()
-        if not refs.write_head(self.root, self.ds, branch, 0, first, node):
-            head = refs.read_head(self.root, self.ds, branch)
-            if head is None or head.node != first:  # else our own create, whose response was lost
-                raise FileExistsError(f"dataset {self.ds!r} already exists in {self.root.url}")
-            refs.name_head(self.root, self.ds, branch, 0, first, node)
+        if not refs.start_branch(self.root, self.ds, branch, first, node):
+            raise FileExistsError(f"dataset {self.ds!r} already exists in {self.root.url}")
         marker = {"format": FORMAT, "created": time.time(), "default_branch": branch}
         self.root.put(f"{self.ds}/{MARKER}", json.dumps(marker).encode())
         self._marker = marker
@@ -218,11 +215,8 @@ class Repository:
         check_part(name, "branch", f"{self.ds}:{name}")
         self._check_free(name)
         node = new_node_id()
-        if not refs.write_head(self.root, self.ds, name, 0, node, commit):
-            head = refs.read_head(self.root, self.ds, name)
-            if head is None or head.node != node:  # else our own create, whose response was lost
-                raise InvalidNameError(f"dataset {self.ds!r} already has a branch {name!r}")
-            refs.name_head(self.root, self.ds, name, 0, node, commit)
+        if not refs.start_branch(self.root, self.ds, name, node, commit):
+            raise InvalidNameError(f"dataset {self.ds!r} already has a branch {name!r}")
 
     def create_tag(self, name: str, commit: str) -> None:
         check_part(name, "tag", f"{self.ds}:{name}")
