@@ -6,13 +6,13 @@ from hubdask.compute import map_blocks
 from hubdask.storage import cache
 from hubdask.dataset import Dataset, dataset
 from hubdask.errors import ConflictError, CorruptChunkError, InvalidNameError, NotFoundError, ReadOnlyError
-from hubdask.errors import StorageError
+from hubdask.errors import AlreadyExistsError, CorruptionError, HubdaskError, StorageError
 
 __all__ = [
     "cache", "map_blocks",
     "Array", "ConflictError", "CorruptChunkError", "InvalidNameError", "NotFoundError", "ReadOnlyError",
     "Dataset", "dataset",
-    "StorageError",
+    "AlreadyExistsError", "CorruptionError", "HubdaskError", "StorageError",
     "array", "delete", "gc", "load", "ls", "store",
 ]
 __version__ = "0.1.0"

@@ -11,7 +11,7 @@ import numpy as np
 
 from hubdask import config
 from hubdask.array import Array
-from hubdask.errors import InvalidNameError, NotFoundError
+from hubdask.errors import AlreadyExistsError, InvalidNameError, NotFoundError
 from hubdask.names import Name, parse
 from hubdask.source import Source
 from hubdask.storage import Root, open_root
@@ -118,7 +118,7 @@ def array(shape: Any, name: str, dtype: Any = "float64", chunks: Any = None, fil
     branch = n.ref or DEFAULT_BRANCH
     if repo.exists(refresh=True):
         if not exist_ok:
-            raise FileExistsError(f"{what} already exists in {root.url}; pass exist_ok=True to open it")
+            raise AlreadyExistsError(f"{what} already exists in {root.url}; pass exist_ok=True to open it")
         existing = load(name, storage=root)
         if existing.shape != shape or existing.dtype != dt:
             raise ValueError(f"{what} exists with shape {existing.shape} and dtype {existing.dtype}, "

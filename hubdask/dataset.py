@@ -21,6 +21,7 @@ from hubdask.array import Array
 from hubdask.history import Versioned
 from hubdask.names import check_part
 from hubdask.source import Source
+from hubdask.errors import AlreadyExistsError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,7 +177,7 @@ class Dataset(Versioned):
         parsed = array_spec(f"dataset {self._name!r}", key, spec)
         self._writable_branch(f"add array {key!r}")
         if key in self:
-            raise FileExistsError(f"dataset {self._name!r} already has an array {key!r}")
+            raise AlreadyExistsError(f"dataset {self._name!r} already has an array {key!r}")
         parsed.create_in(self._group(self._fresh_source()))
         _write_data(self, [parsed], progress)
         return self[key]
@@ -261,7 +262,7 @@ def dataset(name: str, *, storage: Any = None, storage_options: dict | None = No
     repo = repository(root, n.path)
     if repo.exists(refresh=True):
         if not exist_ok:
-            raise FileExistsError(f"{what} already exists in {root.url}; pass exist_ok=True to open it")
+            raise AlreadyExistsError(f"{what} already exists in {root.url}; pass exist_ok=True to open it")
         existing = load(name, storage=root)
         if not isinstance(existing, Dataset):
             raise ValueError(f"{what} exists as a single array, not a dataset of {sorted(arrays)}")

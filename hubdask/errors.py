@@ -23,7 +23,15 @@ class ConflictError(HubdaskError, RuntimeError):
     """A merge or commit that cannot be applied as asked."""
 
 
-class CorruptChunkError(HubdaskError, OSError):
+class AlreadyExistsError(HubdaskError, FileExistsError):
+    """A dataset, branch or tag that already exists where a new one was asked for."""
+
+
+class CorruptionError(HubdaskError, OSError):
+    """Stored bytes that fail their checksum or do not parse (a chunk, a record, a marker)."""
+
+
+class CorruptChunkError(CorruptionError):
     """Bytes in storage that fail their checksum or do not decode to a chunk."""
 
 

@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from hubdask.errors import ConflictError, InvalidNameError, NotFoundError, ReadOnlyError
+from hubdask.errors import AlreadyExistsError, ConflictError, InvalidNameError, NotFoundError, ReadOnlyError
 from hubdask.names import check_part
 from hubdask.storage import Root
 from hubdask.versioning import refs
@@ -82,7 +82,7 @@ class Repository:
         self.graph.write(self.graph.make(node, (), message, {k: node for k in changes}))
         first = new_node_id()
         if not refs.start_branch(self.root, self.ds, branch, first, node):
-            raise FileExistsError(f"dataset {self.ds!r} already exists in {self.root.url}")
+            raise AlreadyExistsError(f"dataset {self.ds!r} already exists in {self.root.url}")
         marker = {"format": FORMAT, "created": time.time(), "default_branch": branch}
         self.root.put(f"{self.ds}/{MARKER}", json.dumps(marker).encode())
         self._marker = marker
