@@ -16,7 +16,8 @@ from hubdask.names import Name, parse
 from hubdask.source import Source
 from hubdask.storage import Root, open_root
 from hubdask.versioning import repository
-from hubdask.versioning.repository import MARKER, forget
+from hubdask.versioning import layout
+from hubdask.versioning.repository import forget
 
 Storage = str | os.PathLike | Root | None
 DEFAULT_BRANCH = "main"
@@ -139,8 +140,17 @@ def load(name: str, storage: Storage = None, storage_options: dict | None = None
     root, n = locate(name, storage, storage_options)
     repo = repository(root, n.path)
     if not repo.exists():
-        raise NotFoundError(f"no dataset {str(n).split(':')[0]!r} in {root.url}; hd.ls() lists what exists")
+        _not_found(repo, str(n).split(':')[0])
     return open_at(root, n, repo, repo.resolve(n.ref or repo.default_branch()), _path, cache)
+
+
+def _not_found(repo, name: str) -> None:
+    """NotFoundError for a dataset that does not exist (or one in an older format, saying how to convert)."""
+    legacy = repo.legacy_format()
+    if legacy is not None:
+        raise NotFoundError(f"dataset {name!r} in {repo.root.url} is stored in the older format {legacy}; "
+                            f"convert it once with `hubdask upgrade {name}` (hd.upgrade), then open it")
+    raise NotFoundError(f"no dataset {name!r} in {repo.root.url}; hd.ls() lists what exists")
 
 
 def open_at(root: Root, n: Name, repo, state, path: str = "", cache: bool = True) -> Any:
@@ -193,14 +203,16 @@ def ls(prefix: str = "", storage: Storage = None, storage_options: dict | None =
         for entry in root.list_dir(f"{pre}/" if pre else ""):
             entry = entry.rstrip("/")
             path = f"{pre}/{entry}" if pre else entry
-            if root.get(f"{path}/{MARKER}") is not None:
+            if entry.startswith(("@", ".")):
+                continue  # a dataset's internals (@hub), the root's lock files (@locks)
+            if root.get(layout.marker_key(path)) is not None:
                 found.append(path)
-            elif depth < 1 and not entry.startswith("."):
-                walk(path, depth + 1)
+            if depth < 1:
+                walk(path, depth + 1)  # 'p' and 'p/x' may both be datasets
 
-    if prefix and root.get(f"{prefix}/{MARKER}") is not None:
-        return [prefix]
     walk(prefix, prefix.count("/") + (1 if prefix else 0))
+    if prefix and root.get(layout.marker_key(prefix)) is not None:
+        found.append(prefix)
     return sorted(found)
 
 
@@ -211,11 +223,11 @@ def delete(name: str, storage: Storage = None, storage_options: dict | None = No
         raise InvalidNameError(f"delete takes a dataset name without ':REF' (got {name!r}); "
                                "to remove a branch or tag use .delete_branch / .delete_tag")
     repo = repository(root, n.path)
-    if not repo.exists():
-        raise NotFoundError(f"no dataset {name!r} in {root.url}")
-    root.delete(f"{n.path}/{MARKER}")
+    if not repo.exists(refresh=True):
+        _not_found(repo, name)
+    removed = repo.delete()  # only this dataset's @hub/ folder: datasets named under it are untouched
     forget(root, n.path)
-    return root.delete_prefix(f"{n.path}/") + 1
+    return removed
 
 
 def gc(name: str, dry_run: bool = True, grace: float = 3600.0, storage: Storage = None,
@@ -227,8 +239,8 @@ def gc(name: str, dry_run: bool = True, grace: float = 3600.0, storage: Storage 
 
     root, n = locate(name, storage, storage_options)
     repo = repository(root, n.path)
-    if not repo.exists():
-        raise NotFoundError(f"no dataset {name!r} in {root.url}")
+    if not repo.exists(refresh=True):
+        _not_found(repo, name)
     return collect(repo, dry_run=dry_run, grace=grace)
 
 

@@ -34,9 +34,10 @@ from hubdask.source import Source
 from hubdask.storage import Root, sync
 from hubdask.storage import cache as disk_cache
 from hubdask.storage import files
+from hubdask.versioning import store as store_module
 
-LIST_OPEN_NODE_AT = 4  # remote branch reads of more chunks than this LIST the open node once (not a GET each)
-LIST_OPEN_NODE_AT_LOCAL = 1000  # locally a missing file costs little: list only for big reads
+LIST_EACH_CHUNK_AT = 4  # remote branch reads of up to this many chunks LIST each chunk's versions, more the node
+LIST_EACH_CHUNK_AT_LOCAL = 8  # locally: a folder scan per chunk, or one walk of the node
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -267,33 +268,44 @@ def _run_threads(fn: Callable[[Any], Any], items: list) -> list:
 
 
 class Resolver:
-    """Logical chunk key -> the physical keys to try, in order, for one Source (no I/O per chunk)."""
+    """Logical chunk key -> the physical key to read, for one Source and the chunks one call touches.
 
-    def __init__(self, source: Source, lay: Layout, n_chunks: int) -> None:
+    At a branch whose open node may hold writes, the newest versions there are listed once per call
+    (one LIST of the node, or for a few chunks one LIST of each chunk's versions, concurrently), so every
+    write that returned before the call is seen; everything else resolves in memory."""
+
+    def __init__(self, source: Source, lay: Layout, keys: Iterable[str] = ()) -> None:
         self.source, self.lay = source, lay
         self.root: Root = source.root
         self.store = source.store()
         self.cache = disk_cache.reader(source.root) if getattr(source, "cache", True) else None
-        self.open_keys: set[str] | None = None
-        list_at = LIST_OPEN_NODE_AT_LOCAL if self.root.is_local else LIST_OPEN_NODE_AT
-        if source.reads_node and n_chunks > list_at:
-            prefix = self.store.physical_key(f"{lay.prefix}/c" if lay.prefix else "c", source.node)
-            self.open_keys = set(self.root.list_prefix(prefix))
+        self.versions: dict[str, int] = {}
+        if self.store.reads_node:
+            self.versions = sync(self._list_versions(list(keys)))
+
+    async def _list_versions(self, keys: list[str]) -> dict[str, int]:
+        node, ds = self.source.node, self.source.ds
+        few = LIST_EACH_CHUNK_AT_LOCAL if self.root.is_local else LIST_EACH_CHUNK_AT
+        if len(keys) <= few:
+            seqs = await asyncio.gather(*(store_module.newest_version(self.root, ds, node, k) for k in keys))
+            return {k: s for k, s in zip(keys, seqs) if s}
+        prefix = f"{self.lay.prefix}/c" if self.lay.prefix else "c"
+        found = await store_module.node_versions(self.root, ds, node, prefix)
+        return {k: seq for k, (seq, _) in found.items()}
 
     def candidates(self, coords: tuple[int, ...]) -> tuple[str | None, str | None]:
-        """(mutable key in the open node or None, immutable committed key or None): the versioned
-        store's rule, with the open node's listing (when taken) answering 'is it there' without a GET."""
-        mutable, committed = self.store.locate(self.lay.logical_key(coords))
-        if mutable is not None and self.open_keys is not None:
-            if mutable in self.open_keys:
-                return mutable, None
-            mutable = None
-        return mutable, committed
+        """(the open node's newest version of the chunk, or None; the committed object, or None): at most
+        one of them is set, the one to read."""
+        key = self.lay.logical_key(coords)
+        seq = self.versions.get(key)
+        if seq:
+            return self.store.version_key(key, seq), None
+        return None, self.store.committed_key(key)
 
-    def missing_committed(self, key: str) -> CorruptChunkError:
+    def missing(self, key: str) -> CorruptChunkError:
         return CorruptChunkError(
-            f"dataset {self.source.ds!r}: object {key!r} of a committed version is missing from storage; "
-            "the store was modified outside hubdask")
+            f"dataset {self.source.ds!r}: object {key!r} is missing from storage; the store was modified "
+            "outside hubdask")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -301,8 +313,8 @@ class Resolver:
 
 
 def _decode_into(out: np.ndarray, part: ChunkPart, raw: Any, lay: Layout, name: str) -> None:
-    """Put chunk ``part`` (bytes ``raw``; None or empty: the fill value) into ``out``."""
-    if raw is None or len(raw) == 0:
+    """Put chunk ``part`` (bytes ``raw``; None or a tombstone: the fill value) into ``out``."""
+    if raw is None or store_module.is_tombstone(raw):
         out[part.out] = lay.fill
         return
     target = out[part.out] if part.whole else None
@@ -327,7 +339,8 @@ def read(source: Source, sel: tuple[int | slice, ...], name: str) -> np.ndarray 
     out = np.empty(out_shape, lay.dtype)
     if n == 0 or out.size == 0:
         return out
-    res = Resolver(source, lay, n)
+    parts = list(parts)
+    res = Resolver(source, lay, (lay.logical_key(p.coords) for p in parts))
     jobs = []
     for part in parts:
         mutable, committed = res.candidates(part.coords)
@@ -349,18 +362,18 @@ def map_chunks(source: Source, sels: list[tuple[int | slice, ...]], name: str,
     lay = layout(source)
     if lay is None:
         return None
-    res = Resolver(source, lay, len(sels))
+    singles = [_single_part(sel, lay) for sel in sels]
+    res = Resolver(source, lay, (lay.logical_key(p.coords) for p in singles))
     results: list[Any] = [None] * len(sels)
     jobs = []
-    for i, sel in enumerate(sels):
-        part = _single_part(sel, lay)
+    for i, part in enumerate(singles):
         mutable, committed = res.candidates(part.coords)
         jobs.append((part, mutable, committed, i))
 
     def deliver(job: tuple, raw: Any) -> None:
         part, i = job[0], job[3]
         shape = tuple(s.stop - s.start for s in part.out)
-        if raw is None or len(raw) == 0:
+        if raw is None or store_module.is_tombstone(raw):
             block = np.full(shape, lay.fill, lay.dtype)
         else:
             buf = np.empty(lay.chunks, lay.dtype) if fresh else _scratch(lay.chunks, lay.dtype)
@@ -375,18 +388,17 @@ def map_chunks(source: Source, sels: list[tuple[int | slice, ...]], name: str,
 
 
 def _fetch_all(res: Resolver, jobs: list, deliver: Callable[[tuple, Any], None]) -> None:
-    """For each job ``(part, mutable key, committed key, ...)``: its bytes (the open node's first, then
-    the committed object; None when neither holds it), handed to ``deliver`` in a decode thread."""
+    """For each job ``(part, open-node version key, committed key, ...)`` (one of the two keys set; None
+    for both: the fill value): its bytes, handed to ``deliver`` in a decode thread. Committed objects
+    of a remote root come through the disk cache."""
     if res.root.is_local:
         local_root = Path(res.root.url)
 
         def local_job(job: tuple) -> None:
-            mutable, committed = job[1], job[2]
-            raw = files.read(local_root / mutable, scratch=True) if mutable else None
-            if raw is None and committed:
-                raw = files.read(local_root / committed, scratch=True)
-                if raw is None:
-                    raise res.missing_committed(committed)
+            key = job[1] or job[2]
+            raw = files.read(local_root / key, scratch=True) if key else None
+            if key and raw is None:
+                raise res.missing(key)
             deliver(job, raw)
 
         _run_threads(local_job, jobs)
@@ -405,13 +417,13 @@ def _fetch_all(res: Resolver, jobs: list, deliver: Callable[[tuple, Any], None])
             return False
         return True
 
-    def finish(job: tuple, raw: Any, from_committed: bool) -> None:
+    def finish(job: tuple, raw: Any) -> None:
         deliver(job, raw)
-        if cache is not None and from_committed:
+        if cache is not None and job[2] is not None and raw is not None:
             cache.put(job[2], raw)
 
     if cache is not None:  # committed chunks first, straight from the disk cache in the threads
-        served = _run_threads(lambda job: job[1] is None and from_cache(job), jobs)
+        served = _run_threads(lambda job: job[2] is not None and from_cache(job), jobs)
         jobs = [job for job, done in zip(jobs, served) if not done]
         if not jobs:
             return
@@ -433,26 +445,19 @@ def _fetch_all(res: Resolver, jobs: list, deliver: Callable[[tuple, Any], None])
             raise _chunk_error(res, job[0].coords, "read", exc) from exc
 
     async def fetch_decode(job: tuple, loop: asyncio.AbstractEventLoop) -> None:
-        mutable, committed = job[1], job[2]
-        raw = None
-        if mutable is not None:
-            raw = await res.root.fetch_async(mutable)
-            if raw is not None:
-                return await in_pool(finish, job, raw, False)
-        if committed is None:
-            return await in_pool(finish, job, None, False)
-        if cache is not None and mutable is not None and await in_pool(from_cache, job):
-            return None
-        raw = await res.root.fetch_async(committed)
+        key = job[1] or job[2]
+        if key is None:
+            return await in_pool(finish, job, None)
+        raw = await res.root.fetch_async(key)
         if raw is None:
-            raise res.missing_committed(committed)
-        return await in_pool(finish, job, raw, True)
+            raise res.missing(key)
+        return await in_pool(finish, job, raw)
 
     sync(_bounded(fetch_one, jobs, config.read_concurrency()))
 
 
 def _chunk_error(res: Resolver, coords: tuple[int, ...], op: str, exc: StorageError) -> StorageError:
-    return StorageError(f"dataset {res.source.ds!r}: chunk {res.lay.logical_key(coords)!r} could not be {op}: {exc}")
+    return _chunk_error_for(res.source.ds, res.lay.logical_key(coords), op, exc)
 
 
 async def _bounded(fn: Callable, items: Iterable, concurrency: int) -> None:
@@ -488,77 +493,87 @@ async def _bounded(fn: Callable, items: Iterable, concurrency: int) -> None:
 # writing
 
 
-def write(source: Source, sel: tuple[int | slice, ...], data: np.ndarray, name: str) -> bool:
-    """Write ``data`` (the selection's shape and dtype) into the branch's open node; False when the
-    array's codecs need zarr (the caller writes through zarr instead); the branch's written mark of the
-    node lands with the chunks (store.mark_written). Locks and the seal check are the caller's
+def write(source: Source, sel: tuple[int | slice, ...], data: np.ndarray, name: str) -> list[str] | None:
+    """Write ``data`` (the selection's shape and dtype) into the branch's open node as new versions of
+    the chunks it touches; returns the physical keys created, or None when the array's codecs need zarr
+    (the caller writes through zarr instead). A chunk covered whole takes the next free version; a
+    partial chunk is read at a version and written as exactly the next one, read again and rebuilt
+    whenever another writer got there first (store.put_version), so no update is ever lost. The
+    branch's written mark of the node lands with the chunks. Locks and the seal check are the caller's
     (write.write_region)."""
     lay = layout(source)
     if lay is None:
-        return False
+        return None
     assert source.node is not None, "writes go to a branch's open node"
     _, parts, n = plan(sel, lay)
     if n == 0 or data.size == 0:
-        return True
-    res = Resolver(source, lay, 0)  # partial chunks are few: no LIST, and never from the cache
-    res.cache = None
+        return []
+    store = source.store()
+    root, ds, node = source.root, source.ds, source.node
     is_zero_fill = np.array(lay.fill, lay.dtype).tobytes() == bytes(lay.dtype.itemsize)
+    local_root = Path(root.url) if root.is_local else None
+    parts = list(parts)
+    single = len(parts) == 1
+    created: list[str] = []
 
     def build(part: ChunkPart, old: Any) -> bytes:
-        """The encoded chunk (b'' when it holds only the fill value: a tombstone, as zarr deletes it)."""
+        """The encoded chunk (the tombstone when it holds only the fill value, as zarr drops it)."""
         piece = data[part.out]
         if part.whole and piece.flags.c_contiguous and piece.shape == lay.chunks:
             chunk = piece
         else:
             chunk = _scratch(lay.chunks, lay.dtype)
-            if part.covers or old is None or len(old) == 0:
+            if part.covers or old is None or store_module.is_tombstone(old):
                 chunk[...] = lay.fill
             else:
                 _decode_into(chunk, _whole_part(part.coords, chunk.ndim), old, lay, name)
             chunk[part.inner] = piece
         if _only_fill(chunk, lay.fill, is_zero_fill):
-            return b""
+            return store_module.TOMBSTONE
         return lay.codec.encode(chunk)
 
-    parts = list(parts)
-    if res.root.is_local:
-        local_root = Path(res.root.url)
+    async def fetch(key: str) -> Any:
+        if local_root is not None:
+            return await asyncio.to_thread(files.read, local_root / key)
+        return await root.fetch_async(key)
 
-        def local_job(part: ChunkPart) -> None:
+    async def one(part: ChunkPart, loop: asyncio.AbstractEventLoop) -> None:
+        key = lay.logical_key(part.coords)
+        based: int | None = None if part.covers else store_module.known_version(root, ds, node, key)
+        while True:
             old = None
-            if not part.covers:
-                mutable, committed = res.candidates(part.coords)
-                old = files.read(local_root / mutable, scratch=True) if mutable else None
-                if old is None and committed:
-                    old = files.read(local_root / committed, scratch=True)
-            files.write_atomic(local_root / res.store.physical_key(lay.logical_key(part.coords), source.node), build(part, old))
-
-        sync(res.store.mark_written())
-        _run_threads(local_job, parts)
-        return True
-
-    async def remote_one(part: ChunkPart, loop: asyncio.AbstractEventLoop) -> None:
-        old = None
-        if not part.covers:
-            mutable, committed = res.candidates(part.coords)
-            old = await res.root.fetch_async(mutable) if mutable else None
-            if old is None and committed:
-                old = await res.root.fetch_async(committed)
-        blob = build(part, old) if len(parts) == 1 else await loop.run_in_executor(pool(), build, part, old)
-        try:
-            await res.root.put_async(res.store.physical_key(lay.logical_key(part.coords), source.node), blob)
-        except StorageError as exc:
-            raise _chunk_error(res, part.coords, "written", exc) from exc
+            if based:
+                old = await fetch(store.version_key(key, based))
+                if old is None:
+                    raise CorruptChunkError(f"dataset {name!r}: version {based} of chunk {key!r} is missing "
+                                            "from the open node; the store was modified outside hubdask")
+            elif based == 0:
+                committed = store.committed_key(key)
+                old = await fetch(committed) if committed else None
+            blob = build(part, old) if single else await loop.run_in_executor(pool(), build, part, old)
+            try:
+                seq = await store_module.put_version(root, ds, node, key, blob, based, what=f"dataset {name!r}")
+            except store_module.StaleRead:
+                based = await store_module.newest_version(root, ds, node, key)
+                continue
+            except StorageError as exc:
+                raise _chunk_error_for(name, key, "written", exc) from exc
+            created.append(store.version_key(key, seq))
+            return
 
     async def write_all() -> None:  # the written mark goes out with the first chunks, not before them
-        done = await asyncio.gather(_bounded(remote_one, parts, config.read_concurrency()),
-                                    res.store.mark_written(), return_exceptions=True)
+        done = await asyncio.gather(_bounded(one, parts, config.read_concurrency()),
+                                    store.mark_written(), return_exceptions=True)
         for outcome in done:
             if isinstance(outcome, BaseException):
                 raise outcome
 
     sync(write_all())
-    return True
+    return created
+
+
+def _chunk_error_for(name: str, key: str, op: str, exc: StorageError) -> StorageError:
+    return StorageError(f"dataset {name!r}: chunk {key!r} could not be {op}: {exc}")
 
 
 def _only_fill(chunk: np.ndarray, fill: Any, is_zero: bool) -> bool:

@@ -64,11 +64,8 @@ def _chunk_range(a: grid.Axis, c: int) -> range:
 def stored_chunks(source: Source, ndim: int) -> set[tuple[int, ...]]:
     """Coordinates of every chunk of ``source``'s array that holds an object (commit map + open node)."""
     prefix = f"{source.path}/c" if source.path else "c"
-    keys = [k for k in repository(source.root, source.ds).graph.chunk_map(source.commit) if k.startswith(prefix)]
-    if source.reads_node:
-        node_prefix = f"{source.ds}/nodes/{source.node}/"
-        keys += [k[len(node_prefix):] for k in source.root.list_prefix(node_prefix + prefix)
-                 if not k.endswith(".partial")]
+    keys = repository(source.root, source.ds).objects(source.commit, source.node if source.reads_node else None,
+                                                      prefix)
     out = set()
     for k in keys:
         parts = k[len(prefix):].split("/")[1:]

@@ -126,13 +126,7 @@ class Versioned:
         from hubdask.versioning.merge import merge
 
         branch = self._writable_branch(f"merge {ref!r} into it")
-        if self._repo.uncommitted(branch):
-            self._repo.commit(branch, f"commit before merging {ref}")
-        from hubdask.locks import chunk_locks, lock_name
-
-        root, ds = self._source.root, self._source.ds
-        cid = merge(self._repo, branch, ref, strategy=strategy, message=message, name=self._name,
-                    lock=lambda keys: chunk_locks([lock_name(root.url, ds, branch, k) for k in keys]))
+        cid = merge(self._repo, branch, ref, strategy=strategy, message=message, name=self._name)
         self._follow(branch)
         return cid
 

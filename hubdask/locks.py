@@ -4,7 +4,13 @@ A lock is named after (root, dataset, branch, chunk). Inside a dask.distributed 
 Client, or code running in a worker task) it is a ``distributed.Lock``: the scheduler coordinates every
 machine connected to it, and the lock's lease (``distributed.scheduler.locks.lease-timeout``, 30 s by
 default) frees the lock of a writer that died. Elsewhere it is a process-local lock plus a file lock,
-which coordinates the threads and processes of one machine sharing a local root.
+kept beside a local root (``ROOT/@locks/``, so every process that sees the root takes the same lock,
+whatever its ``HUBDASK_CACHE``), or in the cache folder for a remote root.
+
+Locks are for speed, not for safety: every chunk write is fenced by an exclusive create of the chunk's
+next version (versioning.store.put_version), so a writer whose lease expired, or writers that share no
+lock at all (two machines without a scheduler), still lose no update; the loser of a race reads again
+and retries. The locks make writers of one chunk take turns instead.
 
 Chunk names are hashed into a bounded set of *stripes* (``HUBDASK_LOCK_STRIPES``, 4096 by default) and
 the stripe is what gets locked. distributed's scheduler never forgets a lock name (it keeps about eight
@@ -21,13 +27,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import sys
 import threading
 import weakref
 from collections.abc import Iterator
 from typing import Any
 
+from pathlib import Path
+
 from hubdask import config
+
+LOCK_FOLDER = "@locks"  # beside a local root's datasets; '@' is in no dataset name
 
 _GUARD = threading.Lock()
 _THREAD: dict[str, threading.Lock] = {}  # stripe -> lock for the threads of this process
@@ -97,10 +108,13 @@ def _thread_lock(name: str) -> threading.Lock:
         return lk
 
 
-def _file_lock(name: str) -> Any:
+def _file_lock(name: str, root: Any = None) -> Any:
     import filelock
 
-    path = config.cache_dir() / "locks" / f"{name}.lock"  # keyed by path: HUBDASK_CACHE may change
+    if root is not None and root.is_local:
+        path = Path(root.url) / LOCK_FOLDER / f"{name}.lock"  # with the root: every process that sees it
+    else:
+        path = config.cache_dir() / "locks" / f"{name}.lock"  # keyed by path: HUBDASK_CACHE may change
     with _GUARD:
         lk = _FILES.get(str(path))
         if lk is None:
@@ -129,7 +143,7 @@ def _distributed_lock(name: str) -> tuple[Any, bool]:
 class _Held:
     """One stripe taken: the thread lock, then the file lock or the distributed lock."""
 
-    def __init__(self, name: str, mode: str) -> None:
+    def __init__(self, name: str, mode: str, root: Any = None) -> None:
         self.thread = _thread_lock(name)
         self.nowait = False  # release without waiting for the scheduler (in a long-lived worker only)
         self.outer: Any = None
@@ -138,7 +152,7 @@ class _Held:
             if mode == "distributed":
                 outer, self.nowait = _distributed_lock(name)
             else:
-                outer = _file_lock(name)
+                outer = _file_lock(name, root)
             outer.acquire()
             self.outer = outer
         except BaseException:
@@ -170,9 +184,10 @@ def _release_nowait(lk: Any) -> None:
 
 
 @contextlib.contextmanager
-def chunk_locks(names: list[str], lock: bool | str | None = None) -> Iterator[None]:
+def chunk_locks(names: list[str], lock: bool | str | None = None, root: Any = None) -> Iterator[None]:
     """Hold the locks ``names`` for the body: their stripes, deduplicated, taken in sorted order and all
-    released on any error (including an error while taking a later one)."""
+    released on any error (including an error while taking a later one). ``root``: the storage root the
+    chunks live in (a local root keeps its lock files)."""
     mode = resolve_mode(lock)
     if mode == "off" or not names:
         yield
@@ -181,7 +196,7 @@ def chunk_locks(names: list[str], lock: bool | str | None = None) -> Iterator[No
     held: list[_Held] = []
     try:
         for s in stripes:
-            held.append(_Held(s, mode))
+            held.append(_Held(s, mode, root))
         yield
     except BaseException:
         _release(held)
@@ -200,3 +215,17 @@ def _release(held: list[_Held], report: bool = False) -> None:
             errors.append(exc)
     if errors and report:
         raise errors[0]
+
+
+def _reset_after_fork() -> None:
+    """In a forked child: forget every lock, whose holders (threads of the parent) do not exist here;
+    a lock held by another thread at the fork would otherwise stay taken in the child forever."""
+    global _GUARD
+    _GUARD = threading.Lock()
+    _THREAD.clear()
+    _FILES.clear()
+    _DIST.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)

@@ -1,8 +1,9 @@
 """The write path: validated setitem, read-modify-write of partial chunks under chunk locks, and
 ``hd.store``, which aligns a dask array to storage chunks so that each chunk has exactly one writer.
 
-Every write goes to the branch's open node. If a commit sealed that node while the write was in flight,
-the write is repeated in the next open node (see versioning.repository), so no returned write is lost.
+Every write goes to the branch's open node as new, immutable versions of its chunks, claimed by exclusive
+create (see versioning.store), so no interleaving of writers loses an update. If a commit sealed that node
+while the write was in flight, the write is repeated in the next open node (see versioning.repository).
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hubdask import chunkio, grid
-from hubdask.errors import ReadOnlyError, refusing_read_only
+from hubdask.errors import ConflictError, NotFoundError, ReadOnlyError, refusing_read_only
 from hubdask.locks import chunk_locks, lock_name
 from hubdask.source import Source
 from hubdask.versioning import repository
-from hubdask.versioning.store import begin_write
+from hubdask.versioning.store import StaleRead, based_on_reads, begin_write, end_based_on
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -98,20 +99,49 @@ def partial_chunks(sel: tuple[int | slice, ...], shape: tuple[int, ...], chunks:
 
 def write_region(src: Source, sel: tuple, data: np.ndarray, shape: tuple[int, ...], chunks: tuple[int, ...],
                  lock: bool | str | None = None) -> Source:
-    """Write ``data`` at ``sel`` on ``src``'s branch, locking the partial chunks; returns the source
-    the write finally landed in (another open node if a commit sealed the first)."""
+    """Write ``data`` at ``sel`` on ``src``'s branch; returns the source the write finally landed in
+    (another open node if a commit sealed the first).
+
+    Every chunk is written as a new version with an exclusive create (store.put_version), which is what
+    makes lost updates impossible, with or without locks: a read-modify-write that raced another writer
+    of its chunk reads again and redoes its change. Partial chunks are also locked (the scheduler's
+    ``distributed.Lock`` on a cluster, a file lock beside a local root) so that writers of one chunk take
+    turns instead of retrying. After the write landed, the node's seal is checked: if a commit sealed the
+    node meanwhile, the write is repeated in the next open node (without holding any lock while waiting);
+    if the dataset was deleted, its objects are taken back and NotFoundError raised."""
     repo = repository(src.root, src.ds)
     names = [lock_name(src.root.url, src.ds, src.branch, grid.chunk_key(c, src.path))
              for c in partial_chunks(sel, shape, chunks)]
-    with chunk_locks(names, lock), refusing_read_only(f"dataset {src.ds!r}", src.root.url):
-        while True:
+    while True:
+        with refusing_read_only(f"dataset {src.ds!r}", src.root.url), chunk_locks(names, lock, root=src.root):
             begin_write(src.root, src.ds, src.node)  # before any read-modify-write looks at the node
-            if not chunkio.write(src, sel, data, src.ds):  # threaded encode, concurrent PUTs
-                src.zarr()[sel] = data  # codec chains the chunk engine does not run
-            if not repo.is_sealed(src.node):
-                return src
-            head = repo.wait_for_new_head(src.branch, src.node)
-            src = Source.at(src.root, src.ds, src.path, head.base, head)
+            created = chunkio.write(src, sel, data, src.ds)  # threaded encode, concurrent creates
+            if created is None:
+                _write_through_zarr(src, sel, data)  # codec chains the chunk engine does not run
+        try:
+            head = repo.after_write(src.branch, src.node)
+        except NotFoundError:
+            if created:
+                src.root.delete_many(created)
+            raise
+        if head is None:
+            return src
+        src = Source.at(src.root, src.ds, src.path, head.base, head, cache=src.cache)
+
+
+def _write_through_zarr(src: Source, sel: tuple, data: np.ndarray) -> None:
+    """``zarr_array[sel] = data`` on the versioned store, its read-modify-writes fenced on the versions
+    they read (store.based_on_reads): a stale one is repeated from a fresh read."""
+    for _ in range(1000):
+        token = based_on_reads()
+        try:
+            src.zarr()[sel] = data
+            return
+        except StaleRead:
+            continue
+        finally:
+            end_based_on(token)
+    raise ConflictError(f"dataset {src.ds!r}: a write kept racing other writers of the same chunks; try again")
 
 
 def _write_block(block: np.ndarray, src: Source, offset: tuple[int, ...], shape: tuple[int, ...],

@@ -23,3 +23,18 @@ def run_python(code: str, env: dict | None = None, timeout: float = 120) -> subp
         p for p in (os.path.dirname(os.path.dirname(os.path.abspath(__file__))), full_env.get("PYTHONPATH")) if p)
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full_env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def committed_object(array, commit_id: str, key: str) -> str:
+    """The physical key of logical ``key`` (e.g. 'c/1/0') in commit ``commit_id`` of ``array``'s dataset."""
+    from hubdask.versioning import layout
+
+    repo = array._repo
+    return layout.object_key(repo.ds, key, repo.graph.chunk_map(commit_id)[key])
+
+
+def internal(ds: str, rel: str = "") -> str:
+    """The physical prefix of dataset ``ds``'s internal objects (``rel`` under it, e.g. 'refs/heads/main/')."""
+    from hubdask.versioning import layout
+
+    return layout.base(ds) + rel

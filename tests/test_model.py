@@ -107,7 +107,7 @@ class VersionedArrayModel(RuleBasedStateMachine):
     def branch(self, data, name) -> None:
         src = data.draw(st.sampled_from(self.branches))
         if name in self.work:
-            with pytest.raises(hd.InvalidNameError, match="m/x"):
+            with pytest.raises(hd.AlreadyExistsError, match="m/x"):
                 self.open(src).branch(name)
             return
         cid = self._settle(src)

@@ -66,3 +66,50 @@ def write_atomic(path: str | Path, *parts: bytes | memoryview) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def create_exclusive(path: str | Path, *parts: bytes | memoryview) -> bool:
+    """Write ``parts`` to ``path`` only if nothing is there yet: True if this call created it. Readers
+    see no file or the whole file (a complete temp file is hard-linked into place, which fails if the
+    name exists); a crash leaves at most a temp file, which listings ignore."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}{TEMP_SUFFIX}")
+    try:
+        with open(tmp, "wb") as f:
+            for part in parts:
+                f.write(part)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def list_sizes(root: Path, prefix: str) -> dict[str, int]:
+    """Every file under ``root`` whose relative path starts with ``prefix`` (string prefix, as S3
+    LIST) -> its size; temp files left out."""
+    parent, _, start = prefix.rpartition("/")
+    base = root / parent if parent else root
+    out: dict[str, int] = {}
+    stack: list[tuple[Path, str, str]] = [(base, f"{parent}/" if parent else "", start)]
+    while stack:
+        folder, rel, must_start = stack.pop()
+        try:
+            entries = os.scandir(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        with entries:
+            for e in entries:
+                if must_start and not e.name.startswith(must_start):
+                    continue
+                if e.is_dir(follow_symlinks=False):
+                    stack.append((Path(e.path), f"{rel}{e.name}/", ""))
+                elif not e.name.endswith(TEMP_SUFFIX):
+                    try:
+                        out[f"{rel}{e.name}"] = e.stat(follow_symlinks=False).st_size
+                    except FileNotFoundError:
+                        pass
+    return out

@@ -135,11 +135,11 @@ class Root:
         backend allows: local (link of a complete temp file), memory, S3 (If-None-Match)."""
         store, buf = self.store, _PROTO.buffer.from_bytes(data)
         if isinstance(store, LocalStore):
-            try:
-                await store._set(key, buf, exclusive=True)
-                return True
-            except FileExistsError:
-                return False
+            import asyncio
+
+            from hubdask.storage import files
+
+            return await asyncio.to_thread(files.create_exclusive, store.root / key, data)
         if isinstance(store, MemoryStore):
             if key in store._store_dict:
                 return False
@@ -224,6 +224,52 @@ class Root:
         return [k async for k in self.store.list_prefix(prefix)]
 
     @retrying("LIST")
+    async def list_sizes_async(self, prefix: str) -> dict[str, int]:
+        """Every object whose key starts with ``prefix`` (a string prefix, as S3 LIST; it need not end
+        at a folder) -> its size in bytes. One paginated LIST on object stores."""
+        store = self.store
+        if isinstance(store, LocalStore):
+            import asyncio
+
+            from hubdask.storage import files
+
+            return await asyncio.to_thread(files.list_sizes, store.root, prefix)
+        if isinstance(store, MemoryStore):
+            return {k: len(v) for k, v in list(store._store_dict.items()) if k.startswith(prefix)}
+        if type(store).__name__ == "ObjectStore":
+            import obstore
+
+            # obstore's prefix is a folder: list the folder from ``prefix`` on (S3 lists in key order)
+            parent, _, start = prefix.rpartition("/")
+            out: dict[str, int] = {}
+            stream = obstore.list(store.store, parent or None, offset=prefix if start else None, chunk_size=1000)
+            async for batch in stream:
+                for meta in batch:
+                    if meta["path"].startswith(prefix):
+                        out[meta["path"]] = meta["size"]
+                    elif start and meta["path"] > prefix:
+                        return out
+            return out
+        if isinstance(store, FsspecStore):
+            base = store.path.rstrip("/")
+            parent, _, start = prefix.rpartition("/")
+            where = f"{base}/{parent}" if parent else base
+            try:
+                found = await store.fs._find(where, prefix=start, detail=True)  # s3fs: a server-side prefix
+            except TypeError:
+                found = await store.fs._find(where, detail=True)
+            out = {}
+            for path, info in found.items():
+                rel = path[len(base) + 1:] if base else path
+                if rel.startswith(prefix) and info.get("type", "file") != "directory":
+                    out[rel] = int(info.get("size") or 0)
+            return out
+        return {k: -1 async for k in store.list_prefix(prefix)}
+
+    def list_sizes(self, prefix: str) -> dict[str, int]:
+        return sync(self.list_sizes_async(prefix))
+
+    @retrying("LIST")
     async def list_dir_async(self, prefix: str) -> list[str]:
         return [k async for k in self.store.list_dir(prefix)]
 
@@ -244,6 +290,22 @@ class Root:
 
     def list_dir(self, prefix: str) -> list[str]:
         return sync(self.list_dir_async(prefix))
+
+    def delete_many(self, keys: list[str], concurrency: int = 32) -> None:
+        """Delete every key of ``keys`` (missing ones included), ``concurrency`` at a time."""
+        import asyncio
+
+        async def run() -> None:
+            gate = asyncio.Semaphore(concurrency)
+
+            async def one(key: str) -> None:
+                async with gate:
+                    await self.delete_async(key)
+
+            await asyncio.gather(*(one(k) for k in keys))
+
+        if keys:
+            sync(run())
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every key under ``prefix``; returns how many."""

@@ -15,7 +15,9 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from hubdask.errors import CorruptionError, NotFoundError
 from hubdask.storage import Root
+from hubdask.versioning.layout import commit_key
 
 ChunkMap = dict[str, str | None]
 
@@ -51,14 +53,16 @@ class Commit:
         ).encode()
 
     @classmethod
-    def from_json(cls, raw: bytes) -> "Commit":
-        d = json.loads(raw)
-        return cls(d["id"], tuple(d["parents"]), d["message"], d["time"], d["changes"], d.get("depth", 0),
-                   d.get("full", False), d.get("source"))
+    def from_json(cls, raw: bytes, ds: str = "", key: str = "") -> "Commit":
+        try:
+            d = json.loads(raw)
+            return cls(d["id"], tuple(d["parents"]), d["message"], d["time"], dict(d["changes"]),
+                       d.get("depth", 0), d.get("full", False), d.get("source"))
+        except (ValueError, UnicodeDecodeError, KeyError, TypeError) as exc:
+            raise CorruptionError(f"dataset {ds!r}: the commit record {key!r} is damaged ({exc!r}); expected "
+                                  "a JSON record with id, parents, message, time and changes") from None
 
 
-def commit_key(ds: str, commit_id: str) -> str:
-    return f"{ds}/commits/{commit_id}"
 
 
 class CommitGraph:
@@ -80,10 +84,11 @@ class CommitGraph:
     def get(self, commit_id: str) -> Commit | None:
         rec = self._records.get(commit_id)
         if rec is None:
-            raw = self.root.get(commit_key(self.ds, commit_id))
+            key = commit_key(self.ds, commit_id)
+            raw = self.root.get(key)
             if raw is None:
                 return None
-            rec = self._records[commit_id] = Commit.from_json(raw)
+            rec = self._records[commit_id] = Commit.from_json(raw, self.ds, key)
         return rec
 
     def make(self, node: str, parents: tuple[str, ...], message: str, changes: dict[str, str | None],
@@ -113,7 +118,7 @@ class CommitGraph:
         while commit_id is not None:
             rec = self.get(commit_id)
             if rec is None:
-                raise LookupError(f"commit {commit_id} of dataset {self.ds!r} is missing from storage")
+                raise NotFoundError(f"dataset {self.ds!r}: commit {commit_id} is missing from storage")
             out.append(rec)
             commit_id = rec.parents[0] if rec.parents else None
         return out
@@ -134,7 +139,7 @@ class CommitGraph:
                     break
             rec = self.get(cid)
             if rec is None:
-                raise LookupError(f"commit {cid} of dataset {self.ds!r} is missing from storage")
+                raise NotFoundError(f"dataset {self.ds!r}: commit {cid} is missing from storage")
             chain.append(rec)
             cid = rec.parents[0] if rec.parents and not rec.full else None
         for rec in reversed(chain):

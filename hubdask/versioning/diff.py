@@ -18,7 +18,11 @@ def state_map(repo: Repository, state: State) -> ChunkMap:
     """Logical key -> holder for a state; a branch's uncommitted keys are held by its open node."""
     m = dict(repo.graph.chunk_map(state.commit))
     if state.head is not None:
-        m.update({k: state.head.node for k in repo._node_keys(state.head.node)})
+        for k, held_by in repo._node_changes(state.head.node).items():
+            if held_by is None:
+                m.pop(k, None)
+            else:
+                m[k] = held_by
     return m
 
 

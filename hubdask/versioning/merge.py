@@ -1,25 +1,31 @@
 """Three-way merge of a ref into a branch, element by element where both sides changed a chunk.
 
+"Ours" is the branch as it stands: its base commit plus every write in its open node. The merge is a
+commit of that open node (versioning.repository's protocol): the node is sealed, listed, and the merge
+is computed against exactly what the listing holds, so a write racing the merge is either in the merge
+(merged with theirs like any other change of ours) or lands after it, in the next open node, on top of
+the merged state. Nothing a concurrent writer returned is ever dropped.
+
 Chunks changed on one side only are taken by reference (no copy). A chunk changed on both sides is
 decoded at the base, ours and theirs: an element changed on one side takes that side, changed the
 same way on both is fine, changed differently is a conflict. Conflicts raise ConflictError (nothing is
-written) unless ``strategy`` is ``"ours"`` or ``"theirs"``. Merged chunks are written into the branch's
-open node, and the node is committed with both parents.
+written) unless ``strategy`` is ``"ours"`` or ``"theirs"``. Merged chunks are written into the merge
+commit's own node, which no writer ever touches.
 """
 
 from __future__ import annotations
-
-import contextlib
-from collections.abc import Callable
-from typing import ContextManager
 
 import numpy as np
 import zarr
 
 from hubdask.errors import ConflictError, NotFoundError
 from hubdask.storage import sync
+from hubdask.versioning import layout
 from hubdask.versioning.diff import chunk_region, parse_chunk_key
-from hubdask.versioning.repository import Repository
+from hubdask.versioning.repository import MergeSpec, Repository
+from hubdask.versioning.store import VersionedStore, node_versions, put_version
+
+ChunkMap = dict[str, str | None]
 
 
 def _differs(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -30,10 +36,8 @@ def _differs(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def merge(repo: Repository, branch: str, ref: str, *, strategy: str | None = None, message: str | None = None,
-          name: str = "", lock: Callable[[list[str]], ContextManager] | None = None) -> str:
-    """Merge ``ref`` (a branch's last commit, a tag or a commit) into ``branch``; returns the new commit.
-
-    ``lock(keys)`` is held while merged chunks are written (the write layer passes its chunk locks)."""
+          name: str = "") -> str:
+    """Merge ``ref`` (a branch's last commit, a tag or a commit) into ``branch``; returns the new commit."""
     what = f"dataset {name or repo.ds!r}"
     if strategy not in (None, "ours", "theirs"):
         raise ValueError(f"{what}: merge strategy must be None, 'ours' or 'theirs', not {strategy!r}")
@@ -49,58 +53,101 @@ def merge(repo: Repository, branch: str, ref: str, *, strategy: str | None = Non
         raise ConflictError(f"{what}: {branch!r} and {ref!r} have unrelated histories; cannot merge")
     if base == theirs:
         return ours  # already contains everything of theirs
-    mb, mo, mt = (repo.graph.chunk_map(c) for c in (base, ours, theirs))
-    taken: dict[str, str | None] = {}
-    both: list[str] = []
-    for key in sorted(set(mo) | set(mt) | set(mb)):
-        ho, ht, hb = mo.get(key), mt.get(key), mb.get(key)
-        if ho == ht or ht == hb:
-            continue
-        if ho == hb:
-            taken[key] = ht
-        else:
-            both.append(key)
+    plan = _Plan(repo, what, branch, ref, strategy, base, ours, theirs)
+    plan.changes(_open_changes(repo, head.node), None)  # conflicts are found before anything is sealed
+    return repo.commit(branch, message or f"merge {ref} into {branch}", merge=MergeSpec(theirs, plan.changes),
+                       expect_base=ours)
 
-    merged: dict[str, tuple[str, tuple[slice, ...], np.ndarray]] = {}
-    conflicts: dict[str, int] = {}
-    arrays = {}
-    for key in both:
-        parsed = parse_chunk_key(key)
-        if parsed is None:  # metadata changed on both sides: equal bytes or a conflict
-            if repo.root.get(f"{repo.ds}/nodes/{mo[key]}/{key}") != repo.root.get(f"{repo.ds}/nodes/{mt[key]}/{key}"):
-                if strategy is None:
-                    conflicts[key] = 1
-                elif strategy == "theirs":
-                    taken[key] = mt.get(key)
-            continue
-        path, coords = parsed
-        if path not in arrays:
-            arrays[path] = tuple(zarr.open_array(store=repo.store_at(c), path=path, mode="r", zarr_format=3)
-                                 for c in (base, ours, theirs))
-        zb, zo, zt = arrays[path]
-        region = chunk_region({"shape": zo.shape, "chunk_grid": {"configuration": {"chunk_shape": zo.chunks}}},
-                              coords)
-        b, o, t = zb[region], zo[region], zt[region]
-        changed_o, changed_t = _differs(o, b), _differs(t, b)
-        clash = changed_o & changed_t & _differs(o, t)
-        n = int(clash.sum())
-        if n and strategy is None:
-            conflicts[key] = n
-            continue
-        take_t = changed_t & ~clash if strategy == "ours" else changed_t
-        merged[key] = (path, region, np.where(take_t, t, o))
-    if conflicts:
-        listed = ", ".join(f"{k} ({n})" for k, n in list(conflicts.items())[:10])
-        more = f" and {len(conflicts) - 10} more" if len(conflicts) > 10 else ""
-        raise ConflictError(
-            f"{what}: merging {ref!r} into {branch!r} conflicts in {len(conflicts)} chunks, "
-            f"{sum(conflicts.values())} elements changed differently on both sides: {listed}{more}. Nothing "
-            "was applied; pass strategy='ours' or 'theirs' to resolve"
-        )
-    with (lock or (lambda keys: contextlib.nullcontext()))(sorted(merged)):
-        store = repo.store_at(ours, head.node, branch=head.branch, node_written=head.written)
-        sync(store.mark_written())  # before the partial-chunk reads of the writes below
-        for key, (path, region, values) in merged.items():
-            zarr.open_array(store=store, path=path, mode="r+", zarr_format=3)[region] = values
-        return repo.commit(branch, message or f"merge {ref} into {branch}", merge_parent=theirs,
-                           extra_changes=taken, expect_base=ours)
+
+def _open_changes(repo: Repository, node: str) -> ChunkMap:
+    found = sync(node_versions(repo.root, repo.ds, node))
+    return {k: layout.holder(node, seq) for k, (seq, _) in found.items()}
+
+
+class _Plan:
+    """The merge of ``theirs`` into ``ours`` plus an open node's changes, against ``base``."""
+
+    def __init__(self, repo: Repository, what: str, branch: str, ref: str, strategy: str | None,
+                 base: str, ours: str, theirs: str) -> None:
+        self.repo, self.what, self.branch, self.ref, self.strategy = repo, what, branch, ref, strategy
+        self.mb, self.mt = repo.graph.chunk_map(base), repo.graph.chunk_map(theirs)
+        self.ours_map = repo.graph.chunk_map(ours)
+
+    def _read(self, chunk_map: ChunkMap, path: str, region: tuple) -> np.ndarray:
+        store = VersionedStore(self.repo.root, self.repo.ds, chunk_map)
+        return zarr.open_array(store=store, path=path, mode="r", zarr_format=3)[region]
+
+    def _bytes(self, key: str, held_by: str | None) -> bytes | None:
+        return None if held_by is None else self.repo.root.get(layout.object_key(self.repo.ds, key, held_by))
+
+    def changes(self, node_changes: ChunkMap, commit_node: str | None) -> ChunkMap:
+        """The merge commit's changes over ``ours``: the open node's changes, theirs where only they
+        changed, and element-wise merged chunks (written into ``commit_node``; with None only checked)."""
+        mo = dict(self.ours_map)
+        for k, h in node_changes.items():
+            if h is None:
+                mo.pop(k, None)
+            else:
+                mo[k] = h
+        mb, mt = self.mb, self.mt
+        out: ChunkMap = dict(node_changes)
+        conflicts: dict[str, int] = {}
+        for key in sorted(set(mo) | set(mt) | set(mb)):
+            ho, ht, hb = mo.get(key), mt.get(key), mb.get(key)
+            if ho == ht or ht == hb:
+                continue
+            if ho == hb:
+                out[key] = ht  # changed on their side only: taken by reference
+                continue
+            parsed = parse_chunk_key(key)
+            if parsed is None:  # metadata changed on both sides: equal bytes or a conflict
+                if self._bytes(key, ho) != self._bytes(key, ht):
+                    if self.strategy is None:
+                        conflicts[key] = 1
+                    elif self.strategy == "theirs":
+                        out[key] = ht
+                continue
+            path, coords = parsed
+            zo = zarr.open_array(store=VersionedStore(self.repo.root, self.repo.ds, mo), path=path, mode="r",
+                                 zarr_format=3)
+            region = chunk_region({"shape": zo.shape, "chunk_grid": {"configuration": {"chunk_shape": zo.chunks}}},
+                                  coords)
+            b, o, t = self._read(mb, path, region), zo[region], self._read(mt, path, region)
+            changed_o, changed_t = _differs(o, b), _differs(t, b)
+            clash = changed_o & changed_t & _differs(o, t)
+            n = int(clash.sum())
+            if n and self.strategy is None:
+                conflicts[key] = n
+                continue
+            take_t = changed_t & ~clash if self.strategy == "ours" else changed_t
+            if commit_node is not None:
+                out[key] = self._write_merged(commit_node, path, key, region, np.where(take_t, t, o), mo)
+        if conflicts:
+            listed = ", ".join(f"{k} ({n})" for k, n in list(conflicts.items())[:10])
+            more = f" and {len(conflicts) - 10} more" if len(conflicts) > 10 else ""
+            raise ConflictError(
+                f"{self.what}: merging {self.ref!r} into {self.branch!r} conflicts in {len(conflicts)} chunks, "
+                f"{sum(conflicts.values())} elements changed differently on both sides: {listed}{more}. Nothing "
+                "was applied; pass strategy='ours' or 'theirs' to resolve"
+            )
+        return out
+
+    def _write_merged(self, node: str, path: str, key: str, region: tuple, values: np.ndarray,
+                      mo: ChunkMap) -> str:
+        """Encode the merged chunk as zarr would (through a scratch store over ``ours``) and create it as
+        version 1 of ``key`` in the merge commit's node; its holder."""
+        from zarr.storage import MemoryStore
+
+        scratch: dict = {}
+        meta_key = f"{path}/zarr.json" if path else "zarr.json"
+        meta = self._bytes(meta_key, mo.get(meta_key))
+        mem = MemoryStore(scratch)
+        from zarr.core.buffer import default_buffer_prototype
+
+        sync(mem.set(meta_key, default_buffer_prototype().buffer.from_bytes(meta)))
+        arr = zarr.open_array(store=mem, path=path, mode="r+", zarr_format=3)
+        arr[region] = values
+        blob = scratch.get(key)
+        data = layout.TOMBSTONE if blob is None else blob.to_bytes()
+        seq = sync(put_version(self.repo.root, self.repo.ds, node, key, data, based_on=0, what=self.what))
+        return layout.holder(node, seq)

@@ -1,9 +1,14 @@
 """Branch heads and tags, moved atomically with nothing but exclusive create.
 
-A branch is an append-only sequence of head records ``refs/heads/BRANCH/SEQ``; the head is the highest
-SEQ. Moving a branch means creating SEQ+1, which exactly one writer can do, on every backend that
-supports exclusive create (local link, memory, S3 If-None-Match). A head names the branch's open node
-(where uncommitted writes go) and its base commit. A tag is one record ``refs/tags/TAG``.
+A branch is a sequence of head records ``refs/heads/BRANCH/SEQ``; the head is the highest SEQ. Moving a
+branch means creating SEQ+1, which exactly one writer can do, on every backend that supports exclusive
+create (local link, memory, S3 If-None-Match). A head names the branch's open node (where uncommitted
+writes go) and its base commit. A tag is one record ``refs/tags/TAG``.
+
+The winner of SEQ+1 deletes the records older than SEQ (with their name copies and marks), so a branch's
+folder holds a handful of objects however long its history: resolving a branch is one short LIST at
+10,000 commits as at 1. A creator that was so late that SEQ had already been pruned and re-created by
+it sees a newer record in the same LIST and gives its record up (``write_head`` answers False).
 
 Two kinds of empty objects beside the records let one LIST of the branch's folder answer a read, with
 no GET (on S3 each request is a round trip that no cache may save, since refs move):
@@ -11,7 +16,8 @@ no GET (on S3 each request is a round trip that no cache may save, since refs mo
 - ``written-NODE``, created by every writer with its first write into open node NODE (the write returns
   only once it has landed): without it the node holds no returned write, and readers take every chunk
   from the base commit (and its disk cache).
-A crash before either object leaves the safe answer (GET the record; look in the node).
+A crash before either object leaves the safe answer (GET the record; look in the node). Temp files of
+an interrupted create (``*.partial``) are never read as records.
 """
 
 from __future__ import annotations
@@ -20,9 +26,13 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
+from hubdask.errors import CorruptionError
 from hubdask.storage import Root
+from hubdask.versioning import layout
+from hubdask.versioning.layout import head_prefix, tag_key
 
 SEQ_DIGITS = 12
+KEEP = 2  # head records kept: the newest and the one before it
 
 
 @dataclass(frozen=True)
@@ -36,58 +46,110 @@ class Head:
     written: bool = True  # the open node may hold writes (False: the listing proved it empty)
 
 
-def head_prefix(ds: str, branch: str) -> str:
-    return f"{ds}/refs/heads/{branch}/"
-
-
-def tag_key(ds: str, tag: str) -> str:
-    return f"{ds}/refs/tags/{tag}"
-
-
 def written_key(ds: str, branch: str, node: str) -> str:
     """The mark a writer creates with its first write into ``node``, the open node of ``branch``."""
     return f"{head_prefix(ds, branch)}written-{node}"
 
 
+def record_key(ds: str, branch: str, seq: int) -> str:
+    return f"{head_prefix(ds, branch)}{seq:0{SEQ_DIGITS}d}"
+
+
 def _pointer_key(ds: str, branch: str, seq: int, node: str, base: str | None) -> str:
-    return f"{head_prefix(ds, branch)}{seq:0{SEQ_DIGITS}d}.{node}.{base or '-'}"
+    return f"{record_key(ds, branch, seq)}.{node}.{base or '-'}"
 
 
-def read_head(root: Root, ds: str, branch: str) -> Head | None:
-    """The current head of ``branch``, or None if there is no such branch: one LIST (plus a GET of the
-    record when its name copy is missing or ambiguous)."""
-    names = [k.rsplit("/", 1)[1] for k in root.list_prefix(head_prefix(ds, branch))]
-    seqs = sorted(int(n) for n in names if n.isdigit())
+@dataclass
+class _Listing:
+    """What one LIST of a branch's folder says."""
+
+    seqs: list[int]
+    pointers: dict[int, list[tuple[str, str | None]]]
+    marked: set[str]
+    keys: list[str]
+
+
+def _list(root: Root, ds: str, branch: str) -> _Listing:
+    prefix = head_prefix(ds, branch)
+    keys = [k for k in root.list_prefix(prefix) if not layout.is_temp(k) and "/" not in k[len(prefix):]]
+    names = [k[len(prefix):] for k in keys]
     pointers: dict[int, list[tuple[str, str | None]]] = {}
     for n in names:
         parts = n.split(".")
         if len(parts) == 3 and parts[0].isdigit():
             pointers.setdefault(int(parts[0]), []).append((parts[1], None if parts[2] == "-" else parts[2]))
-    marked = {n[len("written-"):] for n in names if n.startswith("written-")}
-    for seq in reversed(seqs):  # a half-deleted branch may lack its newest record; take the newest readable
-        named = pointers.get(seq, [])
+    return _Listing(sorted(int(n) for n in names if n.isdigit()), pointers,
+                    {n[len("written-"):] for n in names if n.startswith("written-")}, keys)
+
+
+def read_head(root: Root, ds: str, branch: str) -> Head | None:
+    """The current head of ``branch``, or None if there is no such branch: one LIST (plus a GET of the
+    record when its name copy is missing or ambiguous)."""
+    listing = _list(root, ds, branch)
+    for seq in reversed(listing.seqs):  # a half-deleted branch may lack its newest record: take the newest readable
+        named = listing.pointers.get(seq, [])
         head = Head(branch, seq, *named[0]) if len(named) == 1 else read_head_at(root, ds, branch, seq)
         if head is not None:
-            return dataclasses.replace(head, written=head.node in marked)
+            return dataclasses.replace(head, written=head.node in listing.marked)
     return None
 
 
 def read_head_at(root: Root, ds: str, branch: str, seq: int) -> Head | None:
     """Head record number ``seq`` of ``branch`` (None if it does not exist)."""
-    raw = root.get(f"{head_prefix(ds, branch)}{seq:0{SEQ_DIGITS}d}")
+    key = record_key(ds, branch, seq)
+    raw = root.get(key)
     if raw is None:
         return None
-    rec = json.loads(raw)
+    rec = parse_record(raw, ds, key, ("node", "base"))
     return Head(branch, seq, rec["node"], rec["base"])
 
 
+def parse_record(raw: bytes, ds: str, key: str, fields: tuple[str, ...]) -> dict:
+    """A JSON record with ``fields``, or CorruptionError naming the dataset and the object."""
+    try:
+        rec = json.loads(raw)
+        if not isinstance(rec, dict) or any(f not in rec for f in fields):
+            raise ValueError(f"expected an object with {', '.join(fields)}")
+        return rec
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptionError(f"dataset {ds!r}: the record {key!r} is damaged ({exc}); expected a JSON record "
+                              f"with {', '.join(fields)}") from None
+
+
 def write_head(root: Root, ds: str, branch: str, seq: int, node: str, base: str | None) -> bool:
-    """Create head record ``seq``; False if another writer created it first (the branch moved)."""
+    """Create head record ``seq``; False if another writer created it first (the branch moved), or if
+    the branch had moved past ``seq`` already (a very late creator: its record is taken back)."""
+    key = record_key(ds, branch, seq)
     data = json.dumps({"node": node, "base": base}).encode()
-    if not root.create(f"{head_prefix(ds, branch)}{seq:0{SEQ_DIGITS}d}", data):
+    if not root.create(key, data):
+        return False
+    listing = _list(root, ds, branch)
+    if listing.seqs and listing.seqs[-1] > seq:
+        root.delete(key)
         return False
     name_head(root, ds, branch, seq, node, base)
+    _prune(root, ds, branch, seq, node, listing)
     return True
+
+
+def _prune(root: Root, ds: str, branch: str, seq: int, node: str, listing: _Listing) -> None:
+    """Delete the records older than the last ``KEEP`` with their name copies, and written marks of nodes
+    that no kept record names (best effort: a failure leaves a longer listing, nothing worse)."""
+    cut = seq - KEEP + 1
+    kept_nodes = {node} | {n for s, named in listing.pointers.items() if s >= cut for n, _ in named}
+    prefix = head_prefix(ds, branch)
+    gone = []
+    for k in listing.keys:
+        name = k[len(prefix):]
+        head = name.split(".")[0]
+        if head.isdigit() and int(head) < cut:
+            gone.append(k)
+        elif name.startswith("written-") and name[len("written-"):] not in kept_nodes:
+            gone.append(k)
+    try:
+        root.delete_many(gone)
+    except Exception:
+        pass
 
 
 def start_branch(root: Root, ds: str, branch: str, node: str, base: str | None) -> bool:
@@ -107,43 +169,30 @@ def name_head(root: Root, ds: str, branch: str, seq: int, node: str, base: str |
     root.put(_pointer_key(ds, branch, seq, node, base), b"")
 
 
-def prune(root: Root, ds: str, branch: str, head: Head) -> int:
-    """Delete the name copies of records older than ``head`` and the written marks of their nodes, so
-    the branch's listing stays short (records are kept: their sequence is what moves a branch, and what
-    a newer head than ``head`` holds is left alone). Returns how many objects went."""
-    prefix = head_prefix(ds, branch)
-    old_nodes, gone = set(), []
-    for k in root.list_prefix(prefix):
-        parts = k[len(prefix):].split(".")
-        if len(parts) == 3 and parts[0].isdigit() and int(parts[0]) < head.seq:
-            old_nodes.add(parts[1])
-            gone.append(k)
-    gone += [written_key(ds, branch, n) for n in old_nodes if n != head.node]
-    for k in gone:
-        root.delete(k)
-    return len(gone)
-
-
 def list_branches(root: Root, ds: str) -> list[str]:
     """Branches with at least one head record (one LIST; empty folders of deleted branches don't count)."""
-    prefix = f"{ds}/refs/heads/"
-    found = (k[len(prefix):].split("/") for k in root.list_prefix(prefix))
+    prefix = layout.heads_prefix(ds)
+    found = (k[len(prefix):].split("/") for k in root.list_prefix(prefix) if not layout.is_temp(k))
     return sorted({parts[0] for parts in found if len(parts) == 2 and parts[1].isdigit()})
 
 
 def list_tags(root: Root, ds: str) -> dict[str, str]:
     """Tag name -> commit id."""
     out = {}
-    for name in root.list_dir(f"{ds}/refs/tags/"):
-        raw = root.get(tag_key(ds, name))
-        if raw is not None:
-            out[name] = json.loads(raw)["commit"]
+    for name in root.list_dir(layout.tags_prefix(ds)):
+        name = name.rstrip("/")
+        if layout.is_temp(name):
+            continue
+        commit = read_tag(root, ds, name)
+        if commit is not None:
+            out[name] = commit
     return dict(sorted(out.items()))
 
 
 def read_tag(root: Root, ds: str, tag: str) -> str | None:
-    raw = root.get(tag_key(ds, tag))
-    return None if raw is None else json.loads(raw)["commit"]
+    key = tag_key(ds, tag)
+    raw = root.get(key)
+    return None if raw is None else parse_record(raw, ds, key, ("commit",))["commit"]
 
 
 def write_tag(root: Root, ds: str, tag: str, commit: str) -> bool:

@@ -1,12 +1,17 @@
-"""A dataset as a repository: branches whose writes land in an open node, commits that seal nodes.
+"""A dataset as a repository: branches whose writes land in an open node, commits that pin node versions.
 
-Commit protocol (a crash anywhere leaves the branch at the old or the new commit):
-1. read the head (open working node N, base B); 2. create the seal marker of N: from now on a writer that
-finds N sealed after writing repeats its write in the next open node; 3. list N's objects and copy them
-(hard link / server-side copy) into a fresh node C that no writer ever touches, so a late write into N
-cannot change the commit; 4. create the record ``commits/C`` (parents [B], source N); 5. create head
-SEQ+1 = (new open node, base C): exactly one committer wins. Two committers of one working node coalesce:
-the loser finds the winner's commit has the same source and returns it.
+Commit protocol (a crash anywhere leaves the branch at the old or the new commit, and a later commit or
+writer finishes what a crashed one began):
+1. read the head (open node N, base B);
+2. create the seal ``seals/N`` naming the commit id C to be: from now on a writer that finds N sealed
+   after writing repeats its write in the next open node; a second committer of N finds the seal and
+   makes the same commit C (committers coalesce);
+3. LIST N: the newest version of each key is what C holds (nothing is copied: versions are immutable,
+   and a late write is a newer version that C does not name);
+4. create the record ``commits/C`` (parents [B], or [B, THEIRS] for a merge, whose merged chunks are
+   written into node C first);
+5. create head SEQ+1 = (new open node, base C): exactly one creator wins, and everyone whose C the
+   branch now holds returns it.
 """
 
 from __future__ import annotations
@@ -15,17 +20,20 @@ import dataclasses
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from hubdask.errors import AlreadyExistsError, ConflictError, InvalidNameError, NotFoundError, ReadOnlyError
+from hubdask.errors import AlreadyExistsError, ConflictError, CorruptionError, NotFoundError, ReadOnlyError
 from hubdask.names import check_part
-from hubdask.storage import Root
-from hubdask.versioning import refs
-from hubdask.versioning.commits import Commit, CommitGraph, new_node_id
-from hubdask.versioning.store import PARTIAL_SUFFIX, VersionedStore, node_prefix
+from hubdask.storage import Root, sync
+from hubdask.versioning import layout, refs
+from hubdask.versioning.commits import Commit, CommitGraph, new_node_id, node_time
+from hubdask.versioning.store import VersionedStore, is_tombstone, node_versions
 
-MARKER = "hubdask.json"
-FORMAT = "hubdask/2"  # 2: writers mark open nodes before writing (refs.written_key)
+MARKER = layout.MARKER
+FORMAT = "hubdask/3"  # 3: internals under @hub/, immutable versions, commits pin versions (no copies)
+LEGACY_FORMATS = ("hubdask/1", "hubdask/2")
+PREFIX_MIN = 7  # shortest commit id prefix accepted as a ref
 
 
 @dataclass(frozen=True)
@@ -45,10 +53,21 @@ class State:
         return self.head.branch if self.head else None
 
 
-class Repository:
-    """One dataset's refs, commits and nodes under ``root``/``ds``."""
+@dataclass(frozen=True)
+class MergeSpec:
+    """What a merge commit adds to the plain commit of the open node: the other parent, and a function
+    from the sealed node's changes to the commit's full changes (it may write merged chunks into the
+    commit's own node, whose id it is given)."""
 
-    SEAL_WAIT = 60.0  # seconds a writer waits for a commit in progress to move the head
+    theirs: str
+    apply: Callable[[dict[str, str | None], str], dict[str, str | None]]
+
+
+class Repository:
+    """One dataset's refs, commits and nodes under ``root``/``ds``/@hub."""
+
+    SEAL_WAIT = 5.0  # seconds a writer waits for a commit in progress before finishing it itself
+    DEBRIS_AGE = 60.0  # seconds after which a creation that left no marker is taken as crashed
 
     def __init__(self, root: Root, ds: str) -> None:
         self.root, self.ds = root, ds
@@ -62,31 +81,55 @@ class Repository:
         """The dataset marker (written once at creation; kept in memory once seen, unless ``refresh``:
         another process may have deleted the dataset since), or None."""
         if self._marker is None or refresh:
-            raw = self.root.get(f"{self.ds}/{MARKER}")
-            self._marker = json.loads(raw) if raw is not None else None
+            key = layout.marker_key(self.ds)
+            raw = self.root.get(key)
+            self._marker = None if raw is None else refs.parse_record(raw, self.ds, key, ("format",))
         return self._marker
 
     def exists(self, refresh: bool = False) -> bool:
         return self.marker(refresh) is not None
 
+    def legacy_format(self) -> str | None:
+        """The format of a dataset stored in an older layout (``hubdask upgrade`` converts it), or None."""
+        raw = self.root.get(f"{self.ds}/{MARKER}")
+        if raw is None:
+            return None
+        try:
+            return json.loads(raw).get("format", "hubdask/1")
+        except ValueError:
+            return "hubdask/1"
 
     # --- creation ----------------------------------------------------------------------------------
 
     def create(self, branch: str, write_initial, message: str = "created") -> State:
         """Make the dataset: ``write_initial(store)`` writes its metadata into the first node, which is
-        committed at once; the branch ``branch`` then points past it. Exactly one creator wins."""
+        committed at once; the branch ``branch`` then points past it, and the marker is written last.
+        Exactly one creator wins; debris of a creation that crashed is cleared first."""
         check_part(branch, "branch", f"{self.ds}:{branch}")
+        if self.exists(refresh=True):
+            raise AlreadyExistsError(f"dataset {self.ds!r} already exists in {self.root.url}")
+        self._clear_debris()
         node = new_node_id()
         write_initial(VersionedStore(self.root, self.ds, {}, node))
-        changes = self._node_keys(node)
-        self.graph.write(self.graph.make(node, (), message, {k: node for k in changes}))
+        changes = self._node_changes(node)
+        self.graph.write(self.graph.make(node, (), message, changes))
         first = new_node_id()
         if not refs.start_branch(self.root, self.ds, branch, first, node):
             raise AlreadyExistsError(f"dataset {self.ds!r} already exists in {self.root.url}")
         marker = {"format": FORMAT, "created": time.time(), "default_branch": branch}
-        self.root.put(f"{self.ds}/{MARKER}", json.dumps(marker).encode())
+        self.root.put(layout.marker_key(self.ds), json.dumps(marker).encode())
         self._marker = marker
         return State(branch, node, refs.Head(branch, 0, first, node, written=False))
+
+    def _clear_debris(self) -> None:
+        """Objects left by a creation that crashed before its marker (no marker, heads older than
+        DEBRIS_AGE) are removed, so the name can be created again; a creation in progress is left alone."""
+        heads = [refs.read_head(self.root, self.ds, b) for b in self.branches()]
+        if not heads:
+            return
+        if all(h is not None and time.time() - node_time(h.node) > self.DEBRIS_AGE for h in heads):
+            keys = [k for k in self.root.list_prefix(layout.base(self.ds)) if "/seals/" not in k]
+            self.root.delete_many(keys)
 
     def default_branch(self) -> str:
         """The branch a name without ':REF' means: the dataset's first branch (``main`` unless named)."""
@@ -95,7 +138,8 @@ class Repository:
     # --- resolving refs ------------------------------------------------------------------------------
 
     def resolve(self, ref: str) -> State:
-        """A branch, a tag or a commit id -> State, or NotFoundError listing what exists."""
+        """A branch, a tag, a commit id or a unique prefix of one (>= 7 characters) -> State, or
+        NotFoundError listing what exists."""
         head = self.read_head(ref)
         if head is not None:
             return State(ref, head.base, head)
@@ -104,20 +148,36 @@ class Repository:
             return State(ref, tagged)
         if self.graph.get(ref) is not None:
             return State(ref, ref)
+        full = self.expand_commit_prefix(ref)
+        if full is not None:
+            return State(ref, full)
         raise NotFoundError(
             f"dataset {self.ds!r} has no branch, tag or commit {ref!r}; branches: "
             f"{', '.join(self.branches()) or 'none'}; tags: {', '.join(self.tags()) or 'none'}"
         )
+
+    def expand_commit_prefix(self, prefix: str) -> str | None:
+        """The one commit id starting with ``prefix`` (at least PREFIX_MIN hex digits), None if none;
+        ConflictError naming the candidates if several do."""
+        if len(prefix) < PREFIX_MIN or any(c not in "0123456789abcdef" for c in prefix):
+            return None
+        base = layout.commits_prefix(self.ds)
+        found = sorted(k[len(base):] for k in self.root.list_sizes(base + prefix) if not layout.is_temp(k))
+        if len(found) > 1:
+            raise NotFoundError(f"dataset {self.ds!r}: the commit id prefix {prefix!r} is ambiguous; it starts "
+                                f"{', '.join(found[:10])}{' ...' if len(found) > 10 else ''}; give more characters")
+        return found[0] if found else None
 
     def refresh(self, state: State) -> State:
         """The same ref resolved again (a branch may have moved)."""
         return self.resolve(state.ref) if state.head else state
 
     def store_at(self, commit: str | None, node: str | None = None, *, branch: str | None = None,
-                 node_written: bool = True, immutable_get=None) -> VersionedStore:
-        """The Store view of ``commit``, writable into ``node`` (``branch``'s open node) when one is given."""
-        return VersionedStore(self.root, self.ds, self.graph.chunk_map(commit), node, branch=branch,
-                              node_written=node_written, immutable_get=immutable_get)
+                 node_written: bool = True, immutable_get=None, chunk_map: dict | None = None) -> VersionedStore:
+        """The Store view of ``commit`` (or of ``chunk_map``), writable into ``node`` (``branch``'s open
+        node) when one is given."""
+        return VersionedStore(self.root, self.ds, self.graph.chunk_map(commit) if chunk_map is None else chunk_map,
+                              node, branch=branch, node_written=node_written, immutable_get=immutable_get)
 
     def store(self, state: State, *, immutable_get=None) -> VersionedStore:
         h = state.head
@@ -134,28 +194,53 @@ class Repository:
 
     # --- commits ------------------------------------------------------------------------------------
 
-    def _node_keys(self, node: str) -> list[str]:
-        prefix = node_prefix(self.ds, node)
-        return sorted(k[len(prefix):] for k in self.root.list_prefix(prefix) if not k.endswith(PARTIAL_SUFFIX))
+    def _node_changes(self, node: str, prefix: str = "") -> dict[str, str | None]:
+        """Logical key -> the holder of its newest version in ``node`` (None: deleted there)."""
+        found = sync(node_versions(self.root, self.ds, node, prefix[: prefix.rfind("/") + 1]))
+        changes: dict[str, str | None] = {}
+        for key, (seq, size) in found.items():
+            if not key.startswith(prefix):
+                continue
+            deleted = size == len(layout.TOMBSTONE) and is_tombstone(
+                self.root.get(layout.version_key(self.ds, node, key, seq)))
+            changes[key] = None if deleted else layout.holder(node, seq)
+        return changes
 
-    def seal_key(self, node: str) -> str:
-        return f"{self.ds}/seals/{node}"
+    def objects(self, commit: str | None, node: str | None = None, prefix: str = "") -> dict[str, str]:
+        """Logical key (under ``prefix``) -> physical key of every object present in a state: the commit's
+        chunk map plus, for a branch, the newest versions in its open node (deleted keys left out). The
+        one chunk-set query of every caller (sparse reductions, viz, diff)."""
+        out = {k: layout.object_key(self.ds, k, h) for k, h in self.graph.chunk_map(commit).items()
+               if h is not None and k.startswith(prefix)}
+        if node is not None:
+            for key, held_by in self._node_changes(node, prefix).items():
+                if held_by is None:
+                    out.pop(key, None)
+                else:
+                    out[key] = layout.object_key(self.ds, key, held_by)
+        return out
+
+    def seal(self, node: str) -> dict | None:
+        """The seal record of ``node`` (a commit of it started, or the dataset was deleted), or None."""
+        key = layout.seal_key(self.ds, node)
+        raw = self.root.get(key)
+        if raw is None:
+            return None
+        if raw == b"":  # a hubdask/2 seal: a commit started, its id unknown
+            return {"commit": None}
+        return refs.parse_record(raw, self.ds, key, ())
 
     def is_sealed(self, node: str) -> bool:
-        return self.root.get(self.seal_key(node)) is not None
+        return self.seal(node) is not None
 
     def uncommitted(self, branch: str) -> list[str]:
         """Logical keys written on ``branch`` since its last commit."""
         head = self._head(branch)
-        return self._node_keys(head.node)
+        return sorted(self._node_changes(head.node))
 
     def read_head(self, branch: str) -> refs.Head | None:
-        """The head of ``branch`` (refs.read_head); datasets of format 1 had no written marks, so there
-        an open node always counts as written."""
-        head = refs.read_head(self.root, self.ds, branch)
-        if head is not None and not head.written and (self.marker() or {}).get("format") == "hubdask/1":
-            head = dataclasses.replace(head, written=True)
-        return head
+        """The head of ``branch`` (refs.read_head)."""
+        return refs.read_head(self.root, self.ds, branch)
 
     def _head(self, branch: str) -> refs.Head:
         head = self.read_head(branch)
@@ -163,51 +248,122 @@ class Repository:
             if refs.read_tag(self.root, self.ds, branch) is not None or self.graph.get(branch):
                 raise ReadOnlyError(f"dataset {self.ds!r}: {branch!r} is a tag or commit, not a branch; "
                                     "commits and tags are read-only (make a branch from it to write)")
+            if not self.exists(refresh=True):
+                raise NotFoundError(f"dataset {self.ds!r} does not exist in {self.root.url} (deleted?)")
             raise NotFoundError(f"dataset {self.ds!r} has no branch {branch!r}")
         return head
 
-    def commit(self, branch: str, message: str = "", *, merge_parent: str | None = None,
-               extra_changes: dict[str, str | None] | None = None, expect_base: str | None = None) -> str:
+    def commit(self, branch: str, message: str = "", *, merge: MergeSpec | None = None,
+               allow_empty: bool = True, expect_base: str | None = None) -> str:
         """Seal the branch's open node into a commit and open a new node; returns the commit id.
 
-        ``merge_parent`` and ``extra_changes`` (keys taken by reference) make a merge commit;
-        ``expect_base`` refuses to commit if the branch moved since the caller looked at it.
+        ``merge`` makes a merge commit; ``allow_empty=False`` makes no commit when nothing was written
+        since the last one (the base's id is returned); ``expect_base`` refuses to commit if the branch
+        moved since the caller looked at it.
         """
         head = self._head(branch)
         if expect_base is not None and head.base != expect_base:
             raise ConflictError(f"dataset {self.ds!r}: branch {branch!r} moved during the operation; try again")
-        self.root.create(self.seal_key(head.node), b"")
-        keys = self._node_keys(head.node)
-        cid = new_node_id()  # the commit's own node: nobody ever writes there, so it never changes
-        self.root.copy_many([(f"{node_prefix(self.ds, head.node)}{k}", f"{node_prefix(self.ds, cid)}{k}") for k in keys])
-        changes: dict[str, str | None] = dict(extra_changes or {})
-        changes.update({k: cid for k in keys})
-        parents = tuple(p for p in (head.base, merge_parent) if p is not None)
-        rec = self.graph.write(self.graph.make(cid, parents, message, changes, source=head.node))
+        if not allow_empty and merge is None and head.base is not None and not self._node_changes(head.node):
+            return head.base
+        seal, ours = self._seal(head, message, merge)
+        if merge is not None and not ours:
+            raise ConflictError(f"dataset {self.ds!r}: a commit of branch {branch!r} was already in progress; "
+                                "merge again")
+        return self._finish(branch, head, seal, merge)
+
+    def _seal(self, head: refs.Head, message: str, merge: MergeSpec | None) -> tuple[dict, bool]:
+        """Create the seal of ``head.node`` naming the commit to be; (the seal, whether ours). A seal that
+        exists already (another committer, a crashed one) is returned as it is."""
+        key = layout.seal_key(self.ds, head.node)
+        rec = {"commit": new_node_id(), "message": message, "time": time.time(),
+               "merge": merge.theirs if merge else None}
+        if self.root.create(key, json.dumps(rec).encode()):
+            return rec, True
+        existing = self.seal(head.node) or {}
+        if existing.get("deleted"):
+            raise NotFoundError(f"dataset {self.ds!r} was deleted")
+        if existing.get("commit") is None:  # a hubdask/2 seal: finish it under a fresh id
+            existing = dict(rec, message=message or "commit")
+        return existing, False
+
+    def _finish(self, branch: str, head: refs.Head, seal: dict, merge: MergeSpec | None = None) -> str:
+        """Steps 3-5 of the protocol for the sealed head ``head``: idempotent, any process may run it."""
+        cid = seal["commit"]
+        rec = self.graph.get(cid)
+        if rec is None:
+            changes = self._node_changes(head.node)
+            parents: tuple[str, ...] = tuple(p for p in (head.base,) if p is not None)
+            conflict = None
+            if merge is not None:
+                try:
+                    changes = merge.apply(changes, cid)
+                    parents += (merge.theirs,)
+                except ConflictError as exc:  # a write that raced the merge made it conflict: commit plainly
+                    conflict = exc
+            message = seal.get("message") or ""
+            if conflict is not None:
+                message = f"{message} (merge not applied: conflicts)".strip()
+            rec = self.graph.write(self.graph.make(cid, parents, message, changes, source=head.node))
+            if conflict is not None:
+                self._move(branch, head, rec)
+                raise conflict
+        elif merge is not None and merge.theirs not in rec.parents:
+            self._move(branch, head, rec)
+            raise ConflictError(f"dataset {self.ds!r}: the merge into {branch!r} was interrupted and its node was "
+                                "committed without it; merge again")
+        return self._move(branch, head, rec)
+
+    def _move(self, branch: str, head: refs.Head, rec: Commit) -> str:
+        """Create head SEQ+1 on commit ``rec``; its id if the branch now holds it, else ConflictError."""
         if refs.write_head(self.root, self.ds, branch, head.seq + 1, new_node_id(), rec.id):
             return rec.id
-        taken = refs.read_head_at(self.root, self.ds, branch, head.seq + 1)
-        winner = self.graph.get(taken.base) if taken is not None and taken.base else None
-        if winner is not None and winner.source == head.node:
-            refs.name_head(self.root, self.ds, branch, taken.seq, taken.node, taken.base)  # if ours, lost
-            return winner.id  # a concurrent committer of the same working node finished first
+        now = self.read_head(branch)
+        if now is not None and self._holds(now.base, rec):
+            return rec.id  # a concurrent committer of the same node (or a writer finishing it) won
         raise ConflictError(f"dataset {self.ds!r}: branch {branch!r} moved while committing; try again")
 
+    def _holds(self, tip: str | None, rec: Commit) -> bool:
+        """Whether commit ``rec`` is on the first-parent line of ``tip`` (walks back to rec's depth only)."""
+        while tip is not None:
+            if tip == rec.id:
+                return True
+            cur = self.graph.get(tip)
+            if cur is None or cur.depth <= rec.depth or not cur.parents:
+                return False
+            tip = cur.parents[0]
+        return False
+
+    def after_write(self, branch: str, node: str) -> refs.Head | None:
+        """Called after a write into ``node`` landed: None if the node is still open; else the head to
+        repeat the write in (waiting for a commit in progress, finishing it if it stalls), or
+        NotFoundError if the dataset or branch was deleted meanwhile."""
+        seal = self.seal(node)
+        if seal is None:
+            return None
+        if seal.get("deleted"):
+            raise NotFoundError(f"dataset {self.ds!r} was deleted while writing; the write was not kept")
+        return self.wait_for_new_head(branch, node)
+
     def wait_for_new_head(self, branch: str, sealed_node: str) -> refs.Head:
-        """After a write landed in a sealed node: the head that replaced it (a commit is finishing)."""
+        """After a write landed in a sealed node: the head that replaced it. A commit that has not moved
+        the head after SEAL_WAIT seconds (its process stalled or died) is finished here."""
         deadline = time.monotonic() + self.SEAL_WAIT
-        delay = 0.01
+        delay = 0.005
         while True:
             head = self._head(branch)
             if head.node != sealed_node:
                 return head
             if time.monotonic() > deadline:
-                raise ConflictError(
-                    f"dataset {self.ds!r}: a commit of branch {branch!r} started {self.SEAL_WAIT:.0f}s ago and "
-                    "has not finished (crashed?); run .commit() on the branch to complete it, then retry"
-                )
+                seal, _ = self._seal(head, "commit", None)
+                try:
+                    self._finish(branch, head, seal)
+                except ConflictError:
+                    pass  # someone else moved the branch meanwhile: read it again
+                deadline = time.monotonic() + self.SEAL_WAIT
+                continue
             time.sleep(delay)
-            delay = min(delay * 2, 0.5)
+            delay = min(delay * 2, 0.25)
 
     # --- branches and tags --------------------------------------------------------------------------
 
@@ -216,32 +372,49 @@ class Repository:
         self._check_free(name)
         node = new_node_id()
         if not refs.start_branch(self.root, self.ds, name, node, commit):
-            raise InvalidNameError(f"dataset {self.ds!r} already has a branch {name!r}")
+            raise AlreadyExistsError(f"dataset {self.ds!r} already has a branch {name!r}")
 
     def create_tag(self, name: str, commit: str) -> None:
         check_part(name, "tag", f"{self.ds}:{name}")
         self._check_free(name)
         if not refs.write_tag(self.root, self.ds, name, commit) and refs.read_tag(self.root, self.ds, name) != commit:
-            raise InvalidNameError(f"dataset {self.ds!r} already has a tag {name!r}")
+            raise AlreadyExistsError(f"dataset {self.ds!r} already has a tag {name!r}")
 
     def _check_free(self, name: str) -> None:
         if refs.read_head(self.root, self.ds, name) is not None:
-            raise InvalidNameError(f"dataset {self.ds!r} already has a branch named {name!r}")
+            raise AlreadyExistsError(f"dataset {self.ds!r} already has a branch named {name!r}")
         if refs.read_tag(self.root, self.ds, name) is not None:
-            raise InvalidNameError(f"dataset {self.ds!r} already has a tag named {name!r}")
+            raise AlreadyExistsError(f"dataset {self.ds!r} already has a tag named {name!r}")
         if self.graph.get(name) is not None:
-            raise InvalidNameError(f"dataset {self.ds!r}: {name!r} is a commit id; choose another name")
+            raise AlreadyExistsError(f"dataset {self.ds!r}: {name!r} is a commit id; choose another name")
 
     def delete_branch(self, name: str) -> None:
         self._head(name)
         if len(self.branches()) == 1:
             raise ConflictError(f"dataset {self.ds!r}: {name!r} is the only branch; delete the dataset instead")
-        self.root.delete_prefix(refs.head_prefix(self.ds, name))
+        if name == self.default_branch():
+            raise ConflictError(f"dataset {self.ds!r}: {name!r} is the default branch (what a name without "
+                                ":REF opens); it cannot be deleted while the dataset exists")
+        self.root.delete_prefix(layout.head_prefix(self.ds, name))
 
     def delete_tag(self, name: str) -> None:
         if refs.read_tag(self.root, self.ds, name) is None:
             raise NotFoundError(f"dataset {self.ds!r} has no tag {name!r}")
-        self.root.delete(refs.tag_key(self.ds, name))
+        self.root.delete(layout.tag_key(self.ds, name))
+
+    def delete(self) -> int:
+        """Delete the dataset: its open nodes are sealed as deleted first (a writer holding a stale
+        handle then fails with NotFoundError instead of writing where nobody reads), then the marker,
+        then every other object of the dataset (the seals stay: they are what tells late writers)."""
+        for branch in self.branches():
+            head = self.read_head(branch)
+            if head is not None:
+                self.root.put(layout.seal_key(self.ds, head.node), json.dumps({"deleted": True}).encode())
+        self.root.delete(layout.marker_key(self.ds))
+        keys = [k for k in self.root.list_prefix(layout.base(self.ds)) if "/seals/" not in k[len(self.ds):]]
+        self.root.delete_many(keys)
+        self._marker = None
+        return len(keys) + 1
 
     def log(self, state: State) -> list[Commit]:
         return self.graph.chain(state.commit)

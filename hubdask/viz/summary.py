@@ -42,20 +42,13 @@ def written_chunks(array: "Array") -> dict[tuple[int, ...], str]:
     ndim = len(array.storage_shape)
     out: dict[tuple[int, ...], str] = {}
 
-    def add(key: str, node: str) -> None:
+    for key, physical in repo.objects(src.commit, src.node if src.branch is not None else None, prefix).items():
         if key == prefix and ndim == 0:
-            out[()] = f"{src.ds}/nodes/{node}/{key}"
+            out[()] = physical
         elif key.startswith(prefix + "/"):
             parts = key[len(prefix) + 1:].split("/")
             if len(parts) == ndim and all(p.isdigit() for p in parts):
-                out[tuple(int(p) for p in parts)] = f"{src.ds}/nodes/{node}/{key}"
-
-    for key, holder in repo.graph.chunk_map(src.commit).items():
-        if holder is not None:
-            add(key, holder)
-    if src.branch is not None and src.node is not None:
-        for key in repo.uncommitted(src.branch):
-            add(key, src.node)
+                out[tuple(int(p) for p in parts)] = physical
     return out
 
 
