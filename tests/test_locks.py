@@ -108,7 +108,7 @@ def test_released_on_error_while_taking_a_later_lock(monkeypatch):
     assert len(order) >= 2
     real = locks._file_lock
 
-    def failing(name):
+    def failing(name, root=None):
         if name == order[-1]:
             raise OSError("lock folder unavailable")
         return real(name)
@@ -124,7 +124,7 @@ def test_taken_in_sorted_order(monkeypatch):
     taken = []
     real = locks._file_lock
 
-    def recording(name):
+    def recording(name, root=None):
         taken.append(name)
         return real(name)
 
@@ -183,7 +183,7 @@ def test_write_region_locks_only_partial_chunks(tmp_path, monkeypatch):
     seen = []
     real = locks.chunk_locks
 
-    def recording(names, lock=None):
+    def recording(names, lock=None, root=None):
         seen.append(sorted(names))
         return real(names, lock)
 

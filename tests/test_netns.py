@@ -220,7 +220,7 @@ def test_workers_on_two_hosts_write_partial_chunks_to_s3_without_loss(hosts, tmp
         assert sorted(w.split("//")[1].split(":")[0] for w in outcome["workers"]) == [hosts.addr("w1"),
                                                                                      hosts.addr("w2")]
         # the S3 server saw chunk writes from both worker hosts
-        puts = [line for line in moto.log_lines() if '"PUT /hub/data/lab/shared/nodes/' in line]
+        puts = [line for line in moto.log_lines() if '"PUT /hub/data/lab/shared/' in line and '/nodes/' in line]
         writers = {line.split()[0] for line in puts}
         print("chunk PUTs per host:", {w: sum(line.startswith(w + " ") for line in puts) for w in sorted(writers)})
         assert {hosts.addr("w1"), hosts.addr("w2")} <= writers, writers

@@ -41,12 +41,16 @@ def slices(n: int = 6, h: int = 64, w: int = 96) -> np.ndarray:
 
 
 def chunk_gets(server, since: int) -> list[str]:
-    """Object keys of chunks (``.../c/i/j/...``) that moto served with GET after log line ``since``."""
+    """Object keys of chunks (``.../c/i/j/...``, without their version suffix) that moto served with GET
+    after log line ``since`` (LISTs left out)."""
+    from urllib.parse import unquote
+
     keys = []
     for line in server.log_lines()[since:]:
         m = re.search(r'"GET (\S+) HTTP', line)
-        if m and "/c/" in m.group(1):
-            keys.append(m.group(1).split("?")[0])
+        path = unquote(m.group(1).split("?")[0]) if m else ""
+        if "/c/" in path:
+            keys.append(re.sub(r"@\d+$", "", path).replace("/@hub", ""))
     return keys
 
 

@@ -88,9 +88,9 @@ def create_exclusive(path: str | Path, *parts: bytes | memoryview) -> bool:
         tmp.unlink(missing_ok=True)
 
 
-def list_sizes(root: Path, prefix: str) -> dict[str, int]:
+def list_sizes(root: Path, prefix: str, temps: bool = False) -> dict[str, int]:
     """Every file under ``root`` whose relative path starts with ``prefix`` (string prefix, as S3
-    LIST) -> its size; temp files left out."""
+    LIST) -> its size; temp files left out unless ``temps``."""
     parent, _, start = prefix.rpartition("/")
     base = root / parent if parent else root
     out: dict[str, int] = {}
@@ -107,7 +107,7 @@ def list_sizes(root: Path, prefix: str) -> dict[str, int]:
                     continue
                 if e.is_dir(follow_symlinks=False):
                     stack.append((Path(e.path), f"{rel}{e.name}/", ""))
-                elif not e.name.endswith(TEMP_SUFFIX):
+                elif temps or not e.name.endswith(TEMP_SUFFIX):
                     try:
                         out[f"{rel}{e.name}"] = e.stat(follow_symlinks=False).st_size
                     except FileNotFoundError:

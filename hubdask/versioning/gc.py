@@ -92,20 +92,23 @@ def gc(repo: Repository, dry_run: bool = True, grace: float = 3600.0) -> GCRepor
 
 def _stale_temp_refs(repo: Repository, cutoff: float) -> list[str]:
     """Temp files of interrupted ref creates (head records, tags) older than ``cutoff``."""
+    if not repo.root.is_local:
+        return []  # only local roots write temp files
+    import os
+    from pathlib import Path
+
+    from hubdask.storage import files
+
     base = layout.base(repo.ds)
-    sizes = repo.root.list_sizes(f"{base}refs/")
-    return [k[len(base):] for k in sizes if layout.is_temp(k) and _old_file(repo, k, cutoff)]
-
-
-def _old_file(repo: Repository, key: str, cutoff: float) -> bool:
-    if repo.root.is_local:
-        import os
-
+    found = files.list_sizes(Path(repo.root.url), f"{base}refs/", temps=True)
+    out = []
+    for k in found:
         try:
-            return os.stat(os.path.join(repo.root.url, key)).st_mtime < cutoff
+            if layout.is_temp(k) and os.stat(os.path.join(repo.root.url, k)).st_mtime < cutoff:
+                out.append(k[len(base):])
         except FileNotFoundError:
-            return False
-    return True  # only local roots write temp files
+            pass
+    return out
 
 
 def _young(node: str, cutoff: float) -> bool:

@@ -1,0 +1,378 @@
+"""The write/commit protocol against a second actor doing the worst thing at the worst instant.
+
+One deterministic regression test per defect of issue 12: each pauses the first actor exactly where the
+old protocol broke (after a read-modify-write read its chunk, after a commit sealed or listed its node,
+between a record's link and unlink, ...) and lets the second actor act there. ``fence_off`` switches the
+mechanism that makes a test pass off, to show that the test can fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import hubdask as hd
+from hubdask import chunkio
+from hubdask.storage import open_root
+from hubdask.versioning import layout, repository
+from hubdask.versioning import store as store_module
+from hubdask.versioning.commits import CommitGraph
+from hubdask.versioning.repository import Repository
+from helpers import committed_object, run_python
+
+WHO: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="")
+
+
+@pytest.fixture(params=["local", "s3"])
+def any_root(request, tmp_path) -> str:
+    return str(tmp_path / "root") if request.param == "local" else request.getfixturevalue("s3_root")
+
+
+class Pause:
+    """Hold the first ``put_version`` made by actor ``who`` (its read is done, its write not yet) until
+    ``release()``; ``reached`` is set when it is held. Waits without blocking zarr's event loop."""
+
+    def __init__(self, monkeypatch, who: str, fence: bool = True) -> None:
+        self.reached, self.go, self.who = threading.Event(), threading.Event(), who
+        real = store_module.put_version
+
+        async def paused(root, ds, node, key, data, based_on=None, what=""):
+            if WHO.get() == self.who and not self.reached.is_set():
+                self.reached.set()
+                while not self.go.is_set():
+                    await asyncio.sleep(0.005)
+            return await real(root, ds, node, key, data, based_on if fence else None, what)
+
+        monkeypatch.setattr(store_module, "put_version", paused)
+
+    def release(self) -> None:
+        self.go.set()
+
+
+def as_actor(who: str, fn, *args) -> threading.Thread:
+    def run() -> None:
+        WHO.set(who)
+        fn(*args)
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("fence", [True, pytest.param(False, marks=pytest.mark.xfail(strict=True, reason="fence off: the lost update the fence prevents"))])
+def test_whole_chunk_write_is_not_undone_by_a_racing_partial_write(any_root, monkeypatch, fence):
+    """Defect 1: A patches a[0] and has read the chunk; B's whole-chunk a[:] = 7 returns; A's write lands
+    after it. B's returned write must survive (A reads again and patches B's chunk)."""
+    a = hd.array((64,), name="p/whole", dtype="int64", chunks=(64,), storage=any_root)
+    pause = Pause(monkeypatch, "A", fence)
+    t = as_actor("A", a.__setitem__, 0, 1)
+    assert pause.reached.wait(30)
+    hd.load("p/whole", storage=any_root)[:] = 7  # B, returned
+    pause.release()
+    t.join(30)
+    expected = np.full(64, 7)
+    expected[0] = 1
+    np.testing.assert_array_equal(hd.load("p/whole", storage=any_root).read(), expected)
+
+
+@pytest.mark.parametrize("fence", [True, pytest.param(False, marks=pytest.mark.xfail(strict=True, reason="fence off"))])
+def test_a_writer_whose_lock_lease_expired_cannot_overwrite(any_root, monkeypatch, fence):
+    """Defect 2: two holders of one chunk's lock at once (a lease that expired under a stalled holder,
+    modelled by both writing without locks): the late holder's write is fenced and repeated."""
+    monkeypatch.setenv("HUBDASK_LOCKS", "off")
+    a = hd.array((16,), name="p/lease", dtype="int64", chunks=(16,), storage=any_root)
+    pause = Pause(monkeypatch, "A", fence)
+    t = as_actor("A", a.__setitem__, 0, 1)  # the stalled holder: read, then frozen past its lease
+    assert pause.reached.wait(30)
+    hd.load("p/lease", storage=any_root)[5] = 5  # the next holder's read-modify-write returns
+    pause.release()
+    t.join(30)
+    got = hd.load("p/lease", storage=any_root).read()
+    assert got[0] == 1 and got[5] == 5, got
+
+
+def test_writers_sharing_no_scheduler_lose_nothing_on_s3(s3_root, tmp_path):
+    """Defect 3: two processes on one S3 root with their own HUBDASK_CACHE (two machines without a dask
+    scheduler) patch different elements of one chunk 60 times each: all 120 updates are there."""
+    hd.array((120,), name="p/noshare", dtype="int64", chunks=(120,), storage=s3_root)
+    code = """
+        import sys, hubdask as hd
+        a = hd.load("p/noshare", storage={root!r})
+        for i in range({lo}, {hi}):
+            a[i] = i + 1
+    """
+    procs = []
+    import subprocess, sys, textwrap
+    for k, (lo, hi) in enumerate([(0, 60), (60, 120)]):
+        env = {**os.environ, "HUBDASK_CACHE": str(tmp_path / f"cache{k}"),
+               "PYTHONPATH": os.path.dirname(os.path.abspath(__file__)) + "/.."}
+        procs.append(subprocess.Popen([sys.executable, "-c", textwrap.dedent(code.format(root=s3_root, lo=lo, hi=hi))],
+                                      env=env, stderr=subprocess.PIPE, text=True))
+    for p in procs:
+        assert p.wait(240) == 0, p.stderr.read()
+    np.testing.assert_array_equal(hd.load("p/noshare", storage=s3_root).read(), np.arange(1, 121))
+
+
+@pytest.mark.parametrize("instant", ["before the seal", "after the listing"])
+def test_a_merge_racing_a_writer_keeps_both(tmp_path, monkeypatch, instant):
+    """Defect 4: exp changed chunk 0 (rows 0-1) and chunk 1 (row 4), main did not; a write main[3, 7] = 5
+    (chunk 0) races the merge. Afterwards main holds exp's changes and the write, whichever side of the
+    merge's seal the write fell on (chunk 1 taken by reference, chunk 0 merged element by element)."""
+    root = str(tmp_path / "root")
+    a = hd.array((8, 8), name="p/merge", dtype="int32", chunks=(4, 8), storage=root)
+    a[:] = 1
+    a.commit("ones")
+    exp = a.branch("exp")
+    exp[0:2] = 2
+    exp[4] = 3
+    exp.commit("exp changed chunks 0 and 1")
+    main = hd.load("p/merge:main", storage=root)
+    reached, go = threading.Event(), threading.Event()
+    hook = "_seal" if instant == "before the seal" else "_node_changes"
+    real = getattr(Repository, hook)
+
+    def held(self, *args, **kw):
+        out = real(self, *args, **kw)
+        if threading.current_thread().name == "merger" and not reached.is_set():
+            reached.set()
+            go.wait(30)
+        return out
+
+    monkeypatch.setattr(Repository, hook, held)
+    t = threading.Thread(target=lambda: main.merge("exp"), name="merger")
+    t.start()
+    assert reached.wait(30)
+    writer = hd.load("p/merge:main", storage=root)
+    w = threading.Thread(target=writer.__setitem__, args=((3, 7), 5))
+    w.start()
+    time.sleep(0.3)
+    go.set()
+    t.join(60)
+    w.join(60)
+    expected = np.ones((8, 8), np.int32)
+    expected[0:2] = 2
+    expected[4] = 3
+    expected[3, 7] = 5
+    np.testing.assert_array_equal(hd.load("p/merge", storage=root).read(), expected)
+    assert main.merge("exp") == hd.load("p/merge", storage=root).commit_id  # nothing left to merge
+
+
+def test_a_stale_handle_cannot_write_into_a_deleted_dataset(any_root):
+    """Defect 5: a handle loaded before hd.delete writes afterwards: NotFoundError naming the dataset,
+    and nothing is left in storage but the seals that told the writer."""
+    a = hd.array((8,), name="p/gone", dtype="int32", chunks=(4,), storage=any_root)
+    a[:] = 1
+    stale = hd.load("p/gone", storage=any_root)
+    hd.delete("p/gone", storage=any_root)
+    with pytest.raises(hd.NotFoundError, match="p/gone"):
+        stale[0:4] = 7
+    left = open_root(any_root).list_prefix("p/gone/")
+    assert left and all("/@hub/seals/" in k for k in left), left
+    with pytest.raises(hd.NotFoundError, match="p/gone"):
+        hd.load("p/gone", storage=any_root)
+
+
+@pytest.mark.parametrize("what", ["commit", "merge"])
+def test_gc_during_a_slow_commit_keeps_it(tmp_path, monkeypatch, what):
+    """Defect 6: a commit (or a merge, which writes merged chunks into its own node) stalls after
+    listing its node for longer than gc's grace; gc runs and deletes; the commit finishes readable."""
+    root = str(tmp_path / "root")
+    a = hd.array((8, 8), name="p/gc", dtype="int32", chunks=(4, 8), storage=root)
+    a[:] = 1
+    a.commit("ones")
+    exp = a.branch("exp")
+    exp[0, 0] = 9
+    exp.commit("exp")
+    a[0, 1] = 8  # both sides changed chunk 0: the merge writes a merged chunk into its own node
+    reached, go = threading.Event(), threading.Event()
+    real = CommitGraph.write
+
+    def held(self, commit):
+        if threading.current_thread().name == "slow" and not reached.is_set():
+            reached.set()
+            go.wait(60)
+        return real(self, commit)
+
+    monkeypatch.setattr(CommitGraph, "write", held)
+    out = []
+    target = (lambda: out.append(a.commit("slow"))) if what == "commit" else (lambda: out.append(a.merge("exp")))
+    t = threading.Thread(target=target, name="slow")
+    t.start()
+    assert reached.wait(30)
+    time.sleep(0.05)
+    hd.gc("p/gc", storage=root, grace=0, dry_run=False)
+    go.set()
+    t.join(60)
+    expected = np.ones((8, 8), np.int32)
+    expected[0, 1] = 8
+    if what == "merge":
+        expected[0, 0] = 9
+    np.testing.assert_array_equal(hd.load(f"p/gc:{out[0]}", storage=root).read(), expected)
+    np.testing.assert_array_equal(hd.load("p/gc", storage=root).read(), expected)
+    hd.gc("p/gc", storage=root, grace=0, dry_run=False)
+    np.testing.assert_array_equal(hd.load(f"p/gc:{out[0]}", storage=root).read(), expected)
+
+
+def test_datasets_never_overlap(any_root):
+    """Defect 7: 'p' and 'p/x' are both datasets; 'q', 'q/commits' and 'q/nodes' too. Deleting or
+    collecting one never touches another, and ls shows all of them."""
+    for name in ("p", "p/x", "q", "q/commits", "q/nodes"):
+        arr = hd.array((4,), name=name, dtype="int32", storage=any_root)
+        arr[:] = len(name)
+        arr.commit(name)
+    assert {"p", "p/x", "q", "q/commits", "q/nodes"} <= set(hd.ls(storage=any_root))
+    assert hd.ls("p", storage=any_root) == ["p", "p/x"]
+    hd.gc("q", storage=any_root, grace=0, dry_run=False)
+    hd.delete("p", storage=any_root)
+    for name in ("p/x", "q", "q/commits", "q/nodes"):
+        np.testing.assert_array_equal(hd.load(name, storage=any_root).read(), [len(name)] * 4)
+    assert "p" not in hd.ls(storage=any_root) and "p/x" in hd.ls(storage=any_root)
+
+
+def test_a_crash_between_link_and_unlink_leaves_no_false_record(tmp_path):
+    """Defect 8: a process killed between the link of a complete temp file and its unlink, while
+    creating a head record and while creating a tag, leaves ``*.partial`` files: they are never read
+    as records, everything still loads and commits, and gc removes them."""
+    root = str(tmp_path / "root")
+    a = hd.array((4,), name="p/crash", dtype="int32", storage=root)
+    a[:] = 1
+    a.commit("one")
+    for action in ("a[0] = 2; a.commit('two')", "a.tag('v1')"):
+        proc = run_python(f"""
+            import os, hubdask as hd
+            from hubdask.storage import files
+            real = os.link
+            def link_then_die(src, dst, *args, **kw):
+                real(src, dst, *args, **kw)
+                if "/refs/" in str(dst):
+                    os._exit(9)
+            files.os.link = link_then_die
+            a = hd.load("p/crash", storage={root!r})
+            {action}
+        """)
+        assert proc.returncode == 9, proc.stderr
+    r = open_root(root)
+    from pathlib import Path
+    from hubdask.storage import files
+
+    def temps_left() -> list[str]:
+        return [k for k in files.list_sizes(Path(root), "p/crash/@hub/", temps=True) if k.endswith(".partial")]
+
+    temps = temps_left()
+    assert len(temps) == 2, temps
+    b = hd.load("p/crash", storage=root)
+    assert b.read()[0] == 2 and "v1" in b.tags
+    b[1] = 3
+    cid = b.commit("after the crashes")
+    np.testing.assert_array_equal(hd.load(f"p/crash:{cid}", storage=root).read(), [2, 3, 1, 1])
+    os.utime(os.path.join(root, temps[0]), (0, 0))
+    os.utime(os.path.join(root, temps[1]), (0, 0))
+    hd.gc("p/crash", storage=root, grace=60, dry_run=False)
+    assert not temps_left()
+
+
+def test_an_emptied_committed_chunk_is_corruption_not_fill(any_root):
+    """Defect 9: a committed chunk truncated to 0 bytes raises CorruptChunkError; a chunk deleted by
+    writing the fill value (a tombstone) reads as the fill value."""
+    a = hd.array((8,), name="p/empty", dtype="int32", chunks=(4,), storage=any_root)
+    a[:] = 5
+    a[4:] = 0  # back to fill: a tombstone
+    cid = a.commit("c")
+    r = open_root(any_root)
+    r.put(committed_object(a, cid, "c/0"), b"")
+    b = hd.load(f"p/empty:{cid}", storage=any_root, cache=False)
+    np.testing.assert_array_equal(b[4:].read(), [0] * 4)
+    with pytest.raises(hd.CorruptChunkError, match="p/empty"):
+        b.read()
+    with pytest.raises(hd.CorruptChunkError, match="p/empty"):
+        b.compute()
+
+
+def test_fork_while_another_thread_holds_a_chunk_lock(tmp_path):
+    """Defect 10: a thread holds a chunk lock while the process forks: the child can take that lock
+    once the parent's thread let go of the file lock, instead of hanging forever."""
+    from hubdask.locks import chunk_locks
+
+    root = open_root(str(tmp_path / "root"))
+    held, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with chunk_locks(["hubdask:x/chunk"], "local", root=root):
+            held.set()
+            release.wait(30)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    assert held.wait(10)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            with chunk_locks(["hubdask:x/chunk"], "local", root=root):
+                pass
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    release.set()
+    t.join(10)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child hung on a lock held by a thread of its parent")
+
+
+def test_resolving_a_branch_costs_one_short_listing_at_any_depth(s3_root, moto_server):
+    """Defect 12: after 60 commits, hd.load lists a handful of head objects, as after 1."""
+    a = hd.array((4,), name="p/deep", dtype="int32", storage=s3_root)
+    counts = []
+    for i in range(61):
+        a[0] = i
+        a.commit(f"c{i}")
+        if i in (0, 60):
+            r = open_root(s3_root)
+            counts.append(len(r.list_prefix("root/p/deep/@hub/refs/heads/main/".removeprefix("root/"))))
+    assert counts[0] == counts[1] <= 6, counts
+    assert hd.load("p/deep", storage=s3_root).read()[0] == 60
+    assert len(hd.load("p/deep", storage=s3_root).log()) == 62
+
+
+def test_concurrent_committers_coalesce_and_lose_no_write(any_root):
+    """Two threads commit one branch while a third writes: every returned write is in the final state,
+    every returned commit id reads back, and concurrent commits of one node give one commit."""
+    a = hd.array((40,), name="p/coalesce", dtype="int64", chunks=(4,), storage=any_root)
+    ids, errors = [], []
+
+    def committer() -> None:
+        for _ in range(4):
+            try:
+                ids.append(hd.load("p/coalesce", storage=any_root).commit("c"))
+            except hd.ConflictError as exc:
+                errors.append(exc)
+
+    ts = [threading.Thread(target=committer) for _ in range(2)]
+    for t in ts:
+        t.start()
+    w = hd.load("p/coalesce", storage=any_root)
+    for i in range(40):
+        w[i] = i + 1
+    for t in ts:
+        t.join(60)
+    final = hd.load("p/coalesce", storage=any_root)
+    final.commit("last")
+    np.testing.assert_array_equal(hd.load("p/coalesce", storage=any_root).read(), np.arange(1, 41))
+    for cid in ids:
+        hd.load(f"p/coalesce:{cid}", storage=any_root).read()
+    assert not errors, errors
