@@ -1,6 +1,6 @@
 """hubdask: versioned, named, chunked arrays on object storage that are Dask collections."""
 
-from hubdask.api import array, delete, gc, load, ls, store
+from hubdask.api import array, delete, gc, load, ls, store, upgrade
 from hubdask.array import Array
 from hubdask.compute import map_blocks
 from hubdask.storage import cache
@@ -13,6 +13,6 @@ __all__ = [
     "Array", "ConflictError", "CorruptChunkError", "InvalidNameError", "NotFoundError", "ReadOnlyError",
     "Dataset", "dataset",
     "AlreadyExistsError", "CorruptionError", "HubdaskError", "StorageError",
-    "array", "delete", "gc", "load", "ls", "store",
+    "array", "delete", "gc", "load", "ls", "store", "upgrade",
 ]
 __version__ = "0.1.0"

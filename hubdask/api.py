@@ -230,6 +230,19 @@ def delete(name: str, storage: Storage = None, storage_options: dict | None = No
     return removed
 
 
+def upgrade(name: str, storage: Storage = None, storage_options: dict | None = None) -> int:
+    """Convert a dataset stored in an older format (hubdask/1 or /2) to the current one, in place;
+    returns the number of objects converted (0 if it is current already). Run it while nothing writes."""
+    from hubdask import progress as _progress
+    from hubdask.versioning.upgrade import upgrade as convert
+
+    root, n = locate(name, storage, storage_options)
+    with _progress.bar(total=None, desc=f"upgrade {n.path}") as bar:
+        done = convert(root, n.path, progress=bar.update)
+    forget(root, n.path)
+    return done
+
+
 def gc(name: str, dry_run: bool = True, grace: float = 3600.0, storage: Storage = None,
        storage_options: dict | None = None):
     """Objects of a dataset that no branch, tag or open node reaches; deleted unless ``dry_run``.

@@ -376,3 +376,34 @@ def test_concurrent_committers_coalesce_and_lose_no_write(any_root):
     for cid in ids:
         hd.load(f"p/coalesce:{cid}", storage=any_root).read()
     assert not errors, errors
+
+
+def test_a_format_2_dataset_is_refused_with_advice_then_upgraded(tmp_path):
+    """A dataset written by hubdask/2 (tests/data/format2, made by the previous release): loading it says
+    to run `hubdask upgrade`; after the upgrade every ref reads what it held, and it takes new writes."""
+    import shutil
+
+    root = str(tmp_path / "root")
+    shutil.copytree(os.path.join(os.path.dirname(__file__), "data", "format2"), root)
+    with pytest.raises(hd.NotFoundError, match="old/ds.*hubdask/2.*hubdask upgrade old/ds"):
+        hd.load("old/ds", storage=root)
+    assert hd.upgrade("old/ds", storage=root) > 0
+    first = np.arange(24, dtype="int16").reshape(6, 4)
+    second = first.copy()
+    second[2:4] = 0
+    second[0, 0] = 99
+    main = hd.load("old/ds", storage=root)
+    uncommitted = second.copy()
+    uncommitted[1, 1] = -1
+    np.testing.assert_array_equal(main.read(), uncommitted)
+    np.testing.assert_array_equal(hd.load("old/ds:v1", storage=root).read(), first)
+    exp = second.copy()
+    exp[5] = 7
+    np.testing.assert_array_equal(hd.load("old/ds:exp", storage=root).read(), exp)
+    assert [c.message for c in main.log()][:2] == ["second", "first"]
+    main[5, 3] = 1
+    cid = main.commit("after the upgrade")
+    uncommitted[5, 3] = 1
+    np.testing.assert_array_equal(hd.load(f"old/ds:{cid}", storage=root).read(), uncommitted)
+    assert hd.upgrade("old/ds", storage=root) == 0  # already current
+    assert not [k for k in open_root(root).list_prefix("old/ds/") if "/@hub/" not in k]

@@ -163,7 +163,8 @@ class Root:
                     if isinstance(exc, FileExistsError) or "PreconditionFailed" in str(exc):
                         return False
                     raise
-        # Any other fsspec backend: best effort (check, then write); documented in the README.
+        # Any other fsspec backend: best effort (check, then write), said once per root (docs/concurrency.md).
+        _warn_not_atomic(self)
         if await store.exists(key):
             return False
         await store.set(key, buf)
@@ -317,6 +318,24 @@ class Root:
             return len(keys)
 
         return sync(run())
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_not_atomic(root: "Root") -> None:
+    if root.url in _WARNED:
+        return
+    _WARNED.add(root.url)
+    import re
+    import warnings
+
+    shown = re.sub(r"//[^/@]*@", "//", root.url)  # never a user:password
+    warnings.warn(
+        f"root {shown} ({root.scheme}://) cannot create objects exclusively: refs and chunk "
+        "versions are created check-then-write, so two processes writing the same chunk or committing the "
+        "same branch at the same instant may lose an update. Coordinate writers with a dask.distributed "
+        "cluster (chunk locks), or use a local folder, memory or S3 root", RuntimeWarning, stacklevel=3)
 
 
 _FORKED_FROM_OBSTORE = False  # set in a forked child whose parent had started obstore (see below)

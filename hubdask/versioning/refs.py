@@ -13,9 +13,10 @@ it sees a newer record in the same LIST and gives its record up (``write_head`` 
 Two kinds of empty objects beside the records let one LIST of the branch's folder answer a read, with
 no GET (on S3 each request is a round trip that no cache may save, since refs move):
 - ``SEQ.NODE.BASE``, created by the winner right after record SEQ: the record's content in its name;
-- ``written-NODE``, created by every writer with its first write into open node NODE (the write returns
-  only once it has landed): without it the node holds no returned write, and readers take every chunk
-  from the base commit (and its disk cache).
+- ``written-NODE.WRITER``, created by every writer process (WRITER: a random id per process) with its
+  first write into open node NODE (the write returns only once it has landed): without any, the node
+  holds no returned write, and readers take every chunk from the base commit (and its disk cache); with
+  only the committing process's own, a commit knows the node's content without listing it.
 A crash before either object leaves the safe answer (GET the record; look in the node). Temp files of
 an interrupted create (``*.partial``) are never read as records.
 """
@@ -46,9 +47,20 @@ class Head:
     written: bool = True  # the open node may hold writes (False: the listing proved it empty)
 
 
-def written_key(ds: str, branch: str, node: str) -> str:
-    """The mark a writer creates with its first write into ``node``, the open node of ``branch``."""
-    return f"{head_prefix(ds, branch)}written-{node}"
+def written_key(ds: str, branch: str, node: str, writer: str) -> str:
+    """The mark writer process ``writer`` creates with its first write into ``node``, the open node of
+    ``branch``."""
+    return f"{head_prefix(ds, branch)}written-{node}.{writer}"
+
+
+def _marked_node(name: str) -> str | None:
+    return name[len("written-"):].split(".")[0] if name.startswith("written-") else None
+
+
+def writers(root: Root, ds: str, branch: str, node: str) -> set[str]:
+    """The writer processes whose marks for ``node`` are in ``branch``'s folder (one LIST)."""
+    return {k.rsplit("/", 1)[1].split(".", 1)[1] for k in _list(root, ds, branch).keys
+            if _marked_node(k.rsplit("/", 1)[1]) == node and "." in k.rsplit("/", 1)[1]}
 
 
 def record_key(ds: str, branch: str, seq: int) -> str:
@@ -79,7 +91,7 @@ def _list(root: Root, ds: str, branch: str) -> _Listing:
         if len(parts) == 3 and parts[0].isdigit():
             pointers.setdefault(int(parts[0]), []).append((parts[1], None if parts[2] == "-" else parts[2]))
     return _Listing(sorted(int(n) for n in names if n.isdigit()), pointers,
-                    {n[len("written-"):] for n in names if n.startswith("written-")}, keys)
+                    {_marked_node(n) for n in names if n.startswith("written-")}, keys)
 
 
 def read_head(root: Root, ds: str, branch: str) -> Head | None:
@@ -144,7 +156,7 @@ def _prune(root: Root, ds: str, branch: str, seq: int, node: str, listing: _List
         head = name.split(".")[0]
         if head.isdigit() and int(head) < cut:
             gone.append(k)
-        elif name.startswith("written-") and name[len("written-"):] not in kept_nodes:
+        elif name.startswith("written-") and _marked_node(name) not in kept_nodes:
             gone.append(k)
     try:
         root.delete_many(gone)

@@ -28,6 +28,7 @@ from hubdask.names import check_part
 from hubdask.storage import Root, sync
 from hubdask.versioning import layout, refs
 from hubdask.versioning.commits import Commit, CommitGraph, new_node_id, node_time
+from hubdask.versioning import store as store_module
 from hubdask.versioning.store import VersionedStore, is_tombstone, node_versions
 
 MARKER = layout.MARKER
@@ -206,6 +207,15 @@ class Repository:
             changes[key] = None if deleted else layout.holder(node, seq)
         return changes
 
+    def _sealed_changes(self, branch: str, node: str) -> dict[str, str | None]:
+        """The changes of sealed open ``node``: from this process's own record of the versions it made
+        when the written marks (listed after the seal) show no other writer, else from a LIST of the node.
+        A writer whose mark is not there yet has not returned: it finds the seal and writes again."""
+        if refs.writers(self.root, self.ds, branch, node) <= {store_module.WRITER}:
+            return {k: None if deleted else layout.holder(node, seq)
+                    for k, (seq, deleted) in store_module.created_here(self.root, self.ds, node).items()}
+        return self._node_changes(node)
+
     def objects(self, commit: str | None, node: str | None = None, prefix: str = "") -> dict[str, str]:
         """Logical key (under ``prefix``) -> physical key of every object present in a state: the commit's
         chunk map plus, for a branch, the newest versions in its open node (deleted keys left out). The
@@ -292,7 +302,7 @@ class Repository:
         cid = seal["commit"]
         rec = self.graph.get(cid)
         if rec is None:
-            changes = self._node_changes(head.node)
+            changes = self._sealed_changes(branch, head.node)
             parents: tuple[str, ...] = tuple(p for p in (head.base,) if p is not None)
             conflict = None
             if merge is not None:

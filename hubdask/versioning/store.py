@@ -17,6 +17,7 @@ version holding ``layout.TOMBSTONE``, so a zero-byte value is a value and a trun
 from __future__ import annotations
 
 import contextvars
+import os
 import threading
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -36,6 +37,10 @@ TOMBSTONE = layout.TOMBSTONE
 # those whose written mark it has seen land in storage
 _WRITING: set[tuple[str, str, str]] = set()
 _MARKED: set[tuple[str, str, str]] = set()
+# (root token, dataset, node) -> {key: (newest version this process created, whether it deletes)}: every
+# version it made, so a commit of a node that only this process wrote into needs no LIST of the node
+_CREATED: dict[tuple[str, str, str], dict[str, tuple[int, bool]]] = {}
+WRITER = os.urandom(6).hex()  # this process's writer id in written marks (a new one after fork)
 # (root token, dataset, node, key) -> the newest version this process has seen of it (a hint: a
 # create of the next version fails, and the caller looks again, when another process went further)
 _NEWEST: dict[tuple[str, str, str, str], int] = {}
@@ -53,6 +58,25 @@ class StaleRead(Exception):
     def __init__(self, key: str) -> None:
         super().__init__(key)
         self.key = key
+
+
+def created_here(root: Root, ds: str, node: str) -> dict[str, tuple[int, bool]]:
+    """Key -> (newest version this process created in ``node``, whether it is a tombstone): a copy."""
+    with _NEWEST_LOCK:
+        return dict(_CREATED.get((root.token, ds, node), {}))
+
+
+def _reset_after_fork() -> None:
+    """A forked child is a new writer: it has written nothing and marked nothing yet."""
+    global WRITER, _NEWEST_LOCK
+    WRITER = os.urandom(6).hex()
+    _NEWEST_LOCK = threading.Lock()
+    _MARKED.clear()
+    _CREATED.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def begin_write(root: Root, ds: str, node: str) -> None:
@@ -117,6 +141,10 @@ async def put_version(root: Root, ds: str, node: str, key: str, data: bytes | me
         if await _io(root, what or f"dataset {ds!r}", f"create {key!r}",
                      lambda: root.create_async(layout.version_key(ds, node, key, seq + 1), bytes(data))):
             _remember(root, ds, node, key, seq + 1)
+            with _NEWEST_LOCK:
+                mine = _CREATED.setdefault((root.token, ds, node), {})
+                if seq + 1 > mine.get(key, (0, False))[0]:
+                    mine[key] = (seq + 1, bytes(data[: len(TOMBSTONE) + 1]) == TOMBSTONE)
             return seq + 1
         if based_on is not None:
             _remember(root, ds, node, key, seq + 1)
@@ -192,7 +220,7 @@ class VersionedStore(Store):
         _WRITING.add(self._mark)
         if self.branch is None or self._mark in _MARKED:
             return
-        key = refs.written_key(self.ds, self.branch, self.node)
+        key = refs.written_key(self.ds, self.branch, self.node, WRITER)
         await self.root.put_async(key, b"")
         _MARKED.add(self._mark)
 
