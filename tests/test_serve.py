@@ -207,3 +207,22 @@ def test_a_browser_page_on_another_origin_fetches_a_chunk(tag_server, tmp_path):
     finally:
         origin.shutdown()
         origin.server_close()
+
+
+def test_cli_serve_in_its_own_process(root):
+    import sys
+    import zarr
+    from zarr.storage import FsspecStore
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[1]),
+                                                                    os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.Popen([sys.executable, "-m", "hubdask.cli", "--storage", root, "serve", "t/a:v1", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("serving t/a:v1 read-only at http://127.0.0.1:"), (line, proc.stderr.read()[-2000:])
+        url = line.split(" at ", 1)[1].split()[0]
+        np.testing.assert_array_equal(zarr.open_array(FsspecStore.from_url(url, read_only=True), mode="r")[:], DATA)
+    finally:
+        proc.terminate()
+        proc.wait(10)
