@@ -18,6 +18,7 @@ import itertools
 import json
 import math
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -181,7 +182,9 @@ def _write_group(target: Root, members: list[str] | None) -> ExportResult:
         doc = json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}).encode()
         if target.get(METADATA) != doc:
             target.put(METADATA, doc)
-    zarr.consolidate_metadata(store, zarr_format=3)
+    with warnings.catch_warnings():  # zarr-python's extension to v3; other readers ignore it and list
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        zarr.consolidate_metadata(store, zarr_format=3)
     return ExportResult(target.url, written=1)
 
 

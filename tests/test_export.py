@@ -268,3 +268,11 @@ def test_engine_hubdask_is_an_installed_entry_point(versions, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got == {"a": want["v1"].tolist(), "tree": want["v1"].tolist()}
+
+
+def test_export_shows_progress(versions, tmp_path, capsys):
+    root, _ = versions
+    hd.export("t/a:v1", str(tmp_path / "p.zarr"), storage=root, progress=True)
+    assert "100%" in capsys.readouterr().err
+    hd.export("t/a:v1", str(tmp_path / "q.zarr"), storage=root, progress=False)
+    assert "100%" not in capsys.readouterr().err
