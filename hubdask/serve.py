@@ -67,6 +67,12 @@ class Version:
     def store(self) -> Any:
         return self._fixed if self._fixed is not None else self._make_store()
 
+    def etag(self, key: str, data: bytes) -> str:
+        """A tag or commit's key never changes: its ETag names (commit, key), no hashing of the bytes.
+        A branch's may change at any write: its ETag is a digest of the bytes served."""
+        text = f"{self.obj.commit_id}/{key}".encode() if self.immutable else data
+        return '"' + hashlib.sha256(text).hexdigest()[:32] + '"'
+
     def get(self, key: str) -> bytes | None:
         from zarr.core.buffer import default_buffer_prototype
 
@@ -150,7 +156,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._fail(404, f"no key {key!r} in {self.server.name}")
         except Exception as exc:  # one line, never a traceback
             return self._fail(500, f"{type(exc).__name__}: {exc}")
-        etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+        etag = version.etag(key, data)
         headers = {"Content-Type": "application/json" if key.endswith("zarr.json") else "application/octet-stream",
                    "Cache-Control": IMMUTABLE if version.immutable else MUTABLE, "ETag": etag,
                    "Accept-Ranges": "bytes"}
