@@ -116,8 +116,13 @@ def main() -> None:
     m_zarr = measure("local", "zarr.from_array (zarr's copy)", "write", nbytes,
                      lambda: zarr.from_array(targets[-1], data=src, zarr_format=3),
                      repeats=args.repeats, setup=lambda: targets.append(fresh_target()))
+    import shutil
+
+    m_raw = measure("local", "raw file copy (shutil.copytree)", "write", nbytes,
+                    lambda: shutil.copytree(export_dir, targets[-1]), repeats=args.repeats,
+                    setup=lambda: targets.append(fresh_target()))
     for label, m in (("hd.export", m_export), ("hd.export again (all equal)", m_restart),
-                     ("zarr.from_array (zarr's copy)", m_zarr)):
+                     ("zarr.from_array (zarr's copy)", m_zarr), ("raw file copy (shutil.copytree)", m_raw)):
         record(label, m)
 
     direct = figures.get("hubdask direct")
@@ -125,7 +130,7 @@ def main() -> None:
     table_rows = []
     for label, mbps in rows:
         v = figures.get(label)
-        base = peer if label.startswith(("hd.export", "zarr.from_array")) else direct
+        base = peer if label.startswith(("hd.export", "zarr.from_array", "raw file")) else direct
         ratio = f"{v / base:.2f}×" if v and base else "n/a"
         table_rows.append([label, mbps, ratio])
     table = markdown_table(["tool", "MB/s", "ratio (reads: vs hubdask direct; export: vs zarr.from_array)"],
@@ -134,8 +139,6 @@ def main() -> None:
     write_results("export_serve", {"shape": shape, "chunks": chunks, "figures": figures,
                                    "when": time.strftime("%Y-%m-%d %H:%M:%S")},
                   f"# export and serve ({nbytes / MB:.0f} MiB float32, local root)\n\n{table}\n")
-    import shutil
-
     shutil.rmtree(tmp, ignore_errors=True)
 
 
