@@ -152,7 +152,16 @@ def load(name: str, storage: Storage = None, storage_options: dict | None = None
     repo = repository(root, n.path)
     if not repo.exists():
         raise NotFoundError(f"no dataset {str(n).split(':')[0]!r} in {root.url}; hd.ls() lists what exists")
-    return open_at(root, n, repo, repo.resolve(n.ref or repo.default_branch()), _path, cache)
+    try:
+        state = repo.resolve(n.ref or repo.default_branch())
+    except NotFoundError as exc:
+        from hubdask.storage.public import listing_note
+
+        note = listing_note(root.store)
+        if not note:
+            raise
+        raise NotFoundError(f"{exc}{note}") from None
+    return open_at(root, n, repo, state, _path, cache)
 
 
 def open_at(root: Root, n: Name, repo, state, path: str = "", cache: bool = True) -> Any:

@@ -62,9 +62,7 @@ def export(obj: Any, url: str | os.PathLike, *, group: bool | str = False, stora
         from hubdask.api import load
 
         obj = load(obj, storage=storage, storage_options=storage_options)
-    src: Source = obj._fresh_source()
-    if isinstance(obj, Array):
-        src = dataclasses.replace(src, path=obj._source.path)
+    src: Source = obj._fresh_source()  # a branch: pinned to its state now
     target = open_root(url, target_options)
     what = f"export of {obj.name!r} to {target.url}"
     _check_target(target, what)
@@ -73,7 +71,7 @@ def export(obj: Any, url: str | os.PathLike, *, group: bool | str = False, stora
         if group:
             inner = (group if isinstance(group, str) else src.path or src.ds.rsplit("/", 1)[-1]) + "/"
         if obj.is_view:
-            result = _export_view(obj, src, target, inner, progress, what)
+            result = _export_view(obj, src, target, inner, progress)
         else:
             result = _export_keys(src, src.chunk_prefix(), target, inner, progress)
         if inner:
@@ -191,7 +189,7 @@ def _write_group(target: Root, members: list[str] | None) -> ExportResult:
 # --- views: the selection, read and encoded on its own grid ---------------------------------------
 
 
-def _view_metadata(view: Any, what: str) -> dict:
+def _view_metadata(view: Any) -> dict:
     """The zarr.json of the exported view: its shape, the array's chunk shape along the kept axes
     (clipped to the view), the same codecs, fill value and dimension names of the kept axes."""
     from hubdask import grid
@@ -206,8 +204,6 @@ def _view_metadata(view: Any, what: str) -> dict:
     if names is not None:
         doc["dimension_names"] = [names[k] for k in kept]
     doc.pop("storage_transformers", None)
-    if not view.shape and not chunks:
-        doc["chunk_grid"]["configuration"]["chunk_shape"] = []
     return doc
 
 
@@ -219,12 +215,12 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"not JSON: {obj!r}")
 
 
-def _export_view(view: Any, src: Source, target: Root, inner: str, progress: bool | None, what: str) -> ExportResult:
+def _export_view(view: Any, src: Source, target: Root, inner: str, progress: bool | None) -> ExportResult:
     import dask
 
     from hubdask import progress as _progress
 
-    doc = _view_metadata(view, what)
+    doc = _view_metadata(view)
     meta_key = f"{inner}{METADATA}"
     old = target.get(meta_key)
     old_doc = json.loads(old) if old is not None else None

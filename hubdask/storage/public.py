@@ -52,6 +52,7 @@ class ReadOnlyStore(Store):
         self.inner, self.url, self.lists = inner, url, lists
         self._indexes: dict[str, tuple[float, list[str] | None]] = {}  # folder URL -> (when, keys or None)
         self._index_lock = asyncio.Lock()
+        self.listed_blind = False  # a listing was answered empty because no key index was found
 
     def __repr__(self) -> str:
         return f"ReadOnlyStore({self.url!r})"
@@ -94,6 +95,7 @@ class ReadOnlyStore(Store):
             keys = await self._index(base)
             if keys is not None:
                 return sorted(k for k in (_rebase(k, rel) for k in keys) if k is not None and k.startswith(prefix))
+        self.listed_blind = True
         return []
 
     def _index_places(self, prefix: str) -> list[tuple[str, str]]:
@@ -154,6 +156,16 @@ class ReadOnlyStore(Store):
         seen = sorted({k[len(prefix):].split("/", 1)[0] for k in await self._keys(prefix)})
         for k in seen:
             yield k
+
+
+def listing_note(store: Store) -> str:
+    """Why a ref may not have been found: this root could not list (a static server without a key
+    index), so branches do not resolve there. '' when that is not the case."""
+    if not isinstance(store, ReadOnlyStore) or not store.listed_blind:
+        return ""
+    return (f" (the root {store.url} is a static web server without a key index ({INDEX}), so it cannot list:"
+            " branches do not resolve there, tags and commit ids do; publish the index with "
+            "'python -m hubdask.storage.public FOLDER')")
 
 
 def _parse_index(raw: bytes) -> list[str]:
