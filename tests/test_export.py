@@ -242,6 +242,11 @@ def test_xarray_open_zarr_on_a_versions_store(tmp_path):
     ds.tag("v1")
     x = xr.open_zarr(hd.load("t/ds:v1", storage=root).zarr_store(), consolidated=False)
     assert dict(x.sizes) == {"sample": 4, "x": 2} and int(x["images"].sum()) == 8
+    from hubdask.integrations.xarray import HubdaskBackend
+
+    y = xr.open_dataset("t/ds:v1", engine=HubdaskBackend, storage=root)
+    assert dict(y.sizes) == {"sample": 4, "x": 2} and int(y["images"].sum()) == 8
+    assert y.attrs["hubdask_name"] == "t/ds:v1"
 
 
 def test_engine_hubdask_is_an_installed_entry_point(versions, tmp_path):
