@@ -20,10 +20,13 @@ What fails against ``versioning/store.py`` as of this test's writing (local and 
   test_commit_pickle;
 - ``with_read_only(True)`` drops the open node (and cannot become writable again):
   test_read_only_copy_sees_the_branch, test_zarr_reads_uncommitted_data_read_only.
+These are marked ``xfail(strict=True)`` (``KNOWN_FAILURES``) so the suite stays green while they fail
+and turns red the moment one passes: then drop its entry. ``HUBDASK_STORE_XFAIL=0`` runs them unmarked.
 """
 
 from __future__ import annotations
 
+import os
 import pickle
 import uuid
 from typing import Any
@@ -43,6 +46,41 @@ pytestmark = [pytest.mark.asyncio,  # the suite mixes sync and async tests: only
               pytest.mark.filterwarnings("ignore:The test .* is marked with .@pytest.mark.asyncio.")]
 
 PROTO = default_buffer_prototype()
+
+READ_ONLY_KW = "VersionedStore() takes no read_only= (zarr's Store.open passes it)"
+ZERO_BYTES = "a stored zero-byte value is a tombstone: it reads back as missing"
+DELETED_LISTED = "deleted keys (tombstones) are still listed"
+EQ_IDENTITY = "__eq__ compares the chunk map by identity: a pickled store never equals the original"
+DROPS_NODE = "with_read_only(True) drops the branch's open node (reads see only the base commit)"
+# test name -> (reason, which parametrisations: None for all)
+KNOWN_FAILURES = {
+    "test_store_open_read_only": (READ_ONLY_KW, None),
+    "test_read_only_store_raises": (READ_ONLY_KW, None),
+    "test_with_read_only_store": (READ_ONLY_KW, None),
+    "test_get": (ZERO_BYTES, lambda p: p.get("data") == b""),
+    "test_getsize": (ZERO_BYTES, lambda p: p.get("data") == b""),
+    "test_commit_get": (ZERO_BYTES, lambda p: p.get("key") == "empty/c/0"),
+    "test_commit_exists_and_sizes": (ZERO_BYTES, None),
+    "test_clear": (DELETED_LISTED, None),
+    "test_deleted_key_is_not_listed": (DELETED_LISTED, None),
+    "test_serializable_store": (EQ_IDENTITY, None),
+    "test_commit_pickle": (EQ_IDENTITY, None),
+    "test_read_only_copy_sees_the_branch": (DROPS_NODE, None),
+    "test_zarr_reads_uncommitted_data_read_only": (DROPS_NODE, None),
+}
+
+
+@pytest.fixture(autouse=True)
+def _known_failures(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mark today's known failures (see the module docstring); keep retries of failing requests short."""
+    monkeypatch.setenv("HUBDASK_RETRIES", "1")  # a ranged GET of a zero-byte S3 object fails (416) every time
+    known = KNOWN_FAILURES.get(request.node.originalname)
+    if known is None or os.environ.get("HUBDASK_STORE_XFAIL") == "0":
+        return
+    reason, which = known
+    params = getattr(getattr(request.node, "callspec", None), "params", {})
+    if which is None or which(params):
+        request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
 
 
 @pytest.fixture(params=["local", "s3"])
