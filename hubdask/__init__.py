@@ -5,13 +5,14 @@ from hubdask.array import Array
 from hubdask.compute import map_blocks
 from hubdask.storage import cache
 from hubdask.dataset import Dataset, dataset
+from hubdask.export import export
 from hubdask.errors import ConflictError, CorruptChunkError, InvalidNameError, NotFoundError, ReadOnlyError
 from hubdask.errors import AlreadyExistsError, CorruptionError, HubdaskError, StorageError
 
 __all__ = [
     "cache", "map_blocks",
     "Array", "ConflictError", "CorruptChunkError", "InvalidNameError", "NotFoundError", "ReadOnlyError",
-    "Dataset", "dataset",
+    "Dataset", "dataset", "export",
     "AlreadyExistsError", "CorruptionError", "HubdaskError", "StorageError",
     "array", "delete", "gc", "load", "ls", "store", "upgrade",
 ]

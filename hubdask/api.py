@@ -99,20 +99,32 @@ def _compressors(codecs: Any) -> tuple:
     return tuple(codecs) + (Crc32cCodec(),)
 
 
+def check_dims(what: str, dims: Any, ndim: int) -> tuple[str, ...] | None:
+    """``dims`` (one name per axis, recorded as zarr ``dimension_names``: xarray's dimensions) or None."""
+    if dims is None:
+        return None
+    dims = (dims,) if isinstance(dims, str) else tuple(dims)
+    if len(dims) != ndim or not all(isinstance(d, str) and d for d in dims) or len(set(dims)) != len(dims):
+        raise ValueError(f"{what}: dims {dims!r} must be {ndim} distinct non-empty names, one per axis")
+    return dims
+
+
 def array(shape: Any, name: str, dtype: Any = "float64", chunks: Any = None, fill_value: Any = 0,
           codecs: Any = None, exist_ok: bool = False, storage: Storage = None,
-          storage_options: dict | None = None) -> Array:
+          storage_options: dict | None = None, dims: Any = None) -> Array:
     """Create the named array (metadata only: O(1) for any shape) and return it opened on its branch.
 
     ``name`` is ``owner/dataset[:BRANCH]``; the branch (default ``main``) is the dataset's first.
     ``codecs``: ``"zstd"`` (default), ``"blosc"``, ``"none"`` or a list of zarr bytes-to-bytes codecs;
-    a crc32c checksum is always appended so corrupted bytes are detected.
+    a crc32c checksum is always appended so corrupted bytes are detected. ``dims``: a name per axis,
+    stored as zarr ``dimension_names`` (what xarray and other zarr tools call the dimensions).
     """
     import zarr
 
     root, n = locate(name, storage, storage_options)
     what = f"dataset {str(n)!r}"
     shape, dt, chunks = _check_shape_dtype_chunks(what, shape, dtype, chunks)
+    dims = check_dims(what, dims, len(shape))
     fill = _fill_value(what, fill_value, dt)
     compressors = _compressors(codecs)
     repo = repository(root, n.path)
@@ -128,7 +140,7 @@ def array(shape: Any, name: str, dtype: Any = "float64", chunks: Any = None, fil
 
     def write_metadata(store) -> None:
         zarr.create_array(store, shape=shape, chunks=chunks, dtype=dt, fill_value=fill,
-                          compressors=compressors, zarr_format=3)
+                          compressors=compressors, zarr_format=3, dimension_names=dims)
 
     return open_at(root, n, repo, repo.create(branch, write_metadata))
 
@@ -141,7 +153,16 @@ def load(name: str, storage: Storage = None, storage_options: dict | None = None
     repo = repository(root, n.path)
     if not repo.exists():
         _not_found(repo, str(n).split(':')[0])
-    return open_at(root, n, repo, repo.resolve(n.ref or repo.default_branch()), _path, cache)
+    try:
+        state = repo.resolve(n.ref or repo.default_branch())
+    except NotFoundError as exc:
+        from hubdask.storage.public import listing_note
+
+        note = listing_note(root.store)
+        if not note:
+            raise
+        raise NotFoundError(f"{exc}{note}") from None
+    return open_at(root, n, repo, state, _path, cache)
 
 
 def _not_found(repo, name: str) -> None:

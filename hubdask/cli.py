@@ -281,6 +281,52 @@ def cmd_view(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- export and serve: a version for any zarr tool -------------------------------------------------
+
+
+def _public_options(args: argparse.Namespace) -> dict | None:
+    return {"anon": True} if getattr(args, "anon", False) else None
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import hubdask as hd
+
+    done = hd.export(args.name, args.url, group=args.group or False, storage=_storage(args),
+                     storage_options=_public_options(args), progress=_progress(args))
+    print(f"exported {args.name} to {done.url}: {done.written} objects written, {done.unchanged} already "
+          f"equal, {done.deleted} deleted", flush=True)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from hubdask.serve import VersionServer
+
+    server = VersionServer(args.name, host=args.host, port=args.port, storage=_storage(args),
+                           storage_options=_public_options(args))
+    print(f"serving {args.name} read-only at {server.url} (Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+def _add_zarr_commands(add: Callable) -> None:
+    sp = add("export", cmd_export, "write a version as a plain zarr v3 array or group (any fsspec URL), restartably")
+    sp.add_argument("name", help="owner/dataset[:REF] or a full URL")
+    sp.add_argument("url", help="target folder or URL, e.g. out.zarr or s3://bucket/out.zarr")
+    sp.add_argument("--group", nargs="?", const=True, metavar="NAME",
+                    help="put a single array in a group (as NAME), so xarray opens it")
+    sp.add_argument("--anon", action="store_true", help="read a public S3 root without credentials")
+    sp = add("serve", cmd_serve, "serve a version read-only over HTTP as a plain zarr v3 hierarchy")
+    sp.add_argument("name", help="owner/dataset[:REF]; a branch serves its current state")
+    sp.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    sp.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free one)")
+    sp.add_argument("--anon", action="store_true", help="read a public S3 root without credentials")
+
+
 # --- cp -------------------------------------------------------------------------------------------
 
 
@@ -553,6 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--port", type=int, default=0, help="port (default: any free one)")
     sp.add_argument("--max-side", type=int, default=1024, help="pixels per side shown")
     sp.add_argument("--open", action="store_true", help="open a browser")
+    _add_zarr_commands(add)
     return p
 
 

@@ -35,10 +35,11 @@ class ArraySpec:
     fill_value: Any
     compressors: tuple
     data: Any = None  # numpy / dask / hd.Array / array-like to write after creation, or None
+    dims: tuple[str, ...] | None = None  # zarr dimension_names (xarray's dimensions)
 
     def create_in(self, group: Any) -> None:
         group.create_array(self.key, shape=self.shape, chunks=self.chunks, dtype=self.dtype,
-                           fill_value=self.fill_value, compressors=self.compressors)
+                           fill_value=self.fill_value, compressors=self.compressors, dimension_names=self.dims)
 
 
 def array_spec(what: str, key: str, spec: Any) -> ArraySpec:
@@ -46,7 +47,7 @@ def array_spec(what: str, key: str, spec: Any) -> ArraySpec:
 
     Everything is checked here, before any storage is touched.
     """
-    from hubdask.api import _check_shape_dtype_chunks, _compressors, _fill_value
+    from hubdask.api import _check_shape_dtype_chunks, _compressors, _fill_value, check_dims
 
     from hubdask.errors import InvalidNameError
 
@@ -57,17 +58,19 @@ def array_spec(what: str, key: str, spec: Any) -> ArraySpec:
                                "not empty and not '.' or '..'") from None
     what = f"{what}, array {key!r}"
     if isinstance(spec, dict):
-        unknown = set(spec) - {"shape", "dtype", "chunks", "fill_value", "codecs", "data"}
+        unknown = set(spec) - {"shape", "dtype", "chunks", "fill_value", "codecs", "data", "dims"}
         if unknown:
             raise TypeError(f"{what}: unknown keys {sorted(unknown)}; expected shape, dtype, chunks, "
-                            "fill_value, codecs (or data)")
+                            "fill_value, codecs, dims (or data)")
         data = spec.get("data")
         if "shape" not in spec and data is None:
             raise TypeError(f"{what}: expected dict(shape=..., dtype=...) or array data")
         shape = spec.get("shape", getattr(data, "shape", None))
         dtype = spec.get("dtype", getattr(data, "dtype", "float64"))
         chunks, fill, codecs = spec.get("chunks"), spec.get("fill_value", 0), spec.get("codecs")
+        dims = spec.get("dims")
     else:
+        dims = None
         data = spec
         if not (hasattr(data, "shape") and hasattr(data, "dtype")):
             data = np.asarray(data)
@@ -76,7 +79,8 @@ def array_spec(what: str, key: str, spec: Any) -> ArraySpec:
     shape, dt, chunks = _check_shape_dtype_chunks(what, shape, dtype, chunks)
     if data is not None and tuple(data.shape) != shape:
         raise ValueError(f"{what}: data has shape {tuple(data.shape)} but the array's shape is {shape}")
-    return ArraySpec(key, shape, dt, chunks, _fill_value(what, fill, dt), _compressors(codecs), data)
+    return ArraySpec(key, shape, dt, chunks, _fill_value(what, fill, dt), _compressors(codecs), data,
+                     check_dims(what, dims, len(shape)))
 
 
 class Dataset(Versioned):

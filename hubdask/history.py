@@ -45,6 +45,11 @@ class Versioned:
     def branch_name(self) -> str | None:
         return self._source.branch
 
+    def zarr_store(self) -> Any:
+        """This version as a zarr v3 Store of logical keys (the whole dataset's hierarchy), for zarr
+        itself and zarr-based tools: ``zarr.open_array(store=...)``, ``xr.open_zarr(...)``."""
+        return self._fresh_source().store()
+
     @property
     def commit_id(self) -> str | None:
         """The last commit of the state read (for a branch: the commit its uncommitted writes sit on)."""

@@ -61,7 +61,12 @@ def parse(name: str) -> Name:
     url = _URL.match(name)
     if url:
         scheme, rest = url.groups()
-        path, ref = _split_ref(rest, name)
+        host, slash, tail = rest.partition("/")
+        if slash and ":" in host:  # a port (https://host:8080/owner/ds:REF): the ref is in the path only
+            path, ref = _split_ref(tail, name)
+            path = f"{host}/{path}"
+        else:
+            path, ref = _split_ref(rest, name)
         parts = path.rstrip("/").split("/")
         if len(parts) < 2 and scheme != "memory":
             raise InvalidNameError(

@@ -284,21 +284,17 @@ def class_names(ds: Dataset, labels_key: str = "labels") -> list[str]:
 
 def to_zarr(obj: Any, url: str | os.PathLike, progress: bool | None = None,
             storage_options: dict | None = None, overwrite: bool = False) -> None:
-    """Write an hd.Array, or every array of a Dataset, as a plain zarr v3 array/group at ``url``, in parallel."""
-    import dask.array as da
-    import zarr
-
-    from hubdask import progress as _progress
+    """Write an hd.Array, or every array of a Dataset, as a plain zarr v3 array/group at ``url``, in
+    parallel: ``hd.export`` (see hubdask.export), refusing an existing hierarchy unless ``overwrite``."""
+    from hubdask.errors import AlreadyExistsError
+    from hubdask.export import export
+    from hubdask.storage import open_root
 
     url = os.fspath(url)
-    arrays = obj.arrays if isinstance(obj, Dataset) else {None: obj}
-    if isinstance(obj, Dataset):
-        zarr.open_group(url, mode="w" if overwrite else "w-", storage_options=storage_options, zarr_format=3)
-    jobs = []
-    for key, a in arrays.items():
-        jobs.append(da.to_zarr(a.to_dask(), url, component=key, storage_options=storage_options,
-                               overwrite=overwrite, compute=False, zarr_format=3))
-    _progress.compute(jobs, progress)
+    if not overwrite and open_root(url, storage_options).get("zarr.json") is not None:
+        raise AlreadyExistsError(f"export of {obj.name!r}: {url} already holds a zarr hierarchy; pass "
+                                 "overwrite=True to replace it")
+    export(obj, url, target_options=storage_options, progress=progress)
 
 
 def to_npy(ds: Dataset, folder: str | os.PathLike, progress: bool | None = None) -> dict[str, str]:

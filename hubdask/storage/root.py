@@ -360,6 +360,12 @@ if hasattr(os, "register_at_fork"):
 
 
 def _make_store(url: str, options: dict[str, Any]) -> Store:
+    from hubdask.storage import public  # https:// and anonymous S3 roots: read-only (storage/public.py)
+
+    return public.wrap(url, options, _open_store(url, options))
+
+
+def _open_store(url: str, options: dict[str, Any]) -> Store:
     scheme = url.split("://")[0] if "://" in url else "file"
     if scheme == "file":
         return LocalStore(url)
