@@ -3,25 +3,15 @@ their stores) against hubdask's versioned Store view, at a branch (read-write) a
 (read-only), on a local root and on moto's S3 server.
 
 The suite's ``set``/``get`` helpers must reach storage without the store's own methods. For a branch
-they write and read the open node's object (``VersionedStore.physical_key``): the one place here that
+they write and read the open node's object (the newest version of the key, ``VersionedStore.version_key``): the one place here that
 knows where a logical key lives, through the store's own arithmetic, not a layout written down here.
 A commit is immutable, so nothing can be "inserted behind" a commit view: every suite test that needs
 that (or writes through the store) is listed in ``CommitView.NOT_APPLICABLE`` with the reason, and the
 reading half of those tests runs on a commit made beforehand from a branch (``test_commit_*``).
 
-What fails against ``versioning/store.py`` as of this test's writing (local and S3 alike), by cause:
-- no ``read_only=`` in the constructor: test_store_open_read_only, test_read_only_store_raises,
-  test_with_read_only_store (both views);
-- a zero-byte value is a tombstone, so it reads back as missing: test_get[...-None-...] with b"",
-  test_getsize[...] with b"", test_commit_get[empty/c/0], test_commit_exists_and_sizes (on S3 a ranged
-  GET of the zero-byte object also gets a 416 from the server, retried for ~20 s into a StorageError);
-- deleted keys are still listed: test_clear, test_deleted_key_is_not_listed;
-- ``__eq__`` compares the chunk map by identity, so a pickled store is not equal: test_serializable_store,
-  test_commit_pickle;
-- ``with_read_only(True)`` drops the open node (and cannot become writable again):
-  test_read_only_copy_sees_the_branch, test_zarr_reads_uncommitted_data_read_only.
-These are marked ``xfail(strict=True)`` (``KNOWN_FAILURES``) so the suite stays green while they fail
-and turns red the moment one passes: then drop its entry. ``HUBDASK_STORE_XFAIL=0`` runs them unmarked.
+Every test of the suite that applies passes (``KNOWN_FAILURES`` lists the ones that did not when this
+file was written, with their cause; with the versioned store they pass, and ``strict=True`` would turn
+any entry left there red). ``HUBDASK_STORE_XFAIL=0`` runs them unmarked.
 """
 
 from __future__ import annotations
@@ -40,7 +30,7 @@ from zarr.testing.utils import assert_bytes_equal
 
 from hubdask.storage import open_root
 from hubdask.versioning import repository
-from hubdask.versioning.store import VersionedStore
+from hubdask.versioning.store import VersionedStore, newest_version
 
 pytestmark = [pytest.mark.asyncio,  # the suite mixes sync and async tests: only the async ones use it
               pytest.mark.filterwarnings("ignore:The test .* is marked with .@pytest.mark.asyncio.")]
@@ -53,21 +43,7 @@ DELETED_LISTED = "deleted keys (tombstones) are still listed"
 EQ_IDENTITY = "__eq__ compares the chunk map by identity: a pickled store never equals the original"
 DROPS_NODE = "with_read_only(True) drops the branch's open node (reads see only the base commit)"
 # test name -> (reason, which parametrisations: None for all)
-KNOWN_FAILURES = {
-    "test_store_open_read_only": (READ_ONLY_KW, None),
-    "test_read_only_store_raises": (READ_ONLY_KW, None),
-    "test_with_read_only_store": (READ_ONLY_KW, None),
-    "test_get": (ZERO_BYTES, lambda p: p.get("data") == b""),
-    "test_getsize": (ZERO_BYTES, lambda p: p.get("data") == b""),
-    "test_commit_get": (ZERO_BYTES, lambda p: p.get("key") == "empty/c/0"),
-    "test_commit_exists_and_sizes": (ZERO_BYTES, None),
-    "test_clear": (DELETED_LISTED, None),
-    "test_deleted_key_is_not_listed": (DELETED_LISTED, None),
-    "test_serializable_store": (EQ_IDENTITY, None),
-    "test_commit_pickle": (EQ_IDENTITY, None),
-    "test_read_only_copy_sees_the_branch": (DROPS_NODE, None),
-    "test_zarr_reads_uncommitted_data_read_only": (DROPS_NODE, None),
-}
+KNOWN_FAILURES: dict = {}  # test name -> (reason, which parametrisations: None for all)
 
 
 @pytest.fixture(autouse=True)
@@ -131,10 +107,12 @@ class TestBranchView(_Common):
                     branch="main", node_written=True)
 
     async def set(self, store: VersionedStore, key: str, value: Any) -> None:
-        await store.root.store.set(store.physical_key(key, store.node), value)
+        seq = await newest_version(store.root, store.ds, store.node, key)
+        await store.root.store.set(store.version_key(key, seq + 1), value)
 
     async def get(self, store: VersionedStore, key: str) -> Any:
-        return await store.root.store.get(store.physical_key(key, store.node), PROTO)
+        seq = await newest_version(store.root, store.ds, store.node, key)
+        return await store.root.store.get(store.version_key(key, seq), PROTO) if seq else None
 
     def test_store_supports_writes(self, store: VersionedStore) -> None:
         assert store.supports_writes and store.supports_deletes
@@ -189,6 +167,8 @@ class CommitView(_Common):
                          "(test_commit_listing checks is_empty on them)",
         "test_with_read_only_store": "a commit has no open node to write into, so its view cannot become "
                                      "writable (test_commit_with_read_only checks what it does instead)",
+        "test_store_open_read_only": "it opens the store with read_only=False too; a commit view cannot be "
+                                     "writable (test_commit_read_only checks read_only=True)",
     }
 
     async def set(self, store: VersionedStore, key: str, value: Any) -> None:

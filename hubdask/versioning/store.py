@@ -173,6 +173,8 @@ class VersionedStore(Store):
     def __init__(self, root: Root, ds: str, chunk_map: dict[str, str | None], node: str | None = None,
                  *, branch: str | None = None, node_written: bool = True, immutable_get: Any = None,
                  read_only: bool | None = None) -> None:
+        if read_only is False and node is None:
+            raise ValueError(f"dataset {ds!r}: a commit's store cannot be writable (open a branch to write)")
         super().__init__(read_only=node is None or bool(read_only))
         self.root, self.ds, self.chunk_map, self.node = root, ds, chunk_map, node
         self.branch, self.node_written = branch, node_written
@@ -234,7 +236,7 @@ class VersionedStore(Store):
             if seq:
                 vkey = self.version_key(key, seq)
                 buf = await _io(self.root, f"dataset {self.ds!r}", f"GET {vkey!r}",
-                                lambda: store.get(vkey, prototype, byte_range))
+                                lambda: _ranged_get(store, vkey, prototype, byte_range))
                 if buf is None:
                     raise CorruptChunkError(f"dataset {self.ds!r}: object {vkey!r} of the open node is missing "
                                             "from storage; the store was modified outside hubdask")
@@ -248,7 +250,7 @@ class VersionedStore(Store):
             buf = await self._immutable_get(pkey, prototype)
         else:
             buf = await _io(self.root, f"dataset {self.ds!r}", f"GET {pkey!r}",
-                            lambda: store.get(pkey, prototype, byte_range))
+                            lambda: _ranged_get(store, pkey, prototype, byte_range))
         if buf is None:
             raise CorruptChunkError(
                 f"dataset {self.ds!r}: object {key!r} of a committed version is missing from storage "
@@ -308,6 +310,17 @@ class VersionedStore(Store):
             seen.add(k[len(prefix):].split("/", 1)[0])
         for k in sorted(seen):
             yield k
+
+
+async def _ranged_get(store: Store, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None) -> Buffer | None:
+    """``store.get``; a range past the end of an object (S3 answers 416) is the empty value, as a local
+    file or memory store gives it."""
+    try:
+        return await store.get(key, prototype, byte_range)
+    except Exception as exc:
+        if byte_range is None or not ("416" in str(exc) or "non-partial response" in str(exc)):
+            raise
+        return prototype.buffer.from_bytes(b"")
 
 
 def _folder(prefix: str) -> str:
