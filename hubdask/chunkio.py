@@ -340,6 +340,59 @@ def read(source: Source, sel: tuple[int | slice, ...], name: str) -> np.ndarray 
     return out
 
 
+def read_selection(source: Source, sel: tuple, name: str) -> np.ndarray:
+    """Read a selection of ints, ascending slices and ascending distinct index arrays (orthogonal, like
+    zarr's oindex): the engine above (concurrent fetches, threaded decode straight into the output), or
+    zarr for codec chains the engine does not run. An index array is read chunk by chunk along its axis,
+    so only the chunks it touches are fetched. Codec failures become a CorruptChunkError naming the dataset."""
+    arrays = [k for k, s in enumerate(sel) if isinstance(s, np.ndarray)]
+    if not arrays:
+        return _read_basic(source, sel, name)
+    chunks = tuple(source.zarr().metadata.chunk_grid.chunk_shape)
+    out_axis = {k: sum(1 for s in sel[:k] if not isinstance(s, int)) for k in arrays}
+    shape = tuple(s.size if isinstance(s, np.ndarray) else len(range(s.start, s.stop, s.step or 1))
+                  for s in sel if not isinstance(s, int))
+    out = None
+    per_axis = [grid.runs_by_chunk(sel[k], chunks[k]) for k in arrays]
+    for combo in itertools.product(*per_axis):
+        basic, target = list(sel), [slice(None)] * len(shape)
+        takes = []
+        for k, (_, i0, i1) in zip(arrays, combo):
+            u = sel[k][i0:i1]
+            lo = int(u[0])
+            basic[k] = slice(lo, int(u[-1]) + 1, 1)
+            takes.append((out_axis[k], u - lo))
+            target[out_axis[k]] = slice(i0, i1)
+        block = _read_basic(source, tuple(basic), name)
+        for axis, pos in takes:
+            if pos.size != block.shape[axis]:
+                block = np.take(block, pos, axis=axis)
+        if out is None:
+            out = np.empty(shape, block.dtype)
+        out[tuple(target)] = block
+    if out is None:  # an empty index array
+        out = np.empty(shape, source.zarr().metadata.dtype.to_native_dtype())
+    return out
+
+
+def _read_basic(source: Source, sel: tuple, name: str) -> np.ndarray:
+    try:
+        out = read(source, sel, name)
+        if out is not None:
+            return out
+        out = source.zarr()[sel]
+    except CorruptChunkError:
+        raise
+    except (ValueError, RuntimeError) as exc:
+        if "checksum" in str(exc).lower() or "decompress" in str(exc).lower() or "zstd" in str(exc).lower():
+            raise CorruptChunkError(
+                f"dataset {name!r}: a chunk in selection {sel} is corrupted in storage ({exc}); "
+                "expected bytes matching their crc32c checksum"
+            ) from exc
+        raise
+    return np.asarray(out)
+
+
 def map_chunks(source: Source, sels: list[tuple[int | slice, ...]], name: str,
                fn: Callable[[np.ndarray], Any], *, fresh: bool = False) -> list | None:
     """``[fn(block) for block in sels]``, each selection lying inside one chunk; the chunks are fetched
