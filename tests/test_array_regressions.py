@@ -215,3 +215,13 @@ def test_too_large_for_one_graph_says_how_many_chunks_and_what_to_do(tmp_path):
     with pytest.raises(ValueError, match=r"1,000,000,000 chunks"):
         np.concatenate([a, a])
     assert int(a.sum().compute()) == 0  # the bounded waves still work
+
+
+def test_demo_walks_the_seed_lines(tmp_path):
+    from hubdask import demo
+
+    lines: list[str] = []
+    assert demo.run(storage=str(tmp_path), keep=False, out=lines.append, other_process=False) == 0
+    text = "\n".join(lines)
+    assert all(f">>> {line}" in text for line in demo.SEED.splitlines())
+    assert "e-0" in text or "0." in text  # the values were printed, not a lazy repr
