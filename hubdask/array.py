@@ -19,11 +19,13 @@ import dask.array as da
 import numpy as np
 
 from hubdask import daskgraph, grid
+from hubdask.compute import lazy_reduce
 from hubdask.chunkio import read_selection  # noqa: F401  (where callers used to find it)
 from hubdask.daskgraph import MAX_GRAPH_TASKS, _read_block  # noqa: F401
 from hubdask.history import Versioned
 from hubdask.source import Source
 from hubdask.view import View
+from hubdask.write import setitem
 
 STR_MAX_ELEMENTS = 1000  # str()/print() of a view of at most this many elements shows its values
 
@@ -141,8 +143,6 @@ class Array(Versioned):
         return view.to_dask()[tuple(expand)]
 
     def __setitem__(self, index: Any, value: Any) -> None:
-        from hubdask.write import setitem
-
         self._view = self._view.at(setitem(self._view, index, value))
 
     # --- reading -----------------------------------------------------------------------------------
@@ -283,8 +283,6 @@ class Array(Versioned):
     # the fill value (hubdask.compute): any size of array. With an axis they are dask.array's.
     def _reduction(self, op: str, axis: Any, kw: dict) -> da.Array:
         if axis is None and self._view.is_regular and set(kw) <= ({"ddof"} if op in ("std", "var") else set()):
-            from hubdask.compute import lazy_reduce
-
             return lazy_reduce(self._view, op, **kw)
         return getattr(self.to_dask(), op)(axis=axis, **kw)
 

@@ -109,7 +109,8 @@ class Versioned:
         """This dataset at another branch, tag or commit."""
         from hubdask.api import load
 
-        return load(f"{self.dataset_name}:{ref}", storage=self._source.root, _path=self._source.path)
+        return load(f"{self.dataset_name}:{ref}", storage=self._source.root, _path=self._source.path,
+                    cache=self._source.cache)
 
     def delete_branch(self, name: str) -> None:
         self._repo.delete_branch(name)

@@ -1,4 +1,4 @@
-"""``hd.map_blocks``: apply a function to every storage chunk of a view and write the results, in
+"""``hd.map_blocks`` (an entry point, beside ``api``): apply a function to every storage chunk of a view and write the results, in
 bounded waves (compute.run_waves) on any dask scheduler, for arrays of any chunk count."""
 
 from __future__ import annotations
@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hubdask import chunkio, grid
+from hubdask.api import array as create
 from hubdask.compute import TASKS_PER_WAVE, chunk_range, selection_key, chunks_per_task, chunk_piece, run_waves, written_parts
 from hubdask.view import View, view_of
+from hubdask.write import write_region
 
 if TYPE_CHECKING:
     from hubdask.array import Array
@@ -27,9 +29,6 @@ def map_blocks(func: Callable[[np.ndarray], np.ndarray], array: "Array", out: "A
     Chunks never written are not read: ``func`` runs once on a fill-valued block; where that gives
     ``out``'s fill value, those chunks cost nothing. Otherwise each is written, in waves too.
     """
-    from hubdask.api import array as create  # entry points sit above this layer: imported when called
-    from hubdask.write import write_region
-
     view = view_of(array).current()
     what = view.what
     if not view.is_regular or any(isinstance(a, grid.Span) and a.step < 0 for a in view.axes):

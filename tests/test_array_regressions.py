@@ -225,3 +225,15 @@ def test_demo_walks_the_seed_lines(tmp_path):
     text = "\n".join(lines)
     assert all(f">>> {line}" in text for line in demo.SEED.splitlines())
     assert "e-0" in text or "0." in text  # the values were printed, not a lazy repr
+
+
+def test_cache_false_survives_writes_commits_and_checkouts(tmp_path):
+    _filled(str(tmp_path), "r/nc")
+    a = hd.load("r/nc", storage=str(tmp_path), cache=False)
+    a[0] = 5
+    assert a.frozen_view.source.cache is False
+    a.commit("c")
+    assert a.frozen_view.source.cache is False
+    a.tag("t")
+    assert a.checkout("t").frozen_view.source.cache is False
+    assert a.branch("exp").frozen_view.source.cache is False
