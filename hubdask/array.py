@@ -108,6 +108,11 @@ class Array(Versioned):
             raise TypeError(f"len() of a 0-d view of {self.name!r}")
         return self.shape[0]
 
+    def __iter__(self):
+        """The views ``self[0], self[1], ...`` (lazy), like iterating a numpy array."""
+        for i in range(len(self)):
+            yield self[i]
+
     def __repr__(self) -> str:
         return (f"hubdask.Array<{self.name!r}, shape={self.shape}, dtype={self.dtype}, "
                 f"chunks={self.chunks}>")

@@ -237,3 +237,12 @@ def test_cache_false_survives_writes_commits_and_checkouts(tmp_path):
     a.tag("t")
     assert a.checkout("t").frozen_view.source.cache is False
     assert a.branch("exp").frozen_view.source.cache is False
+
+
+def test_iteration_and_len(tmp_path):
+    a, ref = _filled(str(tmp_path))
+    rows = list(a)
+    assert len(rows) == 6 and all(isinstance(r, hd.Array) for r in rows)
+    np.testing.assert_array_equal(np.asarray(rows[4]), ref[4])
+    with pytest.raises(TypeError, match="0-d"):
+        iter(a[0, 0]).__next__()
