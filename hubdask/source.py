@@ -35,9 +35,8 @@ class Source:
     @classmethod
     def at(cls, root: Root, ds: str, path: str, commit: str | None, head=None, cache: bool = True) -> "Source":
         """The source of array ``path`` at a commit, or at a branch head (writable)."""
-        if head is None:
-            return cls(root, ds, path, commit, cache=cache)
-        return cls(root, ds, path, head.base, head.node, head.branch, cache, head.written)
+        source = cls(root, ds, path, commit, cache=cache)
+        return source if head is None else source.at_head(head)
 
     def at_head(self, head) -> "Source":
         """This source at a branch head record: the one place a Source is rebuilt from a head (keeps ``cache``)."""

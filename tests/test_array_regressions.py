@@ -246,3 +246,25 @@ def test_iteration_and_len(tmp_path):
     np.testing.assert_array_equal(np.asarray(rows[4]), ref[4])
     with pytest.raises(TypeError, match="0-d"):
         iter(a[0, 0]).__next__()
+
+
+def test_codec_chains_the_engine_does_not_run_read_through_zarr(tmp_path):
+    from zarr.codecs import GzipCodec, ZstdCodec
+    from zarr.core.buffer import default_buffer_prototype
+
+    from hubdask.storage import sync
+
+    a = hd.array((6, 8), name="r/z", dtype="int32", chunks=(4, 3), codecs=[ZstdCodec(), GzipCodec()],
+                 storage=str(tmp_path))
+    ref = np.arange(48, dtype="int32").reshape(6, 8)
+    a[...] = ref
+    a[[0, 5], ::3] = -1
+    ref[np.ix_([0, 5], [0, 3, 6])] = -1
+    np.testing.assert_array_equal(np.asarray(a[[5, 0, 1]]), ref[[5, 0, 1]])
+    assert_eq = pytest.importorskip("dask.array.utils").assert_eq
+    assert_eq(a[:, [7, 0]], ref[:, [7, 0]])
+    store = a.frozen_view.source.store()
+    sync(store.set("c/0/0", default_buffer_prototype().buffer.from_bytes(b"not a chunk at all")))
+    with pytest.raises(hd.CorruptChunkError, match="r/z"):
+        np.asarray(a[0:2, 0:2])
+    np.testing.assert_array_equal(np.asarray(a[4:, 3:]), ref[4:, 3:])
