@@ -164,7 +164,9 @@ class ChunkPart:
     covers: bool
 
 
-def _axis_parts(s: int | slice, n: int, c: int) -> list[tuple[int, slice | None, int | slice, bool, bool]]:
+def _axis_parts(s: int | slice | np.ndarray, n: int, c: int) -> list[tuple[int, slice | None, Any, bool, bool]]:
+    if isinstance(s, np.ndarray):  # ascending distinct indices (reads only): their positions in each chunk
+        return [(j, slice(i0, i1), s[i0:i1] - j * c, False, False) for j, i0, i1 in grid.runs_by_chunk(s, c)]
     if isinstance(s, int):
         j = s // c
         return [(j, None, s - j * c, c == 1, min(c, n - j * c) == 1)]
@@ -180,9 +182,11 @@ def _axis_parts(s: int | slice, n: int, c: int) -> list[tuple[int, slice | None,
 
 
 def plan(sel: tuple[int | slice, ...], lay: Layout) -> tuple[tuple[int, ...], Iterator[ChunkPart], int]:
-    """(output shape, the touched chunks, how many) for an ascending basic selection."""
+    """(output shape, the touched chunks, how many) for an ascending selection: ints, slices, and for
+    reads ascending distinct index arrays (orthogonal)."""
     axes = [_axis_parts(s, n, c) for s, n, c in zip(sel, lay.shape, lay.chunks)]
-    out_shape = tuple(len(range(s.start, s.stop, s.step or 1)) for s in sel if isinstance(s, slice))
+    out_shape = tuple(s.size if isinstance(s, np.ndarray) else len(range(s.start, s.stop, s.step or 1))
+                      for s in sel if not isinstance(s, int))
 
     def parts() -> Iterator[ChunkPart]:
         for combo in itertools.product(*axes):
@@ -315,7 +319,21 @@ def _decode_into(out: np.ndarray, part: ChunkPart, raw: Any, lay: Layout, name: 
             f"dataset {name!r}: chunk {lay.logical_key(part.coords)!r} is corrupted in storage ({exc}); "
             "expected bytes matching their crc32c checksum that decode to one chunk") from exc
     if not direct:
-        out[part.out] = buf[part.inner]
+        out[part.out] = _pick(buf, part.inner)
+
+
+def _pick(chunk: np.ndarray, inner: tuple) -> np.ndarray:
+    """``chunk[inner]`` with index arrays applied orthogonally (one axis at a time, as zarr's oindex)."""
+    if not any(isinstance(i, np.ndarray) for i in inner):
+        return chunk[inner]
+    block = chunk[tuple(slice(None) if isinstance(i, np.ndarray) else i for i in inner)]
+    axis = 0
+    for i in inner:
+        if isinstance(i, np.ndarray):
+            block = np.take(block, i, axis=axis)
+        if not isinstance(i, int):
+            axis += 1
+    return block
 
 
 def read(source: Source, sel: tuple[int | slice, ...], name: str) -> np.ndarray | None:
@@ -342,45 +360,15 @@ def read(source: Source, sel: tuple[int | slice, ...], name: str) -> np.ndarray 
 
 def read_selection(source: Source, sel: tuple, name: str) -> np.ndarray:
     """Read a selection of ints, ascending slices and ascending distinct index arrays (orthogonal, like
-    zarr's oindex): the engine above (concurrent fetches, threaded decode straight into the output), or
-    zarr for codec chains the engine does not run. An index array is read chunk by chunk along its axis,
-    so only the chunks it touches are fetched. Codec failures become a CorruptChunkError naming the dataset."""
-    arrays = [k for k, s in enumerate(sel) if isinstance(s, np.ndarray)]
-    if not arrays:
-        return _read_basic(source, sel, name)
-    chunks = tuple(source.zarr().metadata.chunk_grid.chunk_shape)
-    out_axis = {k: sum(1 for s in sel[:k] if not isinstance(s, int)) for k in arrays}
-    shape = tuple(s.size if isinstance(s, np.ndarray) else len(range(s.start, s.stop, s.step or 1))
-                  for s in sel if not isinstance(s, int))
-    out = None
-    per_axis = [grid.runs_by_chunk(sel[k], chunks[k]) for k in arrays]
-    for combo in itertools.product(*per_axis):
-        basic, target = list(sel), [slice(None)] * len(shape)
-        takes = []
-        for k, (_, i0, i1) in zip(arrays, combo):
-            u = sel[k][i0:i1]
-            lo = int(u[0])
-            basic[k] = slice(lo, int(u[-1]) + 1, 1)
-            takes.append((out_axis[k], u - lo))
-            target[out_axis[k]] = slice(i0, i1)
-        block = _read_basic(source, tuple(basic), name)
-        for axis, pos in takes:
-            if pos.size != block.shape[axis]:
-                block = np.take(block, pos, axis=axis)
-        if out is None:
-            out = np.empty(shape, block.dtype)
-        out[tuple(target)] = block
-    if out is None:  # an empty index array
-        out = np.empty(shape, source.zarr().metadata.dtype.to_native_dtype())
-    return out
-
-
-def _read_basic(source: Source, sel: tuple, name: str) -> np.ndarray:
+    zarr's oindex): the engine above (every touched chunk fetched concurrently, threaded decode straight
+    into the output), or zarr for codec chains the engine does not run. Only touched chunks are read.
+    Decode failures become a CorruptChunkError naming the dataset."""
     out = read(source, sel, name)
     if out is not None:
         return out
     try:  # codec chains the engine does not run: zarr reads (the selection is valid: checked by grid)
-        return np.asarray(source.zarr()[sel])
+        arr = source.zarr()
+        return np.asarray(arr.oindex[sel] if any(isinstance(s, np.ndarray) for s in sel) else arr[sel])
     except (ValueError, RuntimeError) as exc:  # what zarr's codecs raise for bytes they cannot decode
         raise CorruptChunkError(
             f"dataset {name!r}: a chunk in selection {sel} is corrupted in storage ({exc}); expected bytes "
