@@ -26,11 +26,17 @@ from hubdask.view import View, finish
 MAX_GRAPH_TASKS = 2_000_000  # beyond this a view is too big for one dask graph: use hd.compute's waves
 
 
+def changes_by_itself(view: View) -> bool:
+    """Whether what ``view`` reads may change with no change of its source: a branch state whose open
+    node may hold writes (any writer may add one at any moment)."""
+    return view.source.branch is not None and view.source.reads_node
+
+
 def token(view: View) -> str:
-    """The dask token of ``view`` at its source's state (call with ``view.current()`` for a branch)."""
-    src = view.source
-    nonce = uuid.uuid4().hex if src.branch is not None and src.reads_node else None
-    return dask.base.tokenize("hubdask.View", src, view.axes, nonce)
+    """The dask token of ``view`` at its source's state (call with ``view.current()`` for a branch): a
+    new one at every call when the view ``changes_by_itself``."""
+    nonce = uuid.uuid4().hex if changes_by_itself(view) else None
+    return dask.base.tokenize("hubdask.View", view.source, view.axes, nonce)
 
 
 def _read_block(source: Source, sel: tuple, flips: tuple[int, ...], name: str) -> np.ndarray:

@@ -45,6 +45,7 @@ def test_branch_view_token_changes_with_writes_and_commits(tmp_path):
     root = str(tmp_path)
     a = hd.array((4, 6), name="s/t", dtype="int32", chunks=(2, 3), storage=root)
     v = hd.load("s/t", storage=root)
+    assert dask.base.tokenize(v) == dask.base.tokenize(v)  # no write in the open node: the head state decides
     tokens, names = [dask.base.tokenize(v)], [v.to_dask().name]
     a[0] = 1
     tokens.append(dask.base.tokenize(v))
@@ -56,6 +57,9 @@ def test_branch_view_token_changes_with_writes_and_commits(tmp_path):
     tokens.append(dask.base.tokenize(v))
     names.append(v.to_dask().name)
     assert len(set(tokens)) == 4 and len(set(names)) == 4
+    assert dask.base.tokenize(v) == dask.base.tokenize(v)  # just committed: the new node is empty
+    a[2] = 1
+    assert dask.base.tokenize(v) != dask.base.tokenize(v)  # the node may change at any moment now
 
 
 def test_commit_view_tokens_are_deterministic_across_processes(tmp_path):
