@@ -272,3 +272,19 @@ def test_codec_chains_the_engine_does_not_run_read_through_zarr(tmp_path):
     with pytest.raises(hd.CorruptChunkError, match="r/z"):
         np.asarray(a[0:2, 0:2])
     np.testing.assert_array_equal(np.asarray(a[4:, 3:]), ref[4:, 3:])
+
+
+def test_branch_view_sees_another_process_write(root):
+    if root.startswith("memory://"):
+        pytest.skip("a memory root lives in one process")
+    a = hd.array((4, 6), name="s/p", dtype="int32", chunks=(2, 3), storage=root)
+    v = hd.load("s/p", storage=root)[1:]
+    assert v.compute().sum() == 0 and dask.base.tokenize(v) == dask.base.tokenize(v)
+    before = v.to_dask().name
+    out = run_python(f"""
+        import hubdask as hd
+        hd.load("s/p", storage={root!r})[:] = 5
+    """)
+    assert out.returncode == 0, out.stderr
+    assert v.compute().sum() == 90 and int(v.sum().compute()) == 90 and v.to_dask().name != before
+    assert a[0].compute().sum() == 30
