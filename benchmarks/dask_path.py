@@ -8,7 +8,8 @@ Writes: ``hd.store(dask_array, x)`` (one task per storage chunk) against ``x[...
 Data: float32 (n, 1024) random numbers, storage chunks (256, 1024) (1 MiB), zstd(level=0) + crc32c; a
 local folder root, and with ``--s3`` a bucket on moto's S3 server (a separate process over HTTP). Figures:
 best of --repeats, MB/s of array bytes, and the ratio dask path / direct path (1.0 = no cost; above 1
-the dask path is faster). Each result is checked against the data once (untimed).
+the dask path is faster). Each result is checked against the data once (untimed). Results: printed, and
+written to benchmarks/results/dask_path.{json,md}.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import uuid
 
 import numpy as np
 
-from _common import MB, fmt, markdown_table, moto_s3, require_hubdask, rmtree
+from _common import MB, fmt, machine, markdown_table, moto_s3, require_hubdask, rmtree, versions, write_results
 
 COLS = 1024
 CHUNK_ROWS = 256
@@ -88,9 +89,13 @@ def main(argv=None) -> int:
         rows.append([where, "read", fmt(r["read direct"]), fmt(r["read dask"]), fmt(r["read dask"] / r["read direct"], ".2f")])
         rows.append([where, "write", fmt(r["write direct"]), fmt(r["write dask"]),
                      fmt(r["write dask"] / r["write direct"], ".2f")])
-    print(f"{args.size_mb} MiB float32, chunks ({CHUNK_ROWS}, {COLS}), best of {args.repeats}; MB/s")
-    print(markdown_table(["root", "op", "direct (np.asarray / a[...]=)", "dask (to_dask().compute() / hd.store)",
-                          "dask / direct"], rows))
+    title = f"{args.size_mb} MiB float32, chunks ({CHUNK_ROWS}, {COLS}), best of {args.repeats}; MB/s"
+    table = markdown_table(["root", "op", "direct (np.asarray / a[...]=)", "dask (to_dask().compute() / hd.store)",
+                            "dask / direct"], rows)
+    print(title)
+    print(table)
+    write_results("dask_path", {"args": vars(args), "machine": machine(), "versions": versions("dask", "zarr"),
+                                "mb_per_s": results}, f"# dask path vs direct path\n\n{title}\n\n{table}")
     return 0
 
 
