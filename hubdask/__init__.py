@@ -2,7 +2,7 @@
 
 from hubdask.api import array, delete, gc, load, ls, store, upgrade
 from hubdask.array import Array
-from hubdask.compute import map_blocks
+from hubdask.mapblocks import map_blocks
 from hubdask.storage import cache
 from hubdask.dataset import Dataset, dataset
 from hubdask.export import export

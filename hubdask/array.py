@@ -1,14 +1,15 @@
-"""``hd.Array``: a lazy view of a stored array that is a dask collection.
+"""``hd.Array``: the user's handle on a view of a stored array, a dask collection.
 
-A view is a Source (array + resolved state) and per-axis spans (see grid.py). Reading builds a dask
-graph with one task per storage chunk the view touches; ``np.asarray`` reads directly through zarr,
-which fetches the touched chunks concurrently. Chunks known to be unwritten become ``np.full`` tasks.
+The handle holds a frozen ``View`` (view.py: source state, per-axis spans, metadata, name); indexing
+gives a new handle, a write or commit moves this one to the new state. Reading builds a dask graph with
+one task per storage chunk the view touches (daskgraph.py); ``np.asarray`` reads directly through the
+chunk engine (chunkio.py). Every dask and numpy entry point (the collection protocol, ``__array_function__``,
+``__array_ufunc__``, dask Array methods) goes to the view's dask array built at the branch's current head,
+so a branch view never returns data older than the last write that returned.
 """
 
 from __future__ import annotations
 
-import itertools
-import math
 import threading
 from concurrent.futures import Future
 from typing import Any
@@ -16,66 +17,87 @@ from typing import Any
 import dask
 import dask.array as da
 import numpy as np
-from dask.highlevelgraph import HighLevelGraph
 
-from hubdask import grid
-from hubdask.errors import CorruptChunkError
+from hubdask import daskgraph, grid
+from hubdask.compute import lazy_reduce
+from hubdask.chunkio import read_selection  # noqa: F401  (where callers used to find it)
+from hubdask.daskgraph import MAX_GRAPH_TASKS, _read_block  # noqa: F401
 from hubdask.history import Versioned
 from hubdask.source import Source
+from hubdask.view import View
+from hubdask.write import setitem
 
-MAX_GRAPH_TASKS = 2_000_000  # beyond this a view is too big for one dask graph: use hd.compute's waves
+STR_MAX_ELEMENTS = 1000  # str()/print() of a view of at most this many elements shows its values
 
 
 class Array(Versioned):
-    """A view of a stored array: ``shape, dtype, chunks, ndim, size, nbytes, name``."""
+    """A view of a stored array: ``shape, dtype, chunks, ndim, size, nbytes, name``; every other dask
+    Array attribute (``rechunk``, ``T``, ``reshape``, ``prod``, ...) is the view's dask array's."""
 
     def __init__(self, source: Source, name: str, axes: tuple[grid.Axis, ...] | None = None,
                  meta: Any = None) -> None:
-        self._source = source
+        self._init(View.of(source, name, axes, meta))
+
+    def _init(self, view: View) -> None:
+        self._view = view
         self._seen: Source | None = None  # the branch state the last read found (what the next assumes)
-        self._name = name
-        self._meta = meta if meta is not None else source.zarr().metadata
-        self._axes = axes if axes is not None else grid.full(tuple(self._meta.shape))
+        self._built = threading.local()  # the dask array the last graph request built (per thread)
+
+    @classmethod
+    def from_view(cls, view: View) -> "Array":
+        obj = cls.__new__(cls)
+        obj._init(view)
+        return obj
+
+    def __reduce__(self) -> tuple:
+        return (Array.from_view, (self._view,))
+
+    @property
+    def frozen_view(self) -> View:
+        """The frozen value of what this handle shows now (what the write path, compute and viz take)."""
+        return self._view
+
+    @property
+    def _source(self) -> Source:
+        return self._view.source
+
+    @_source.setter
+    def _source(self, source: Source) -> None:  # a commit or merge moved the branch (history.Versioned)
+        self._view = self._view.at(source)
+
+    @property
+    def _axes(self) -> tuple[grid.Axis, ...]:
+        return self._view.axes
 
     # --- what it is ---------------------------------------------------------------------------------
 
     @property
     def name(self) -> str:
-        return self._name
+        return self._view.name
 
     @property
-    def shape(self) -> tuple[int, ...]:
-        return grid.view_shape(self._axes)
+    def _name(self) -> str:
+        return self._view.name
 
     @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(self._meta.dtype.to_native_dtype())
+    def metadata(self) -> Any:
+        """The array's zarr v3 metadata."""
+        return self._view.metadata
 
     @property
-    def chunks(self) -> tuple[int, ...]:
-        """The storage chunk shape along the view's axes."""
-        full = self.storage_chunks
-        return tuple(c for c, a in zip(full, self._axes) if isinstance(a, grid.Span))
+    def _meta(self) -> np.ndarray:
+        """dask's meta: an empty ndarray of the view's dtype and dimensions."""
+        return np.empty((0,) * self.ndim, self.dtype)
 
-    @property
-    def storage_chunks(self) -> tuple[int, ...]:
-        return tuple(self._meta.chunk_grid.chunk_shape)
-
-    @property
-    def storage_shape(self) -> tuple[int, ...]:
-        return tuple(self._meta.shape)
-
-    @property
-    def fill_value(self) -> Any:
-        return self._meta.fill_value
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    @property
-    def size(self) -> int:
-        return math.prod(self.shape)
+    shape = property(lambda self: self._view.shape)
+    dtype = property(lambda self: self._view.dtype)
+    chunks = property(lambda self: self._view.chunks, doc="The storage chunk shape along the view's axes.")
+    storage_chunks = property(lambda self: self._view.storage_chunks)
+    storage_shape = property(lambda self: self._view.storage_shape)
+    fill_value = property(lambda self: self._view.fill_value)
+    ndim = property(lambda self: self._view.ndim)
+    size = property(lambda self: self._view.size)
+    is_view = property(lambda self: self._view.is_view)
 
     @property
     def nbytes(self) -> int:
@@ -83,12 +105,21 @@ class Array(Versioned):
 
     def __len__(self) -> int:
         if not self.shape:
-            raise TypeError(f"len() of a 0-d view of {self._name!r}")
+            raise TypeError(f"len() of a 0-d view of {self.name!r}")
         return self.shape[0]
 
+    def __iter__(self):
+        """The views ``self[0], self[1], ...`` (lazy), like iterating a numpy array."""
+        for i in range(len(self)):
+            yield self[i]
+
     def __repr__(self) -> str:
-        return (f"hubdask.Array<{self._name!r}, shape={self.shape}, dtype={self.dtype}, "
+        return (f"hubdask.Array<{self.name!r}, shape={self.shape}, dtype={self.dtype}, "
                 f"chunks={self.chunks}>")
+
+    def __str__(self) -> str:
+        """The values, like numpy, for views of at most STR_MAX_ELEMENTS elements; the lazy repr above."""
+        return str(self.read()) if self.size <= STR_MAX_ELEMENTS else repr(self)
 
     def _repr_html_(self) -> str:
         from hubdask.viz import repr_html
@@ -103,68 +134,46 @@ class Array(Versioned):
 
     plot = show
 
-    @property
-    def is_view(self) -> bool:
-        return self._axes != grid.full(self.storage_shape)
+    # --- views and writes --------------------------------------------------------------------------
 
-    # --- views -------------------------------------------------------------------------------------
-
-    def __getitem__(self, index: Any) -> "Array":
-        return Array(self._source, self._name, grid.compose(self._axes, index, f"dataset {self._name!r}"),
-                     self._meta)
+    def __getitem__(self, index: Any) -> "Array | da.Array":
+        """A lazy view; ``None`` axes (np.newaxis) give the view's dask array with those axes added."""
+        index, new = grid.split_newaxes(index, self.ndim)
+        view = Array.from_view(self._view.index(index))
+        if not new:
+            return view
+        expand = [slice(None)] * (view.ndim + len(new))
+        for pos in new:
+            expand[pos] = None
+        return view.to_dask()[tuple(expand)]
 
     def __setitem__(self, index: Any, value: Any) -> None:
-        from hubdask.write import setitem
-
-        setitem(self, index, value)
+        self._view = self._view.at(setitem(self._view, index, value))
 
     # --- reading -----------------------------------------------------------------------------------
 
     def _fresh_source(self) -> Source:
         """The source to read now: a branch view follows its branch to see every returned write."""
-        if self._source.branch is None:
-            return self._source
-        src = self._source
-        head = self._repo.resolve(src.branch).head
-        return Source.at(src.root, src.ds, src.path, head.base, head, cache=src.cache)
-
-    def _selection(self) -> tuple[tuple[int | slice, ...], tuple[int, ...]]:
-        """The ascending zarr selection of the view and the output axes to flip afterwards."""
-        sel, flips, out_axis = [], [], 0
-        for a in self._axes:
-            if isinstance(a, grid.Span):
-                asc = a.ascending()
-                if asc is not a:
-                    flips.append(out_axis)
-                sel.append(slice(asc.start, asc.start + (asc.n - 1) * asc.step + 1 if asc.n else asc.start, asc.step))
-                out_axis += 1
-            else:
-                sel.append(a)
-        return tuple(sel), tuple(flips)
+        return self._source.current()
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         out = self.read()
         return out.astype(dtype, copy=False) if dtype is not None else out
 
     def read(self) -> np.ndarray:
-        """Read the view into memory now, through the chunk engine (no dask scheduler)."""
-        sel, flips = self._selection()
-        out = self._read_current(sel)
-        return np.flip(out, flips) if flips else out
+        """Read the view into memory now, through the chunk engine (no dask scheduler).
 
-    def _read_current(self, sel: tuple) -> np.ndarray:
-        """``sel`` at the branch's current state. On a remote root the head check (one LIST) runs while
-        the chunks of the state last seen are read; only if the branch moved meanwhile (a commit, or a
-        first write into its open node) is the read repeated at the new state."""
-        src = self._source
-        if src.branch is None:
-            return read_selection(src, sel, self._name)
-        if src.root.is_local or src.root.scheme == "memory":  # a head check costs less than a thread here
-            return read_selection(self._fresh_source(), sel, self._name)
+        On a remote root the head check (one LIST) runs while the chunks of the state last seen are read;
+        only if the branch moved meanwhile (a commit, or a first write into its open node) is the read
+        repeated at the new state."""
+        view = self._view
+        src = view.source
+        if src.branch is None or src.root.is_local or src.root.scheme == "memory":
+            return view.current().read()  # a head check costs less than a thread here
         src = self._seen if self._seen is not None and self._seen.branch == src.branch else src
-        check = _in_thread(self._fresh_source)
+        check = _in_thread(view.source.current)
         try:
-            out, failed = read_selection(src, sel, self._name), None
+            out, failed = view.at(src).read(), None
         except Exception as exc:  # e.g. a chunk of the old state collected since: decided below
             out, failed = None, exc
         now = self._seen = check.result()
@@ -172,11 +181,13 @@ class Array(Versioned):
             if failed is not None:
                 raise failed
             return out
-        return read_selection(now, sel, self._name)
+        return view.at(now).read()
 
     def to_dask(self) -> da.Array:
-        """A dask array with one task per storage chunk the view touches."""
-        return build_dask(self._fresh_source(), self._axes, self._meta, self._name)
+        """A dask array with one task per storage chunk the view touches, at the branch's head now."""
+        return daskgraph.build(self._view.current())
+
+    to_dask_array = to_dask  # what dask.array.asarray looks for
 
     def to_xarray(self, dims: Any = None, **kwargs: Any) -> Any:
         """A lazy (dask-backed) ``xarray.DataArray`` of the view (see integrations.xarray)."""
@@ -191,46 +202,97 @@ class Array(Versioned):
     def persist(self, **kwargs: Any) -> da.Array:
         return self.to_dask().persist(**kwargs)
 
-    # The dask collection protocol, by the view's dask array (built once per use).
+    # The dask collection protocol. A graph request (``__dask_graph__``, ``.dask``) builds the view's dask
+    # array at the branch's head now; the keys and post-compute hooks asked for next are that array's.
+    def _graph_array(self) -> da.Array:
+        view = self._view.current()
+        built = self._built
+        if getattr(built, "view", None) == view and not daskgraph.changes_by_itself(view):
+            return built.x  # same state, same name: the graph built last time (a commit's is fixed)
+        built.x, built.view = daskgraph.build(view), view
+        return built.x
+
+    def _last_built(self) -> da.Array:
+        x = getattr(self._built, "x", None)
+        return x if x is not None else self._graph_array()
+
     def __dask_graph__(self):
-        return self._dask().__dask_graph__()
+        return self._graph_array().__dask_graph__()
+
+    @property
+    def dask(self):
+        return self.__dask_graph__()
 
     def __dask_keys__(self):
-        return self._dask().__dask_keys__()
+        return self._last_built().__dask_keys__()
 
     def __dask_layers__(self):
-        return self._dask().__dask_layers__()
+        return self._last_built().__dask_layers__()
 
     def __dask_postcompute__(self):
-        return self._dask().__dask_postcompute__()
+        return self._last_built().__dask_postcompute__()
 
     def __dask_postpersist__(self):
-        return self._dask().__dask_postpersist__()
+        return self._last_built().__dask_postpersist__()
 
     def __dask_tokenize__(self):
-        return (self._source.key, self._axes)
+        return daskgraph.token(self._view.current())
 
     __dask_optimize__ = staticmethod(da.Array.__dask_optimize__)
     __dask_scheduler__ = staticmethod(da.Array.__dask_scheduler__)
 
-    def _dask(self) -> da.Array:
-        cached = self.__dict__.get("_dask_cache")
-        if cached is None:
-            cached = self.__dict__["_dask_cache"] = self.to_dask()
-        return cached
+    def __getattr__(self, attr: str) -> Any:
+        """Every other public dask Array attribute, from the view's dask array (built now)."""
+        if attr.startswith("_") or not hasattr(da.Array, attr):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {attr!r}")
+        return getattr(self.to_dask(), attr)
 
-    # --- numpy-like methods, all lazy (dask) ---------------------------------------------------------
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | {a for a in dir(da.Array) if not a.startswith("_")})
 
-    def astype(self, dtype: Any) -> da.Array:
-        return self.to_dask().astype(dtype)
+    # --- numpy protocols: everything numpy and dask implement, lazily through dask --------------------
+
+    def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        return getattr(ufunc, method)(*_to_dask(inputs), **_to_dask(kwargs))
+
+    def __array_function__(self, func: Any, types: Any, args: tuple, kwargs: dict) -> Any:
+        return func(*_to_dask(args), **_to_dask(kwargs))
+
+    # --- 0-d conversions: read the element --------------------------------------------------------
+
+    def _element(self, to: str) -> Any:
+        if self.ndim:
+            raise TypeError(f"dataset {self.name!r}: only a 0-d view converts to {to} (this view has shape "
+                            f"{self.shape}); index one element first")
+        return self.read()[()]
+
+    def __float__(self) -> float:
+        return float(self._element("float"))
+
+    def __int__(self) -> int:
+        return int(self._element("int"))
+
+    def __complex__(self) -> complex:
+        return complex(self._element("complex"))
+
+    def __index__(self) -> int:
+        if self.dtype.kind not in "iu":
+            raise TypeError(f"dataset {self.name!r}: only an integer 0-d view is an index, not dtype {self.dtype}")
+        return int(self._element("an index"))
+
+    def __bool__(self) -> bool:
+        if self.size != 1:
+            raise ValueError(f"dataset {self.name!r}: the truth value of a view with {self.size} elements is "
+                             "ambiguous; use .any() or .all()")
+        return bool(self.read().reshape(()))
+
+    # --- whole-view reductions ---------------------------------------------------------------------
 
     # Whole-view reductions (axis=None) run in bounded waves, exactly, with unwritten chunks taken from
     # the fill value (hubdask.compute): any size of array. With an axis they are dask.array's.
     def _reduction(self, op: str, axis: Any, kw: dict) -> da.Array:
-        if axis is None and set(kw) <= ({"ddof"} if op in ("std", "var") else set()):
-            from hubdask.compute import lazy_reduce
-
-            return lazy_reduce(self, op, **kw)
+        if axis is None and self._view.is_regular and set(kw) <= ({"ddof"} if op in ("std", "var") else set()):
+            return lazy_reduce(self._view, op, **kw)
         return getattr(self.to_dask(), op)(axis=axis, **kw)
 
     def sum(self, axis: Any = None, **kw: Any) -> da.Array:
@@ -251,27 +313,34 @@ class Array(Versioned):
     def max(self, axis: Any = None, **kw: Any) -> da.Array:
         return self._reduction("max", axis, kw)
 
-    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
-        inputs = tuple(x.to_dask() if isinstance(x, Array) else x for x in inputs)
-        return getattr(ufunc, method)(*inputs, **kwargs)
+
+def _to_dask(x: Any) -> Any:
+    """``x`` with every Array in it (also inside lists, tuples and dicts) replaced by its dask array."""
+    if isinstance(x, Array):
+        return x.to_dask()
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_dask(v) for v in x)
+    if isinstance(x, dict):
+        return {k: _to_dask(v) for k, v in x.items()}
+    return x
 
 
-def _binary(op: str):
-    def method(self: Array, other: Any) -> da.Array:
-        other = other.to_dask() if isinstance(other, Array) else other
-        return getattr(self.to_dask(), op)(other)
+def _operator(op: str):
+    def method(self: Array, *other: Any) -> Any:
+        return getattr(self.to_dask(), op)(*_to_dask(other))
 
     method.__name__ = op
     return method
 
 
 for _op in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__", "__rtruediv__",
-            "__floordiv__", "__rfloordiv__", "__pow__", "__mod__", "__lt__", "__le__", "__gt__", "__ge__",
-            "__eq__", "__ne__", "__and__", "__or__", "__xor__"):
-    setattr(Array, _op, _binary(_op))
+            "__floordiv__", "__rfloordiv__", "__pow__", "__rpow__", "__mod__", "__rmod__", "__divmod__",
+            "__rdivmod__", "__matmul__", "__rmatmul__", "__lshift__", "__rlshift__", "__rshift__", "__rrshift__",
+            "__lt__", "__le__", "__gt__", "__ge__", "__eq__", "__ne__", "__and__", "__rand__", "__or__", "__ror__",
+            "__xor__", "__rxor__", "__neg__", "__pos__", "__abs__", "__invert__"):
+    if hasattr(da.Array, _op):
+        setattr(Array, _op, _operator(_op))
 Array.__hash__ = object.__hash__
-Array.__neg__ = lambda self: -self.to_dask()
-Array.__abs__ = lambda self: abs(self.to_dask())
 
 
 def _in_thread(fn: Any) -> Future:
@@ -288,88 +357,3 @@ def _in_thread(fn: Any) -> Future:
     return done
 
 
-def read_selection(source: Source, sel: tuple, name: str) -> np.ndarray:
-    """Read an ascending basic selection: hubdask's chunk engine (concurrent fetches, threaded decode
-    straight into the output; see chunkio.py), or zarr for codec chains the engine does not run.
-    Codec failures become a CorruptChunkError naming the dataset and chunk."""
-    from hubdask import chunkio
-
-    try:
-        out = chunkio.read(source, sel, name)
-        if out is not None:
-            return out
-        out = source.zarr()[sel]
-    except CorruptChunkError:
-        raise
-    except (ValueError, RuntimeError) as exc:
-        if "checksum" in str(exc).lower() or "decompress" in str(exc).lower() or "zstd" in str(exc).lower():
-            raise CorruptChunkError(
-                f"dataset {name!r}: a chunk in selection {sel} is corrupted in storage ({exc}); "
-                "expected bytes matching their crc32c checksum"
-            ) from exc
-        raise
-    return np.asarray(out)
-
-
-def _read_block(source: Source, sel: tuple, flips: tuple[int, ...], name: str) -> np.ndarray:
-    out = read_selection(source, sel, name)
-    return np.flip(out, flips) if flips else out
-
-
-def build_dask(source: Source, axes: tuple[grid.Axis, ...], meta: Any, name: str) -> da.Array:
-    """One task per touched storage chunk; unwritten chunks at a commit are ``np.full`` (no I/O)."""
-    chunk_shape = tuple(meta.chunk_grid.chunk_shape)
-    dtype = np.dtype(meta.dtype.to_native_dtype())
-    fill = meta.fill_value
-    live = [k for k, a in enumerate(axes) if isinstance(a, grid.Span)]
-    spans = {k: axes[k].ascending() for k in live}
-    flipped = {k for k in live if spans[k] is not axes[k]}
-    if any(spans[k].n == 0 for k in live):
-        return da.empty(tuple(spans[k].n for k in live), dtype=dtype)
-    n_tasks = math.prod(grid.count_pieces(spans[k], chunk_shape[k]) for k in live) if live else 1
-    if n_tasks > MAX_GRAPH_TASKS:
-        raise ValueError(
-            f"dataset {name!r}: this view touches {n_tasks:,} chunks, more than one dask graph should hold "
-            f"({MAX_GRAPH_TASKS:,}); select less, or use hd.map_blocks / the array's whole-array reductions, "
-            "which run in bounded waves"
-        )
-    per_axis = {k: list(grid.pieces(spans[k], chunk_shape[k])) for k in live}
-    for k in flipped:
-        per_axis[k].reverse()
-    chunks = tuple(tuple(p.i1 - p.i0 for p in per_axis[k]) for k in live)
-    token = dask.base.tokenize(source, axes)
-    key_name = f"hubdask-{name.replace('/', '-').replace(':', '-')}-{token}"
-    prefix = source.chunk_prefix()
-    known = None if source.reads_node else _chunk_keys(source)
-    dsk: dict = {}
-    for block in itertools.product(*(range(len(per_axis[k])) for k in live)):
-        coords, sel, flips, shape = [], [], [], []
-        b = iter(block)
-        for k, a in enumerate(axes):
-            c = chunk_shape[k]
-            if isinstance(a, grid.Span):
-                i = next(b)
-                p = per_axis[k][i]
-                n = p.i1 - p.i0
-                start = p.chunk * c + p.lo
-                sel.append(slice(start, start + (n - 1) * spans[k].step + 1, spans[k].step))
-                coords.append(p.chunk)
-                shape.append(n)
-                if k in flipped:
-                    flips.append(len(shape) - 1)
-            else:
-                sel.append(a)
-                coords.append(a // c)
-        key = (key_name, *block)
-        if known is not None and grid.chunk_key(tuple(coords), prefix.rstrip("/")) not in known:
-            dsk[key] = (np.full, tuple(shape), fill, dtype)
-        else:
-            dsk[key] = (_read_block, source, tuple(sel), tuple(flips), name)
-    graph = HighLevelGraph.from_collections(key_name, dsk, dependencies=())
-    return da.Array(graph, key_name, chunks, dtype=dtype, meta=np.empty((0,) * len(live), dtype))
-
-
-def _chunk_keys(source: Source) -> set[str] | dict:
-    from hubdask.versioning import repository
-
-    return repository(source.root, source.ds).graph.chunk_map(source.commit)

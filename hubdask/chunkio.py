@@ -165,7 +165,9 @@ class ChunkPart:
     covers: bool
 
 
-def _axis_parts(s: int | slice, n: int, c: int) -> list[tuple[int, slice | None, int | slice, bool, bool]]:
+def _axis_parts(s: int | slice | np.ndarray, n: int, c: int) -> list[tuple[int, slice | None, Any, bool, bool]]:
+    if isinstance(s, np.ndarray):  # ascending distinct indices (reads only): their positions in each chunk
+        return [(j, slice(i0, i1), s[i0:i1] - j * c, False, False) for j, i0, i1 in grid.runs_by_chunk(s, c)]
     if isinstance(s, int):
         j = s // c
         return [(j, None, s - j * c, c == 1, min(c, n - j * c) == 1)]
@@ -181,9 +183,11 @@ def _axis_parts(s: int | slice, n: int, c: int) -> list[tuple[int, slice | None,
 
 
 def plan(sel: tuple[int | slice, ...], lay: Layout) -> tuple[tuple[int, ...], Iterator[ChunkPart], int]:
-    """(output shape, the touched chunks, how many) for an ascending basic selection."""
+    """(output shape, the touched chunks, how many) for an ascending selection: ints, slices, and for
+    reads ascending distinct index arrays (orthogonal)."""
     axes = [_axis_parts(s, n, c) for s, n, c in zip(sel, lay.shape, lay.chunks)]
-    out_shape = tuple(len(range(s.start, s.stop, s.step or 1)) for s in sel if isinstance(s, slice))
+    out_shape = tuple(s.size if isinstance(s, np.ndarray) else len(range(s.start, s.stop, s.step or 1))
+                      for s in sel if not isinstance(s, int))
 
     def parts() -> Iterator[ChunkPart]:
         for combo in itertools.product(*axes):
@@ -327,7 +331,21 @@ def _decode_into(out: np.ndarray, part: ChunkPart, raw: Any, lay: Layout, name: 
             f"dataset {name!r}: chunk {lay.logical_key(part.coords)!r} is corrupted in storage ({exc}); "
             "expected bytes matching their crc32c checksum that decode to one chunk") from exc
     if not direct:
-        out[part.out] = buf[part.inner]
+        out[part.out] = _pick(buf, part.inner)
+
+
+def _pick(chunk: np.ndarray, inner: tuple) -> np.ndarray:
+    """``chunk[inner]`` with index arrays applied orthogonally (one axis at a time, as zarr's oindex)."""
+    if not any(isinstance(i, np.ndarray) for i in inner):
+        return chunk[inner]
+    block = chunk[tuple(slice(None) if isinstance(i, np.ndarray) else i for i in inner)]
+    axis = 0
+    for i in inner:
+        if isinstance(i, np.ndarray):
+            block = np.take(block, i, axis=axis)
+        if not isinstance(i, int):
+            axis += 1
+    return block
 
 
 def read(source: Source, sel: tuple[int | slice, ...], name: str) -> np.ndarray | None:
@@ -351,6 +369,23 @@ def read(source: Source, sel: tuple[int | slice, ...], name: str) -> np.ndarray 
     if jobs:
         _fetch_all(res, jobs, lambda job, raw: _decode_into(out, job[0], raw, lay, name))
     return out
+
+
+def read_selection(source: Source, sel: tuple, name: str) -> np.ndarray:
+    """Read a selection of ints, ascending slices and ascending distinct index arrays (orthogonal, like
+    zarr's oindex): the engine above (every touched chunk fetched concurrently, threaded decode straight
+    into the output), or zarr for codec chains the engine does not run. Only touched chunks are read.
+    Decode failures become a CorruptChunkError naming the dataset."""
+    out = read(source, sel, name)
+    if out is not None:
+        return out
+    try:  # codec chains the engine does not run: zarr reads (the selection is valid: checked by grid)
+        arr = source.zarr()
+        return np.asarray(arr.oindex[sel] if any(isinstance(s, np.ndarray) for s in sel) else arr[sel])
+    except (ValueError, RuntimeError) as exc:  # what zarr's codecs raise for bytes they cannot decode
+        raise CorruptChunkError(
+            f"dataset {name!r}: a chunk in selection {sel} is corrupted in storage ({exc}); expected bytes "
+            "that its codecs decode and whose checksum matches") from exc
 
 
 def map_chunks(source: Source, sels: list[tuple[int | slice, ...]], name: str,

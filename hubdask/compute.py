@@ -1,4 +1,5 @@
-"""Whole-array work in bounded waves: exact reductions and ``map_blocks`` over arrays of any chunk count.
+"""Whole-array work in bounded waves: exact reductions over arrays of any chunk count (``map_blocks``,
+which writes, is in mapblocks.py on the same waves).
 
 dask cannot hold a graph of 10^8 tasks, so whole-array work does not build one. The chunks of a view
 that hold data are listed from the commit's chunk map (and the branch's open node), grouped into tasks
@@ -17,7 +18,7 @@ from __future__ import annotations
 import itertools
 import math
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,7 @@ import numpy as np
 
 from hubdask import chunkio, grid, progress
 from hubdask.source import Source
-from hubdask.versioning import repository
+from hubdask.view import View, view_of
 
 if TYPE_CHECKING:
     from hubdask.array import Array
@@ -39,7 +40,7 @@ REDUCTIONS = ("sum", "mean", "min", "max", "std", "var")
 # which chunks of a view hold data, by arithmetic on the grid and the chunk map
 
 
-def _piece(a: grid.Axis, c: int, j: int) -> tuple[int | slice, int] | None:
+def chunk_piece(a: grid.Axis, c: int, j: int) -> tuple[int | slice, int] | None:
     """The selection inside the array along one axis that chunk ``j`` contributes, and its length."""
     if isinstance(a, int):
         return (a, 1) if a // c == j else None
@@ -54,7 +55,7 @@ def _piece(a: grid.Axis, c: int, j: int) -> tuple[int | slice, int] | None:
     return slice(first, first + (hi_i - lo_i - 1) * s.step + 1, s.step), hi_i - lo_i
 
 
-def _chunk_range(a: grid.Axis, c: int) -> range:
+def chunk_range(a: grid.Axis, c: int) -> range:
     if isinstance(a, int):
         return range(a // c, a // c + 1)
     s = a.ascending()
@@ -64,8 +65,7 @@ def _chunk_range(a: grid.Axis, c: int) -> range:
 def stored_chunks(source: Source, ndim: int) -> set[tuple[int, ...]]:
     """Coordinates of every chunk of ``source``'s array that holds an object (commit map + open node)."""
     prefix = f"{source.path}/c" if source.path else "c"
-    keys = repository(source.root, source.ds).objects(source.commit, source.node if source.reads_node else None,
-                                                      prefix)
+    keys = source.stored_keys(prefix)
     out = set()
     for k in keys:
         parts = k[len(prefix):].split("/")[1:]
@@ -74,12 +74,15 @@ def stored_chunks(source: Source, ndim: int) -> set[tuple[int, ...]]:
     return out
 
 
-def written_parts(view: "Array") -> tuple[list[tuple[tuple, int]], int]:
+def written_parts(view: View) -> tuple[list[tuple[tuple, int]], int]:
     """([(selection inside one chunk, element count)] for the touched chunks holding data, total elements
-    of the view). Cost: O(chunks holding data) or O(chunks touched), whichever is smaller."""
-    source, axes, chunks = view._fresh_source(), view._axes, view.storage_chunks
+    of the view) at ``view.source`` (resolve a branch first). Cost: O(chunks holding data) or O(chunks
+    touched), whichever is smaller."""
+    if not view.is_regular:
+        raise ValueError(f"{view.what}: whole-view waves take views of ints and slices, not index arrays")
+    source, axes, chunks = view.source, view.axes, view.storage_chunks
     stored = stored_chunks(source, len(chunks))
-    ranges = [_chunk_range(a, c) for a, c in zip(axes, chunks)]
+    ranges = [chunk_range(a, c) for a, c in zip(axes, chunks)]
     touched = math.prod(len(r) for r in ranges)
     if touched <= len(stored):
         candidates: Any = itertools.product(*ranges)
@@ -95,7 +98,7 @@ def written_parts(view: "Array") -> tuple[list[tuple[tuple, int]], int]:
         for k, j in enumerate(coords):
             p = memo[k].get(j, False)
             if p is False:
-                p = memo[k][j] = _piece(axes[k], chunks[k], j)
+                p = memo[k][j] = chunk_piece(axes[k], chunks[k], j)
             if p is None:
                 break
             sel.append(p[0])
@@ -109,11 +112,15 @@ def written_parts(view: "Array") -> tuple[list[tuple[tuple, int]], int]:
 # waves
 
 
+def selection_key(sel: tuple) -> tuple:
+    return tuple((s.start, s.stop, s.step) if isinstance(s, slice) else s for s in sel)
+
+
 def _batches(items: list, per_task: int) -> list[list]:
     return [items[i:i + per_task] for i in range(0, len(items), per_task)]
 
 
-def _per_task(view: "Array") -> int:
+def chunks_per_task(view: View) -> int:
     return max(1, TASK_BYTES // max(1, math.prod(view.storage_chunks) * view.dtype.itemsize))
 
 
@@ -253,19 +260,19 @@ def _fill_stats(fill: Any, n: int, dtype: np.dtype) -> _Stats:
     return st
 
 
-def stats(view: "Array", *, need_moments: bool = True, scheduler: Any = None,
+def stats(view: "View | Array", *, need_moments: bool = True, scheduler: Any = None,
           show_progress: bool | None = None, tasks_per_wave: int = TASKS_PER_WAVE) -> _Stats:
-    """Merged statistics of every element of ``view``, unwritten chunks counted from the fill value."""
+    """Merged statistics of every element of ``view`` at its branch's head now, unwritten chunks counted
+    from the fill value."""
+    view = view_of(view).current()
     parts, total = written_parts(view)
-    source, name, dtype = view._fresh_source(), view.name, view.dtype
+    source, name, dtype = view.source, view.name, view.dtype
 
     def task(batch: list) -> _Stats:
         sels = [sel for sel, _ in batch]
         blocks = chunkio.map_chunks(source, sels, name, lambda b: _block_stats(b, need_moments))
         if blocks is None:  # codecs the chunk engine does not run: through zarr, one block at a time
-            from hubdask.array import read_selection
-
-            blocks = [_block_stats(read_selection(source, sel, name), need_moments) for sel in sels]
+            blocks = [_block_stats(chunkio.read_selection(source, sel, name), need_moments) for sel in sels]
         acc = _Stats(_exact(dtype))
         for b in blocks:
             acc.merge(b)
@@ -273,7 +280,7 @@ def stats(view: "Array", *, need_moments: bool = True, scheduler: Any = None,
 
     acc = _Stats(_exact(dtype))
     covered = sum(n for _, n in parts)
-    for st in run_waves(task, parts, _per_task(view), desc=f"reduce {name}", scheduler=scheduler,
+    for st in run_waves(task, parts, chunks_per_task(view), desc=f"reduce {name}", scheduler=scheduler,
                         show_progress=show_progress, tasks_per_wave=tasks_per_wave):
         acc.merge(st)
     acc.merge(_fill_stats(view.fill_value, total - covered, dtype))
@@ -285,9 +292,10 @@ def _result_dtype(op: str, dtype: np.dtype) -> np.dtype:
     return np.dtype(getattr(np, op)(sample).dtype)
 
 
-def reduce(view: "Array", op: str, *, ddof: int = 0, scheduler: Any = None, show_progress: bool | None = None,
+def reduce(view: "View | Array", op: str, *, ddof: int = 0, scheduler: Any = None, show_progress: bool | None = None,
            tasks_per_wave: int = TASKS_PER_WAVE) -> Any:
     """The whole-view reduction ``op`` (sum, mean, min, max, std, var), computed exactly in waves."""
+    view = view_of(view)
     if op not in REDUCTIONS:
         raise ValueError(f"dataset {view.name!r}: unknown reduction {op!r}; expected one of {', '.join(REDUCTIONS)}")
     st = stats(view, need_moments=op in ("std", "var"), scheduler=scheduler, show_progress=show_progress,
@@ -313,11 +321,12 @@ def reduce(view: "Array", op: str, *, ddof: int = 0, scheduler: Any = None, show
     return dtype.type(float(var) if op == "var" else math.sqrt(float(var)))
 
 
-def lazy_reduce(view: "Array", op: str, **kwargs: Any):
+def lazy_reduce(view: "View | Array", op: str, **kwargs: Any):
     """The reduction as a 0-d dask array (one task that runs the waves), so it composes with dask."""
     import dask
     import dask.array as da
 
+    view = view_of(view)
     dtype = _result_dtype(op, view.dtype)
     return da.from_delayed(dask.delayed(_reduce_ref, pure=False)(_Ref(view), op, kwargs), (), dtype=dtype)
 
@@ -331,98 +340,3 @@ class _Ref:
 
 def _reduce_ref(ref: _Ref, op: str, kwargs: dict) -> Any:
     return reduce(ref.view, op, **kwargs)
-
-
-# ---------------------------------------------------------------------------------------------------
-# map_blocks
-
-
-def map_blocks(func: Callable[[np.ndarray], np.ndarray], array: "Array", out: "Array | str | None" = None, *,
-               dtype: Any = None, scheduler: Any = None, progress: bool | None = None,
-               tasks_per_wave: int = TASKS_PER_WAVE, **kwargs: Any) -> "Array":
-    """Apply ``func(block, **kwargs)`` to every storage chunk of ``array`` (a view) and write the results
-    into ``out`` (an hd.Array of the view's shape on a branch, or a name to create with the view's chunk
-    shape and ``dtype``), in bounded waves on any dask scheduler. Returns ``out``.
-
-    Chunks never written are not read: ``func`` runs once on a fill-valued block; where that gives
-    ``out``'s fill value, those chunks cost nothing. Otherwise each is written, in waves too.
-    """
-    from hubdask.api import array as create
-    from hubdask.write import write_region
-
-    what = f"dataset {array.name!r}"
-    if any(isinstance(a, grid.Span) and a.step < 0 for a in array._axes):
-        raise ValueError(f"{what}: map_blocks needs an ascending view (no negative steps)")
-    if out is None:
-        raise TypeError(f"{what}: map_blocks writes its results: give out= (an hd.Array) or a name to create")
-    if isinstance(out, str):
-        out = create(array.shape, out, dtype=dtype or array.dtype, chunks=array.chunks, exist_ok=False,
-                     storage=array._source.root)
-    if out.shape != array.shape:
-        raise ValueError(f"{what}: out {out.name!r} has shape {out.shape}, expected the view's {array.shape}")
-    if out._source.branch is None or out.is_view:
-        raise ValueError(f"{what}: out {out.name!r} must be a whole array opened on a branch")
-    parts, _ = written_parts(array)
-    source, name = array._fresh_source(), array.name
-    target, tshape, tchunks, tdtype = out._source, out.storage_shape, out.storage_chunks, out.dtype
-    origin = [a.start if isinstance(a, grid.Span) else None for a in array._axes]
-    steps = [a.step if isinstance(a, grid.Span) else None for a in array._axes]
-
-    def out_region(sel: tuple) -> tuple[slice, ...]:
-        region = []
-        for s, o, st in zip(sel, origin, steps):
-            if o is None:
-                continue
-            i0 = (s.start - o) // st
-            region.append(slice(i0, i0 + len(range(s.start, s.stop, s.step))))
-        return tuple(region)
-
-    def apply(block: np.ndarray, sel: tuple) -> None:
-        result = np.asarray(func(block, **kwargs))
-        if result.shape != block.shape:
-            raise ValueError(f"{what}: map_blocks func returned shape {result.shape} for a block of {block.shape}")
-        write_region(target, out_region(sel), result.astype(tdtype, copy=False), tshape, tchunks)
-
-    def task(batch: list) -> int:
-        sels = [sel for sel, _ in batch]
-        blocks = chunkio.map_chunks(source, sels, name, lambda b: b, fresh=True)
-        if blocks is None:
-            from hubdask.array import read_selection
-
-            blocks = [read_selection(source, sel, name) for sel in sels]
-        for block, sel in zip(blocks, sels):
-            apply(block, sel)
-        return len(sels)
-
-    run_waves(task, parts, _per_task(array), desc=f"map_blocks {name}", scheduler=scheduler,
-              show_progress=progress, tasks_per_wave=tasks_per_wave)
-    _fill_blocks(func, array, out, {_hashable(sel) for sel, _ in parts}, apply, scheduler, progress, tasks_per_wave, kwargs)
-    return out
-
-
-def _hashable(sel: tuple) -> tuple:
-    return tuple((s.start, s.stop, s.step) if isinstance(s, slice) else s for s in sel)
-
-
-def _fill_blocks(func, array, out, written, apply, scheduler, show_progress, tasks_per_wave, kwargs) -> None:
-    """The never-written chunks: nothing to do when ``func`` maps the fill block to ``out``'s fill."""
-    fill_block = np.full(array.chunks, array.fill_value, array.dtype)
-    result = np.asarray(func(fill_block, **kwargs))
-    if result.shape == fill_block.shape and np.all(result == np.array(out.fill_value, out.dtype)):
-        return
-    axes, chunks = array._axes, array.storage_chunks
-    ranges = [_chunk_range(a, c) for a, c in zip(axes, chunks)]
-    todo = []
-    for coords in itertools.product(*ranges):
-        sel = tuple(_piece(a, c, j)[0] for a, c, j in zip(axes, chunks, coords))
-        if _hashable(sel) not in written:
-            todo.append(sel)
-
-    def task(batch: list) -> int:
-        for sel in batch:
-            shape = tuple(len(range(s.start, s.stop, s.step)) for s in sel if isinstance(s, slice))
-            apply(np.full(shape, array.fill_value, array.dtype), sel)
-        return len(batch)
-
-    run_waves(task, todo, _per_task(array), desc=f"map_blocks {array.name} (unwritten)", scheduler=scheduler,
-              show_progress=show_progress, tasks_per_wave=tasks_per_wave)

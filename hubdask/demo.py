@@ -1,6 +1,6 @@
 """``python -m hubdask.demo`` / ``hubdask demo``: the seed workflow of DESIGN.md, narrated.
 
-Creates a 10**10 x 512 x 512 x 3 uint8 array (about 7 PiB logical, metadata only), writes one image,
+Runs the seed's own three lines verbatim (``SEED``, dataset ``name/random_name``), then creates a 10**10 x 512 x 512 x 3 uint8 array (about 7 PiB logical, metadata only), writes one image,
 loads it in a second Python process as another user would, slices, averages, commits, tags, overwrites
 and travels back in time. Uses the dataset ``demo/bigarray`` in the default root (or ``storage=``),
 replacing an earlier demo's; takes a few seconds.
@@ -20,6 +20,11 @@ import numpy as np
 
 NAME = "demo/bigarray"
 SHAPE = (10**10, 512, 512, 3)
+SEED = """\
+mnist = hd.array((50000,28,28,1), name="name/random_name:v1")
+mnist[0,:,:,:] = np.random.random((1,28,28,1))
+print(mnist[0])"""
+SEED_NAME = "name/random_name"
 
 
 def picture(size: int = 512) -> np.ndarray:
@@ -63,6 +68,7 @@ def run(storage: str | None = None, keep: bool = True, out: Callable[[str], None
 
     root = hd.api.locate(NAME, storage)[0]
     out(f"hubdask demo in {root.url}")
+    _seed(storage, out, keep)
     if NAME in hd.ls("demo", storage=storage):
         hd.delete(NAME, storage=storage)
 
@@ -123,6 +129,33 @@ def run(storage: str | None = None, keep: bool = True, out: Callable[[str], None
         hd.delete(NAME, storage=storage)
         out(f"done; {NAME} deleted")
     return 0
+
+
+def _seed(storage: str | None, out: Callable[[str], None], keep: bool) -> None:
+    """The seed's lines exactly as written (names without ``storage=``: the root is set for them)."""
+    import hubdask as hd
+
+    before = os.environ.get("HUBDASK_ROOT")
+    if storage is not None:
+        os.environ["HUBDASK_ROOT"] = storage
+    try:
+        if SEED_NAME in hd.ls("name"):
+            hd.delete(SEED_NAME)
+        printed: list[str] = []
+        out("the seed's lines, verbatim:\n" + "\n".join(f"    >>> {line}" for line in SEED.splitlines()))
+        scope = {"hd": hd, "np": np, "print": lambda *a: printed.append(" ".join(map(str, a)))}
+        exec(SEED, scope)  # noqa: S102 - the fixed text above, nothing from outside
+        shown = printed[0].splitlines()
+        out("\n".join(f"    {line}" for line in shown[:3] + ["    ..."] + shown[-2:]))
+        assert np.array_equal(np.asarray(scope["mnist"][0]), np.asarray(hd.load(SEED_NAME)[0]))
+        if not keep:
+            hd.delete(SEED_NAME)
+    finally:
+        if storage is not None:
+            if before is None:
+                os.environ.pop("HUBDASK_ROOT", None)
+            else:
+                os.environ["HUBDASK_ROOT"] = before
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,12 +73,8 @@ class Versioned:
 
     def _follow(self, branch: str) -> None:
         """Point this object at the branch's current head (after a commit or merge moved it)."""
-        from hubdask.source import Source
-
-        head = self._repo.resolve(branch).head
-        src = self._source
-        self._source = Source.at(src.root, src.ds, src.path, head.base, head)
-        self.__dict__.pop("_dask_cache", None)
+        assert self._source.branch == branch
+        self._source = self._source.current()
 
     def commit(self, message: str = "") -> str:
         """Snapshot the branch's writes as an immutable commit; returns its id."""
@@ -118,7 +114,8 @@ class Versioned:
         """This dataset at another branch, tag or commit."""
         from hubdask.api import load
 
-        return load(f"{self.dataset_name}:{ref}", storage=self._source.root, _path=self._source.path)
+        return load(f"{self.dataset_name}:{ref}", storage=self._source.root, _path=self._source.path,
+                    cache=self._source.cache)
 
     def delete_branch(self, name: str) -> None:
         self._repo.delete_branch(name)

@@ -5,6 +5,7 @@ Each process opens the zarr Array of a Source once and keeps it (LRU), so tasks 
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -34,9 +35,25 @@ class Source:
     @classmethod
     def at(cls, root: Root, ds: str, path: str, commit: str | None, head=None, cache: bool = True) -> "Source":
         """The source of array ``path`` at a commit, or at a branch head (writable)."""
-        if head is None:
-            return cls(root, ds, path, commit, cache=cache)
-        return cls(root, ds, path, head.base, head.node, head.branch, cache, head.written)
+        source = cls(root, ds, path, commit, cache=cache)
+        return source if head is None else source.at_head(head)
+
+    def at_head(self, head) -> "Source":
+        """This source at a branch head record: the one place a Source is rebuilt from a head (keeps ``cache``)."""
+        return dataclasses.replace(self, commit=head.base, node=head.node, branch=head.branch,
+                                   node_written=head.written)
+
+    def current(self) -> "Source":
+        """The state to read now: a branch source at its branch's head (one head resolution), a commit's itself."""
+        if self.branch is None:
+            return self
+        return self.at_head(repository(self.root, self.ds).resolve(self.branch).head)
+
+    def stored_keys(self, prefix: str) -> list[str]:
+        """Logical keys under ``prefix`` that hold an object at this state (the commit's chunk set and the
+        open node's writes): versioning's one chunk-set query, no knowledge of the physical layout."""
+        return list(repository(self.root, self.ds).objects(self.commit, self.node if self.reads_node else None,
+                                                           prefix))
 
     def __dask_tokenize__(self) -> tuple:
         return ("hubdask.Source", self.root.token, self.ds, self.path, self.commit, self.node, self.node_written)

@@ -25,10 +25,12 @@ if TYPE_CHECKING:
     import dask.array as da
 
     from hubdask.array import Array
+    from hubdask.view import View
 
 
 def coerce(value: Any, dtype: np.dtype, shape: tuple[int, ...], what: str) -> np.ndarray:
-    """``value`` as an array of ``dtype`` broadcast to ``shape``; TypeError/ValueError if it does not fit.
+    """``value`` as an array of ``dtype`` broadcast to ``shape`` by numpy's assignment rule (leading
+    length-1 axes of the value dropped); TypeError/ValueError if it does not fit.
 
     Safe casts pass; so do same-kind casts (and Python numbers) whose values survive the cast exactly.
     """
@@ -50,35 +52,67 @@ def coerce(value: Any, dtype: np.dtype, shape: tuple[int, ...], what: str) -> np
                 rng = f" (range {info.min}..{info.max})" if info else ""
                 raise TypeError(f"{what}: values do not fit the array's dtype {dtype}{rng} without change")
             arr = cast
+    extra = arr.ndim - len(shape)
+    if extra > 0 and all(n == 1 for n in arr.shape[:extra]):
+        arr = arr.reshape(arr.shape[extra:])  # numpy drops a value's leading length-1 axes in assignment
     try:
         return np.broadcast_to(arr.astype(dtype, copy=False), shape)
     except ValueError:
-        raise ValueError(f"{what}: value of shape {arr.shape} cannot be broadcast to the selection's shape "
+        raise ValueError(f"{what}: value of shape {np.shape(value)} cannot be broadcast to the selection's shape "
                          f"{shape}") from None
 
 
-def setitem(target: "Array", index: Any, value: Any) -> None:
-    """``target[index] = value``: everything is validated before a byte is written."""
-    what = f"dataset {target.name!r}"
-    src = target._source
+def setitem(view: "View", index: Any, value: Any) -> Source:
+    """``view[index] = value``, validated before a byte is written; returns the source the write landed
+    in (the view's, or the next open node's if a commit sealed it meanwhile). ``index`` takes what reads
+    take: integer arrays and boolean masks write orthogonally (repeated indices: the last value wins)."""
+    what = view.what
+    src = view.source
     if src.branch is None:
         raise ReadOnlyError(f"{what} is opened at commit {src.commit} (a tag or commit id) and is read-only; "
                             "write to a branch instead")
-    axes = grid.compose(target._axes, index, what)
-    data = coerce(value, target.dtype, grid.view_shape(axes), what)
-    sel, out_axis = [], 0
-    for a in axes:
-        if isinstance(a, grid.Span):
+    index, new = grid.split_newaxes(index, view.ndim)
+    sub = view.index(index)
+    shape = list(sub.shape)
+    for pos in new:
+        shape.insert(pos, 1)
+    data = coerce(value, view.dtype, tuple(shape), what).reshape(sub.shape)
+    if data.size == 0:
+        return src  # an empty selection writes nothing
+    sel, out_axis, arrays = [], 0, []
+    for a in sub.axes:
+        if isinstance(a, int):
+            sel.append(a)
+            continue
+        if isinstance(a, grid.Points):
+            u, last = _last_of_each(a.idx)
+            data = np.take(data, last, axis=out_axis)
+            sel.append(u)
+            arrays.append(len(sel) - 1)
+        else:
             asc = a.ascending()
             if asc is not a:
                 data = np.flip(data, out_axis)
-            sel.append(slice(asc.start, asc.start + (asc.n - 1) * asc.step + 1, asc.step) if asc.n else None)
-            out_axis += 1
-        else:
-            sel.append(a)
-    if any(s is None for s in sel):
-        return  # an empty selection writes nothing
-    target._source = write_region(src, tuple(sel), data, target.storage_shape, target.storage_chunks)
+            sel.append(slice(asc.start, asc.start + (asc.n - 1) * asc.step + 1, asc.step))
+        out_axis += 1
+    shape, chunks = view.storage_shape, view.storage_chunks
+    if not arrays:
+        return write_region(src, tuple(sel), data, shape, chunks)
+    out_axes = {k: sum(1 for s in sel[:k] if not isinstance(s, int)) for k in arrays}
+    for combo in itertools.product(*(grid.progressions(sel[k]) for k in arrays)):  # each a basic write
+        part, region = list(sel), [slice(None)] * data.ndim
+        for k, (i0, i1, s) in zip(arrays, combo):
+            part[k] = s
+            region[out_axes[k]] = slice(i0, i1)
+        src = write_region(src, tuple(part), np.ascontiguousarray(data[tuple(region)]), shape, chunks)
+    return src
+
+
+def _last_of_each(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct indices ascending, for each the position of its last occurrence in ``idx``)."""
+    rev = idx[::-1]
+    u, first_in_rev = np.unique(rev, return_index=True)
+    return u, idx.size - 1 - first_in_rev
 
 
 def partial_chunks(sel: tuple[int | slice, ...], shape: tuple[int, ...], chunks: tuple[int, ...]) -> list[tuple]:
@@ -126,7 +160,7 @@ def write_region(src: Source, sel: tuple, data: np.ndarray, shape: tuple[int, ..
             raise
         if head is None:
             return src
-        src = Source.at(src.root, src.ds, src.path, head.base, head, cache=src.cache)
+        src = src.at_head(head)
 
 
 def _write_through_zarr(src: Source, sel: tuple, data: np.ndarray) -> None:

@@ -203,7 +203,9 @@ def test_bad_writes_leave_storage_unchanged(root):
         ((0,), np.ones(10, "float64"), TypeError, "float64"),
         ((0,), np.array(["a"] * 10), TypeError, "dtype"),
         ((0,), [object()] * 10, TypeError, "object"),
-        (([1, 2],), 1, IndexError, "fancy"),
+        ((np.array([[1, 2]]),), 1, IndexError, "2-d integer array .* not supported"),
+        ((np.array([True, False]),), 1, IndexError, "mask of shape"),
+        (([1, 12],), 1, IndexError, "out of bounds"),
     ]
     for idx, value, exc, text in cases:
         with pytest.raises(exc, match=text) as info:
