@@ -136,7 +136,7 @@ def test_a_merge_racing_a_writer_keeps_both(tmp_path, monkeypatch, instant):
     exp.commit("exp changed chunks 0 and 1")
     main = hd.load("p/merge:main", storage=root)
     reached, go = threading.Event(), threading.Event()
-    hook = "_seal" if instant == "before the seal" else "_node_changes"
+    hook = "_seal" if instant == "before the seal" else "_sealed_changes"
     real = getattr(Repository, hook)
 
     def held(self, *args, **kw):

@@ -58,9 +58,10 @@ def _marked_node(name: str) -> str | None:
 
 
 def writers(root: Root, ds: str, branch: str, node: str) -> set[str]:
-    """The writer processes whose marks for ``node`` are in ``branch``'s folder (one LIST)."""
-    return {k.rsplit("/", 1)[1].split(".", 1)[1] for k in _list(root, ds, branch).keys
-            if _marked_node(k.rsplit("/", 1)[1]) == node and "." in k.rsplit("/", 1)[1]}
+    """The writer processes whose marks for ``node`` are in ``branch``'s folder (one LIST); a mark of an
+    upgraded dataset, which names no writer, counts as an unknown one ("?")."""
+    names = [k.rsplit("/", 1)[1] for k in _list(root, ds, branch).keys]
+    return {(n.split(".", 1)[1] if "." in n else "?") for n in names if _marked_node(n) == node}
 
 
 def record_key(ds: str, branch: str, seq: int) -> str:
