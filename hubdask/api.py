@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Any
 
@@ -14,6 +13,7 @@ from hubdask.array import Array
 from hubdask.errors import AlreadyExistsError, InvalidNameError, NotFoundError
 from hubdask.names import Name, parse
 from hubdask.source import Source
+from hubdask.spec import ArraySpec, auto_chunks  # noqa: F401  (auto_chunks: public here too)
 from hubdask.storage import Root, open_root
 from hubdask.versioning import repository
 from hubdask.versioning.repository import MARKER, forget
@@ -33,69 +33,7 @@ def locate(name: str, storage: Storage = None, storage_options: dict | None = No
 
 
 def _display(root: Root, n: Name, ref: str) -> str:
-    base = f"{n.root.rstrip('/')}/{n.path}" if n.root else n.path
-    return f"{base}:{ref}"
-
-
-def auto_chunks(shape: tuple[int, ...], itemsize: int, target: int | None = None) -> tuple[int, ...]:
-    """Chunks of about ``HUBDASK_CHUNK_MB`` (8 MiB): whole trailing axes, the first axis split first."""
-    target = target or config.chunk_target_bytes()
-    chunks = list(shape) or []
-    for axis in range(len(shape)):
-        rest = math.prod(chunks[axis + 1:]) * itemsize
-        if rest * chunks[axis] <= target:
-            break
-        chunks[axis] = max(1, target // max(rest, 1))
-        if rest <= target:
-            break
-    return tuple(max(1, min(c, s)) if s else 1 for c, s in zip(chunks, shape))
-
-
-def _check_shape_dtype_chunks(what: str, shape: Any, dtype: Any, chunks: Any) -> tuple:
-    try:
-        shape = tuple(int(s) for s in (shape if isinstance(shape, (tuple, list)) else (shape,)))
-    except (TypeError, ValueError):
-        raise TypeError(f"{what}: shape must be a tuple of non-negative integers, got {shape!r}") from None
-    if any(s < 0 for s in shape):
-        raise ValueError(f"{what}: shape {shape} has a negative length; expected non-negative integers")
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"{what}: {dtype!r} is not a numpy dtype") from None
-    if dt.kind not in "biufcmM" or dt.hasobject:
-        raise TypeError(f"{what}: dtype {dt} is not supported; expected a numeric or boolean dtype")
-    if chunks is None:
-        chunks = auto_chunks(shape, dt.itemsize)
-    else:
-        chunks = tuple(chunks) if isinstance(chunks, (tuple, list)) else (chunks,)
-        if len(chunks) != len(shape):
-            raise ValueError(f"{what}: chunks {chunks} has {len(chunks)} axes but shape {shape} has {len(shape)}")
-        if any(not isinstance(c, (int, np.integer)) or c <= 0 for c in chunks):
-            raise ValueError(f"{what}: chunks {chunks} must be positive integers")
-        if any(c > max(s, 1) for c, s in zip(chunks, shape)):
-            raise ValueError(f"{what}: chunks {chunks} are larger than the shape {shape} on some axis; "
-                             "expected each chunk length to be at most the axis length")
-        chunks = tuple(int(c) for c in chunks)
-    return shape, dt, chunks
-
-
-def _fill_value(what: str, fill_value: Any, dt: np.dtype) -> Any:
-    try:
-        return np.array(fill_value).astype(dt).item() if fill_value is not None else 0
-    except (TypeError, ValueError):
-        raise TypeError(f"{what}: fill_value {fill_value!r} does not fit dtype {dt}") from None
-
-
-def _compressors(codecs: Any) -> tuple:
-    from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
-
-    if codecs is None or codecs == "zstd":
-        return (ZstdCodec(level=0), Crc32cCodec())
-    if codecs == "blosc":
-        return (BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"), Crc32cCodec())
-    if codecs == "none":
-        return (Crc32cCodec(),)
-    return tuple(codecs) + (Crc32cCodec(),)
+    return n.with_ref(ref)
 
 
 def array(shape: Any, name: str, dtype: Any = "float64", chunks: Any = None, fill_value: Any = 0,
@@ -107,13 +45,10 @@ def array(shape: Any, name: str, dtype: Any = "float64", chunks: Any = None, fil
     ``codecs``: ``"zstd"`` (default), ``"blosc"``, ``"none"`` or a list of zarr bytes-to-bytes codecs;
     a crc32c checksum is always appended so corrupted bytes are detected.
     """
-    import zarr
-
     root, n = locate(name, storage, storage_options)
     what = f"dataset {str(n)!r}"
-    shape, dt, chunks = _check_shape_dtype_chunks(what, shape, dtype, chunks)
-    fill = _fill_value(what, fill_value, dt)
-    compressors = _compressors(codecs)
+    spec = ArraySpec.make(what, "", shape, dtype, chunks, fill_value, codecs)  # everything, before any I/O
+    shape, dt = spec.shape, spec.dtype
     repo = repository(root, n.path)
     branch = n.ref or DEFAULT_BRANCH
     if repo.exists(refresh=True):
@@ -125,11 +60,7 @@ def array(shape: Any, name: str, dtype: Any = "float64", chunks: Any = None, fil
                              f"not {shape} {dt}")
         return existing
 
-    def write_metadata(store) -> None:
-        zarr.create_array(store, shape=shape, chunks=chunks, dtype=dt, fill_value=fill,
-                          compressors=compressors, zarr_format=3)
-
-    return open_at(root, n, repo, repo.create(branch, write_metadata))
+    return open_at(root, n, repo, repo.create(branch, spec.create))
 
 
 def load(name: str, storage: Storage = None, storage_options: dict | None = None, *, _path: str = "",
@@ -139,7 +70,7 @@ def load(name: str, storage: Storage = None, storage_options: dict | None = None
     root, n = locate(name, storage, storage_options)
     repo = repository(root, n.path)
     if not repo.exists():
-        raise NotFoundError(f"no dataset {str(n).split(':')[0]!r} in {root.url}; hd.ls() lists what exists")
+        raise NotFoundError(f"no dataset {n.base!r} in {root.url}; hd.ls() lists what exists")
     return open_at(root, n, repo, repo.resolve(n.ref or repo.default_branch()), _path, cache)
 
 

@@ -48,6 +48,7 @@ def world(tmp_path_factory) -> World:
     a[0] = 7
     a.commit("c2")
     a.branch("exp")
+    hd.array((4,), name="o/half", dtype="float16", chunks=(2,), storage=root)
     return World(root, c1)
 
 
@@ -126,6 +127,44 @@ API_CASES = [
     Case("chunks-wrong-ndim", create(chunks=(5,)), ValueError, ("o/new", "axes")),
     Case("negative-shape", create(shape=(-1, 4)), ValueError, ("o/new", "non-negative")),
     Case("fill-does-not-fit", create(dtype="uint8", fill_value="x"), TypeError, ("o/new", "fill_value")),
+    # values that a cast would change: refused at creation as they are in writes (hubdask.spec.cast)
+    Case("fill-over-uint8", create(dtype="uint8", fill_value=300), TypeError, ("o/new", "300", "uint8", "0..255")),
+    Case("fill-over-int64", create(dtype="int64", fill_value=2**63), TypeError, ("o/new", str(2**63), "int64")),
+    Case("fill-huge-int", create(dtype="int64", fill_value=2**70), TypeError, ("o/new", "int64")),
+    Case("fill-nan-int32", create(dtype="int32", fill_value=float("nan")), TypeError, ("o/new", "nan", "int32")),
+    Case("fill-fraction-int", create(dtype="int16", fill_value=2.5), TypeError, ("o/new", "2.5", "int16")),
+    Case("fill-2-bool", create(dtype="bool", fill_value=2), TypeError, ("o/new", "2", "bool")),
+    Case("fill-over-float16", create(dtype="float16", fill_value=1e10), TypeError, ("o/new", "float16", "65504")),
+    Case("fill-array", create(fill_value=[1, 2]), TypeError, ("o/new", "scalar")),
+    Case("float16-overflow", lambda w: hd.load("o/half", storage=w.root).__setitem__(0, 1e10), TypeError,
+         ("o/half", "float16", "overflow", "65504")),
+    Case("float16-array-overflow", lambda w: hd.load("o/half", storage=w.root).__setitem__(
+        slice(None), np.array([1.0, 7e4, 0, 0])), TypeError, ("o/half", "float16", "overflow")),
+    # shapes: only integers are lengths
+    Case("shape-float", create(shape=(2.5, 3)), TypeError, ("o/new", "2.5", "integers")),
+    Case("shape-bool", create(shape=(True, 3)), TypeError, ("o/new", "True", "integers")),
+    Case("shape-str", create(shape="10"), TypeError, ("o/new", "'10'", "integers")),
+    Case("shape-none", create(shape=None), TypeError, ("o/new", "integers")),
+    Case("chunks-bool", create(chunks=(True, 5)), ValueError, ("o/new", "positive integers")),
+    Case("chunks-float", create(chunks=(2.5, 5)), ValueError, ("o/new", "positive integers")),
+    # dtypes zarr cannot store: one line naming what is supported
+    Case("datetime-no-unit", create(dtype="datetime64"), TypeError, ("o/new", "datetime64", "unit", "datetime64[s]")),
+    Case("timedelta-no-unit", create(dtype="m8"), TypeError, ("o/new", "timedelta64", "unit")),
+    Case("float128", create(dtype=np.longdouble if np.dtype(np.longdouble).itemsize > 8 else "V16"), TypeError,
+         ("o/new", "float64", "complex128")),
+    Case("complex256", create(dtype=np.clongdouble if np.dtype(np.clongdouble).itemsize > 16 else "V32"), TypeError,
+         ("o/new", "complex128")),
+    Case("structured-dtype", create(dtype=[("a", "i4"), ("b", "f8")]), TypeError, ("o/new", "numeric")),
+    Case("bad-codecs", create(codecs="lz4"), TypeError, ("o/new", "'lz4'", "zstd")),
+    Case("dataset-bad-fill", lambda w: hd.dataset("o/newds", storage=w.root, images=dict(
+        shape=(4, 2), dtype="uint8", fill_value=-1), labels=np.arange(4)), TypeError, ("o/newds", "images", "uint8")),
+    Case("dataset-no-unit", lambda w: hd.dataset("o/newds", storage=w.root, x=dict(shape=(4,), dtype="datetime64")),
+         TypeError, ("o/newds", "'x'", "unit")),
+    Case("create-array-bad-shape", lambda w: _dataset(w).create_array(
+        "z", shape=(1.5,), dtype="int8"), TypeError, ("o/grp", "'z'", "integers")),
+    # names shown as given (a URL root keeps its scheme and parts)
+    Case("missing-url-dataset", load("memory://bucket-x/prefix/nope/nope"), hd.NotFoundError,
+         ("memory://bucket-x/prefix/nope/nope",)),
     Case("exists", create(name=DS, shape=(20, 10), dtype="int32"), FileExistsError, (DS, "exist_ok")),
     Case("exists-other-shape", create(name=DS, exist_ok=True), ValueError, (DS, "(20, 10)")),
     # refs
@@ -136,6 +175,13 @@ API_CASES = [
 ]
 
 
+def _dataset(w: World):
+    """A multi-array dataset ``o/grp`` (made once per world, outside any case's snapshot)."""
+    if "grp" not in w.extra:
+        w.extra["grp"] = hd.dataset("o/grp", storage=w.root, images=dict(shape=(2, 2), dtype="uint8"))
+    return hd.load("o/grp", storage=w.root)
+
+
 def check_message(exc: BaseException, says: tuple[str, ...]) -> None:
     text = str(exc).lower()
     for s in says:
@@ -144,6 +190,8 @@ def check_message(exc: BaseException, says: tuple[str, ...]) -> None:
 
 @pytest.mark.parametrize("case", API_CASES, ids=[c.id for c in API_CASES])
 def test_api(case: Case, world: World) -> None:
+    if case.id == "create-array-bad-shape":
+        _dataset(world)
     before = snapshot(world.root)
     with pytest.raises(case.error) as info:
         case.run(world)
@@ -264,3 +312,37 @@ def test_cli(world: World, tmp_path) -> None:
         for s in says:
             assert s.lower() in r.stderr.lower(), (argv, s, r.stderr)
     assert snapshot(world.root) == before
+
+
+# --- shapes and names that used to slip through -----------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int32", "float64", "complex128"])
+def test_zero_d_array_writes_and_reads(tmp_path, dtype: str) -> None:
+    """A 0-d array is written and read back by every path (engine, numpy, dask), whatever its itemsize."""
+    a = hd.array((), name="o/scalar", dtype=dtype, storage=str(tmp_path / "root"))
+    a[()] = 5
+    b = hd.load("o/scalar", storage=str(tmp_path / "root"))
+    for got in (a.read(), b.read(), np.asarray(b), b.compute(), b[()].read()):
+        assert got.shape == () and got == 5
+    a[...] = 0
+    assert b.read() == 0
+
+
+def test_single_part_url_name_reads_back() -> None:
+    """``memory://x`` shows as ``memory://x:main`` (not ``memory:/x``), a name hd.load accepts."""
+    url = f"memory://one{os.getpid()}"
+    a = hd.array((2,), name=url, dtype="int8")
+    assert a.name == f"{url}:main"
+    assert hd.load(a.name).shape == (2,)
+
+
+def test_url_with_port_and_credentials_parses_and_hides_them() -> None:
+    from hubdask.names import parse
+
+    n = parse("ftp://alice:PW1234@127.0.0.1:2121/hub/ds:v1")
+    assert (n.path, n.ref, n.root) == ("ds", "v1", "ftp://alice:PW1234@127.0.0.1:2121/hub")
+    assert str(n) == "ftp://127.0.0.1:2121/hub/ds:v1"
+    with pytest.raises(hd.InvalidNameError) as info:
+        parse("ftp://alice:PW1234@127.0.0.1:2121/hub/d s")
+    assert "PW1234" not in str(info.value) and "d s" in str(info.value)

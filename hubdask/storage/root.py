@@ -20,6 +20,7 @@ from zarr.core.sync import sync as _sync
 from zarr.storage import FsspecStore, LocalStore, MemoryStore
 
 from hubdask import config
+from hubdask.names import safe_url
 from hubdask.storage.retry import Policy, retrying
 
 T = TypeVar("T")
@@ -65,7 +66,8 @@ class Root:
     """A storage root URL with its zarr Store, opened lazily in each process."""
 
     def __init__(self, url: str, options: dict[str, Any]) -> None:
-        self.url = url
+        self.url = safe_url(url)  # what is shown (messages, reprs, lock names): never user:password@
+        self._open_url = url  # what opens the store: may carry credentials
         self._options = options
         self._store: Store | None = None
         self._lock = threading.Lock()
@@ -74,11 +76,12 @@ class Root:
         return f"Root({self.url!r})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (open_root, (self.url, self._options))
+        return (open_root, (self._open_url, self._options))
 
     @property
     def token(self) -> str:
-        return f"{self.url}#{options_token(self._options)}"
+        secret = {} if self._open_url == self.url else {"url": self._open_url}  # roots of two users differ
+        return f"{self.url}#{options_token({**secret, **self._options})}"
 
     @property
     def scheme(self) -> str:
@@ -93,7 +96,7 @@ class Root:
         if self._store is None:
             with self._lock:
                 if self._store is None:
-                    self._store = _make_store(self.url, self._options)
+                    self._store = _make_store(self._open_url, self._options)
         return self._store
 
     # --- the primitives of the layers above, as coroutines and as blocking calls -----------------

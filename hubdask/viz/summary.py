@@ -11,26 +11,13 @@ import asyncio
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
+from hubdask.names import safe_url  # noqa: F401  (shown roots: credentials left out)
 from hubdask.storage import sync
 from hubdask.versioning.commits import Commit
 
 if TYPE_CHECKING:
     from hubdask.array import Array
-
-
-def safe_url(url: str) -> str:
-    """``url`` without user:password (an fsspec URL may carry them), so it can be shown."""
-    if "://" not in url:
-        return url
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
 def written_chunks(array: "Array") -> dict[tuple[int, ...], str]:
