@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -36,6 +38,19 @@ def _display(root: Root, n: Name, ref: str) -> str:
     return n.with_ref(ref)
 
 
+@contextlib.contextmanager
+def creating(root: Root, what: str) -> Iterator[None]:
+    """Around a creation's first writes: a missing bucket becomes one line naming it and the root."""
+    try:
+        yield
+    except NotFoundError as exc:
+        if not getattr(exc, "missing_bucket", None):
+            raise
+        bucket = root.url.split("://", 1)[-1].split("/", 1)[0]
+        raise NotFoundError(f"{what}: the bucket {bucket!r} of the root {root.url} does not exist; expected an "
+                            f"existing bucket: create it first (e.g. aws s3 mb s3://{bucket})") from None
+
+
 def array(shape: Any, name: str, dtype: Any = "float64", chunks: Any = None, fill_value: Any = 0,
           codecs: Any = None, exist_ok: bool = False, storage: Storage = None,
           storage_options: dict | None = None) -> Array:
@@ -60,7 +75,9 @@ def array(shape: Any, name: str, dtype: Any = "float64", chunks: Any = None, fil
                              f"not {shape} {dt}")
         return existing
 
-    return open_at(root, n, repo, repo.create(branch, spec.create))
+    with creating(root, what):
+        state = repo.create(branch, spec.create)
+    return open_at(root, n, repo, state)
 
 
 def load(name: str, storage: Storage = None, storage_options: dict | None = None, *, _path: str = "",

@@ -195,7 +195,7 @@ def dataset(name: str, *, storage: Any = None, storage_options: dict | None = No
     """
     import zarr
 
-    from hubdask.api import DEFAULT_BRANCH, load, locate, open_at
+    from hubdask.api import DEFAULT_BRANCH, creating, load, locate, open_at
     from hubdask.versioning import repository
 
     root, n = locate(name, storage, storage_options)
@@ -224,7 +224,9 @@ def dataset(name: str, *, storage: Any = None, storage_options: dict | None = No
         for s in specs:
             s.create_in(group)
 
-    ds = open_at(root, n, repo, repo.create(n.ref or DEFAULT_BRANCH, write_group))
+    with creating(root, what):
+        state = repo.create(n.ref or DEFAULT_BRANCH, write_group)
+    ds = open_at(root, n, repo, state)
     if _write_data(ds, specs, progress) and commit:
         keys = ", ".join(s.key for s in specs if s.data is not None)
         ds.commit(commit if isinstance(commit, str) else f"ingest {keys}")

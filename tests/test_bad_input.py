@@ -346,3 +346,105 @@ def test_url_with_port_and_credentials_parses_and_hides_them() -> None:
     with pytest.raises(hd.InvalidNameError) as info:
         parse("ftp://alice:PW1234@127.0.0.1:2121/hub/d s")
     assert "PW1234" not in str(info.value) and "d s" in str(info.value)
+
+
+# --- storage that is not there, not ours, or never answers: one line, fast, nothing written ------------
+
+CLIENTS = ["obstore", "s3fs"]
+
+
+@pytest.fixture
+def silent_endpoint():
+    """``http://127.0.0.1:PORT`` of a socket that accepts every connection and never answers."""
+    import socket
+    import threading
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    held: list = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        sock.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(sock.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for c in held:
+        c.close()
+    sock.close()
+
+
+def _use(monkeypatch, tmp_path, client: str, **env: str) -> None:
+    import s3fs
+
+    monkeypatch.setenv("HUBDASK_S3_CLIENT", client)
+    monkeypatch.setenv("HUBDASK_CACHE", str(tmp_path / "cache"))
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_missing_bucket_is_one_line_naming_bucket_and_root(moto_server, s3_root, monkeypatch, tmp_path, client):
+    _use(monkeypatch, tmp_path, client)
+    url = f"s3://no-such-bucket-{client}/root"
+    with pytest.raises(hd.NotFoundError) as info:
+        hd.array((4,), name="o/x", storage=url)
+    text = str(info.value)
+    assert "\n" not in text and len(text) < 300, text
+    check_message(info.value, ("o/x", f"'no-such-bucket-{client}'", url, "does not exist", "create it"))
+    with pytest.raises(hd.NotFoundError, match="no-such-bucket"):
+        hd.dataset("o/y", storage=url, images=dict(shape=(2,), dtype="uint8"))
+    assert f"no-such-bucket-{client}" not in {b["Name"] for b in moto_server.client().list_buckets()["Buckets"]}
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_no_credentials_fail_at_once_saying_where_they_were_looked_for(s3_root, moto_server, monkeypatch, tmp_path,
+                                                                        client):
+    """No keys anywhere (the metadata service refuses): the first request answers, with no retries."""
+    closed = f"http://127.0.0.1:{_closed_port()}"
+    _use(monkeypatch, tmp_path, client, AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+         AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_METADATA_ENDPOINT=closed,
+         AWS_EC2_METADATA_SERVICE_ENDPOINT=closed, HUBDASK_RETRY_WAIT="30", HUBDASK_RETRY_TIMEOUT="600")
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(k, raising=False)
+    for attempt in (lambda: hd.array((4,), name="o/x", storage=s3_root), lambda: hd.load("o/x", storage=s3_root)):
+        with pytest.raises(hd.StorageError) as info:
+            attempt()
+        text = str(info.value)
+        assert "\n" not in text and "attempt" not in text, text  # a first answer, not a retry budget spent
+        check_message(info.value, (s3_root, "no S3 credentials", "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "anon"))
+    bucket = s3_root.split("/")[2]
+    assert moto_server.client().list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0  # nothing written
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed when this returns: connections are refused
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_requests_end_within_the_retry_timeout(silent_endpoint, monkeypatch, tmp_path, client):
+    """An endpoint that accepts and never answers: every request gives up after HUBDASK_RETRY_TIMEOUT
+    (here 2 s; before, obstore waited its own 120 s), with a message naming the budget."""
+    from support.s3server import s3_env
+
+    _use(monkeypatch, tmp_path, client, HUBDASK_RETRY_TIMEOUT="2", **s3_env(silent_endpoint))
+    for attempt in (lambda: hd.load("o/x", storage=f"s3://b-{client}/root"),
+                    lambda: hd.array((4,), name="o/x", storage=f"s3://c-{client}/root"),
+                    lambda: hd.ls(storage=f"s3://d-{client}/root")):
+        with pytest.raises(hd.StorageError) as info:
+            attempt()
+        check_message(info.value, (f"-{client}/root", "did not answer", "HUBDASK_RETRY_TIMEOUT=2s"))

@@ -305,6 +305,30 @@ def _fsspec_options(scheme: str, options: dict[str, Any]) -> dict[str, Any]:
     return opts
 
 
+_CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                   "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_PROFILE")
+
+
+def _has_credentials(cfg: dict[str, Any]) -> bool:
+    """Whether obstore will find credentials: given, in the environment, or from an instance metadata
+    service that answers (probed once, 1 s at most: obstore would otherwise retry an absent one for the
+    whole retry budget before saying so)."""
+    if cfg.get("access_key_id") or cfg.get("skip_signature") or any(os.environ.get(k) for k in _CREDENTIAL_ENV):
+        return True
+    import http.client
+    from urllib.parse import urlsplit
+
+    endpoint = urlsplit(os.environ.get("AWS_METADATA_ENDPOINT") or "http://169.254.169.254")
+    conn = http.client.HTTPConnection(endpoint.hostname or "169.254.169.254", endpoint.port or 80, timeout=1.0)
+    try:
+        conn.request("PUT", "/latest/api/token", headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"})
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
 def _obstore_s3(url: str, options: dict[str, Any]) -> Store:
     """zarr's ObjectStore over obstore's S3Store, configured from s3fs-style options and AWS env vars."""
     from obstore.store import S3Store
@@ -331,9 +355,17 @@ def _obstore_s3(url: str, options: dict[str, Any]) -> Store:
         cfg["region"] = region
     if opts.pop("anon", False):
         cfg["skip_signature"] = True
+    if not _has_credentials(cfg):
+        from hubdask.errors import StorageError
+        from hubdask.storage.retry import CREDENTIALS_HELP
+
+        raise StorageError(f"storage {safe_url(url)}: no S3 credentials found: {CREDENTIALS_HELP}")
     if not endpoint or endpoint.startswith("https://"):
         cfg["unsigned_payload"] = True  # TLS protects the body; as botocore, hash it only over plain HTTP
-    client_options: dict[str, Any] = {"timeout": "120s", "connect_timeout": "10s"}
+    policy = Policy.from_env()
+    client_options: dict[str, Any] = {}
+    if policy.client_timeout() is not None:  # one request never outlasts HUBDASK_RETRY_TIMEOUT (retry.py)
+        client_options.update(timeout=f"{policy.timeout:g}s", connect_timeout=f"{min(policy.timeout, 10.0):g}s")
     if endpoint and endpoint.startswith("http://"):
         client_options["allow_http"] = True
     bucket_and_prefix = url.split("://", 1)[1]
@@ -343,6 +375,6 @@ def _obstore_s3(url: str, options: dict[str, Any]) -> Store:
         prefix=prefix or None,
         config=cfg,
         client_options=client_options,
-        retry_config=Policy.from_env().obstore_config(),  # HUBDASK_RETRIES etc. (storage/retry.py)
+        retry_config=policy.obstore_config(),  # HUBDASK_RETRIES etc. (storage/retry.py)
     )
     return ObjectStore(store)
