@@ -288,6 +288,11 @@ def _make_store(url: str, options: dict[str, Any]) -> Store:
     if scheme == "memory":
         return MemoryStore(_MEMORY.setdefault(url, {}))
     if scheme in ("s3", "s3a") and config.s3_client() == "obstore" and not _FORKED_FROM_OBSTORE:
+        if not _has_credentials(options):
+            from hubdask.errors import StorageError
+            from hubdask.storage.retry import CREDENTIALS_HELP
+
+            raise StorageError(f"storage {safe_url(url)}: no S3 credentials found: {CREDENTIALS_HELP}")
         return _obstore_s3(url, options)
     store = FsspecStore.from_url(url, storage_options=_fsspec_options(scheme, options))
     if scheme in ("s3", "s3a"):
@@ -309,11 +314,11 @@ _CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONT
                    "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_PROFILE")
 
 
-def _has_credentials(cfg: dict[str, Any]) -> bool:
-    """Whether obstore will find credentials: given, in the environment, or from an instance metadata
-    service that answers (probed once, 1 s at most: obstore would otherwise retry an absent one for the
-    whole retry budget before saying so)."""
-    if cfg.get("access_key_id") or cfg.get("skip_signature") or any(os.environ.get(k) for k in _CREDENTIAL_ENV):
+def _has_credentials(options: dict[str, Any]) -> bool:
+    """Whether obstore will find credentials: in storage_options, in the environment, or from an instance
+    metadata service that answers (probed once per root, 1 s at most: obstore would otherwise retry an
+    absent one for the whole retry budget before saying so)."""
+    if options.get("key") or options.get("anon") or any(os.environ.get(k) for k in _CREDENTIAL_ENV):
         return True
     import http.client
     from urllib.parse import urlsplit
@@ -355,11 +360,7 @@ def _obstore_s3(url: str, options: dict[str, Any]) -> Store:
         cfg["region"] = region
     if opts.pop("anon", False):
         cfg["skip_signature"] = True
-    if not _has_credentials(cfg):
-        from hubdask.errors import StorageError
-        from hubdask.storage.retry import CREDENTIALS_HELP
 
-        raise StorageError(f"storage {safe_url(url)}: no S3 credentials found: {CREDENTIALS_HELP}")
     if not endpoint or endpoint.startswith("https://"):
         cfg["unsigned_payload"] = True  # TLS protects the body; as botocore, hash it only over plain HTTP
     policy = Policy.from_env()

@@ -101,11 +101,14 @@ def repr_html(obj: Any) -> str:
         return dataset_html(obj)
     array = obj
     s = summarize(array, max_sized=REPR_MAX_SIZED)
+    view = array.is_view
     rows = [
-        ("shape", _fmt_shape(array.shape) + ("" if not array.is_view else f" (view of {_fmt_shape(s.shape)})")),
+        ("shape", _fmt_shape(array.shape) + ("" if not view else f" (view of {_fmt_shape(s.shape)})")),
         ("dtype", str(s.dtype)),
-        ("chunks", _fmt_shape(s.chunks)),
-        ("chunk grid", f"{_fmt_shape(s.grid)} = {s.total_chunks:,} chunks, {s.written:,} written"),
+        ("chunks", _fmt_shape(array.chunks) + ("" if not view or array.chunks == s.chunks
+                                                else f" (stored array: {_fmt_shape(s.chunks)})")),
+        ("stored chunk grid" if view else "chunk grid",
+         f"{_fmt_shape(s.grid)} = {s.total_chunks:,} chunks, {s.written:,} written"),
         ("logical size", human_bytes(s.logical_bytes)),
         ("stored size", _stored(s)),
     ] + _version_rows(s)
