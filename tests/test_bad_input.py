@@ -288,7 +288,13 @@ def _writable(path) -> bool:
 
 CLI_CASES = [
     (["info", "o/../etc"], 2, ("o/../etc", "expected")),
-    (["info", "o/missing"], 1, ("o/missing",)),
+    (["info", "o/missing"], 1, ("o/missing", "'hubdask ls'")),
+    (["cp", DS, f"{DS}:v1"], 1, (DS, "read-only", "branch")),
+    (["merge", f"{DS}:v1", "exp"], 1, (DS, "read-only", "hubdask branch")),
+    (["merge", DS, "nope"], 1, (DS, "nope")),
+    (["diff", DS, "o/other:main"], 2, ("o/other:main", DS, "expected REF")),
+    (["show", f"{DS}[0]", "-o", "/missing/dir/x.png"], 2, ("/missing/dir", "existing folder")),
+    (["commit", DS, "-m", "nothing"], 0, ()),  # prints "nothing to commit" to stdout, writes nothing
     (["log", f"{DS}:nope"], 1, (DS, "nope")),
     (["commit", f"{DS}:v1", "-m", "x"], 1, (DS, "read-only")),
     (["tag", DS, "v1"], 2, (DS, "v1")),
@@ -308,6 +314,9 @@ def test_cli(world: World, tmp_path) -> None:
         r = subprocess.run([sys.executable, "-m", "hubdask.cli", *argv], capture_output=True, text=True,
                            env=env, timeout=120)
         assert r.returncode == status, (argv, r.returncode, r.stderr)
+        if status == 0:
+            assert r.stderr == "" and "nothing to commit" in r.stdout, (argv, r.stdout, r.stderr)
+            continue
         assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, (argv, r.stderr)
         for s in says:
             assert s.lower() in r.stderr.lower(), (argv, s, r.stderr)
@@ -448,3 +457,26 @@ def test_requests_end_within_the_retry_timeout(silent_endpoint, monkeypatch, tmp
         with pytest.raises(hd.StorageError) as info:
             attempt()
         check_message(info.value, (f"-{client}/root", "did not answer", "HUBDASK_RETRY_TIMEOUT=2s"))
+
+
+def test_full_disk_names_the_dataset_and_keeps_commits(tmp_path) -> None:
+    """A local root on a full file system (a 512 KiB tmpfs): one StorageError naming the dataset and the
+    root, and the committed version still reads as it was."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs (needs root): {r.stderr.decode().strip()}")
+    try:
+        root = str(mnt / "root")
+        a = hd.array((64, 64, 64), name="o/full", dtype="float64", chunks=(1, 64, 64), codecs="none", storage=root)
+        a[0] = 1.5
+        c1 = a.commit("small")
+        with pytest.raises(hd.StorageError) as info:
+            a[:] = np.random.default_rng(0).random((64, 64, 64))
+        check_message(info.value, ("o/full", root, "full", "free space"))
+        assert "Errno" not in str(info.value)
+        old = hd.load(f"o/full:{c1}", storage=root).read()
+        assert (old[0] == 1.5).all() and (old[1:] == 0).all()
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
