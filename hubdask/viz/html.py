@@ -79,7 +79,7 @@ def _version_rows(s: Summary) -> list[tuple[str, str]]:
     rows = [
         ("root", s.root),
         ("branch" if s.branch else "commit", s.branch or s.commit or ""),
-        ("last commit", "" if s.last_commit is None else f"{s.last_commit.id[:12]} {s.last_commit.message}"),
+        ("last commit", "" if s.last_commit is None else f"{s.last_commit.id} {s.last_commit.message}"),
         ("branches", ", ".join(s.branches)),
         ("tags", ", ".join(s.tags) or "none"),
     ]
