@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 
-from hubdask import config
 from hubdask.array import Array
 from hubdask.errors import AlreadyExistsError, InvalidNameError, NotFoundError
 from hubdask.names import Name, parse

@@ -360,3 +360,18 @@ def test_help_says_what_a_missing_ref_means(root, capsys):
 
     text = " ".join(build_parser().format_help().split())
     assert "first branch" in text and "default main" not in text
+
+
+def test_progress_bars_are_plain_text_without_ipywidgets(monkeypatch):
+    """Without ipywidgets (Jupyter's widget bars need it) a bar is tqdm's text one: never the notebook bar
+    that warns "IProgress not found"."""
+    import warnings
+
+    from hubdask import progress
+
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)  # `import ipywidgets` raises ImportError
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with progress.bar(3, "x", progress=True) as bar:
+            bar.update(3)
+    assert type(bar).__module__ == "tqdm.std"
