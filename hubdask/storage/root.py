@@ -254,7 +254,7 @@ class Root:
         async def run() -> int:
             keys = await self.list_prefix_async(prefix)
             for k in keys:
-                await self.store.delete(k)
+                await self.delete_async(k)  # each DELETE retried and bounded like any request
             return len(keys)
 
         return sync(run())

@@ -48,7 +48,11 @@ def written_chunks(array: "Array") -> dict[tuple[int, ...], str]:
 
 def stored_bytes(array: "Array", keys: list[str], concurrency: int = 32) -> int:
     """The total size in storage of the objects ``keys`` (one size request each, ``concurrency`` at once)."""
-    store = array._source.root.store
+    from hubdask.storage import retry
+
+    root = array._source.root
+    store = root.store
+    local = root.is_local or root.scheme == "memory"
 
     async def run() -> int:
         sem = asyncio.Semaphore(concurrency)
@@ -56,7 +60,10 @@ def stored_bytes(array: "Array", keys: list[str], concurrency: int = 32) -> int:
         async def one(key: str) -> int:
             async with sem:
                 try:
-                    return await store.getsize(key)
+                    if local:
+                        return await store.getsize(key)
+                    return await retry.call(lambda: store.getsize(key), f"dataset {array.name!r}: size of {key!r}",
+                                            root=root.url)  # retried, and bounded by HUBDASK_RETRY_TIMEOUT
                 except FileNotFoundError:
                     return 0
 
