@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import math
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from hubdask import config
 from hubdask.array import Array
 from hubdask.errors import AlreadyExistsError, InvalidNameError, NotFoundError
 from hubdask.names import Name, parse
 from hubdask.source import Source
+from hubdask.spec import ArraySpec, auto_chunks  # noqa: F401  (auto_chunks: public here too)
 from hubdask.storage import Root, open_root
 from hubdask.versioning import repository
 from hubdask.versioning import layout
@@ -34,79 +35,20 @@ def locate(name: str, storage: Storage = None, storage_options: dict | None = No
 
 
 def _display(root: Root, n: Name, ref: str) -> str:
-    base = f"{n.root.rstrip('/')}/{n.path}" if n.root else n.path
-    return f"{base}:{ref}"
+    return n.with_ref(ref)
 
 
-def auto_chunks(shape: tuple[int, ...], itemsize: int, target: int | None = None) -> tuple[int, ...]:
-    """Chunks of about ``HUBDASK_CHUNK_MB`` (8 MiB): whole trailing axes, the first axis split first."""
-    target = target or config.chunk_target_bytes()
-    chunks = list(shape) or []
-    for axis in range(len(shape)):
-        rest = math.prod(chunks[axis + 1:]) * itemsize
-        if rest * chunks[axis] <= target:
-            break
-        chunks[axis] = max(1, target // max(rest, 1))
-        if rest <= target:
-            break
-    return tuple(max(1, min(c, s)) if s else 1 for c, s in zip(chunks, shape))
-
-
-def _check_shape_dtype_chunks(what: str, shape: Any, dtype: Any, chunks: Any) -> tuple:
+@contextlib.contextmanager
+def creating(root: Root, what: str) -> Iterator[None]:
+    """Around a creation's first writes: a missing bucket becomes one line naming it and the root."""
     try:
-        shape = tuple(int(s) for s in (shape if isinstance(shape, (tuple, list)) else (shape,)))
-    except (TypeError, ValueError):
-        raise TypeError(f"{what}: shape must be a tuple of non-negative integers, got {shape!r}") from None
-    if any(s < 0 for s in shape):
-        raise ValueError(f"{what}: shape {shape} has a negative length; expected non-negative integers")
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"{what}: {dtype!r} is not a numpy dtype") from None
-    if dt.kind not in "biufcmM" or dt.hasobject:
-        raise TypeError(f"{what}: dtype {dt} is not supported; expected a numeric or boolean dtype")
-    if chunks is None:
-        chunks = auto_chunks(shape, dt.itemsize)
-    else:
-        chunks = tuple(chunks) if isinstance(chunks, (tuple, list)) else (chunks,)
-        if len(chunks) != len(shape):
-            raise ValueError(f"{what}: chunks {chunks} has {len(chunks)} axes but shape {shape} has {len(shape)}")
-        if any(not isinstance(c, (int, np.integer)) or c <= 0 for c in chunks):
-            raise ValueError(f"{what}: chunks {chunks} must be positive integers")
-        if any(c > max(s, 1) for c, s in zip(chunks, shape)):
-            raise ValueError(f"{what}: chunks {chunks} are larger than the shape {shape} on some axis; "
-                             "expected each chunk length to be at most the axis length")
-        chunks = tuple(int(c) for c in chunks)
-    return shape, dt, chunks
-
-
-def _fill_value(what: str, fill_value: Any, dt: np.dtype) -> Any:
-    try:
-        return np.array(fill_value).astype(dt).item() if fill_value is not None else 0
-    except (TypeError, ValueError):
-        raise TypeError(f"{what}: fill_value {fill_value!r} does not fit dtype {dt}") from None
-
-
-def _compressors(codecs: Any) -> tuple:
-    from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
-
-    if codecs is None or codecs == "zstd":
-        return (ZstdCodec(level=0), Crc32cCodec())
-    if codecs == "blosc":
-        return (BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"), Crc32cCodec())
-    if codecs == "none":
-        return (Crc32cCodec(),)
-    return tuple(codecs) + (Crc32cCodec(),)
-
-
-def check_dims(what: str, dims: Any, ndim: int) -> tuple[str, ...] | None:
-    """``dims`` (one name per axis, recorded as zarr ``dimension_names``: xarray's dimensions) or None."""
-    if dims is None:
-        return None
-    dims = (dims,) if isinstance(dims, str) else tuple(dims)
-    if len(dims) != ndim or not all(isinstance(d, str) and d for d in dims) or len(set(dims)) != len(dims):
-        raise ValueError(f"{what}: dims {dims!r} must be {ndim} distinct non-empty names, one per axis")
-    return dims
+        yield
+    except NotFoundError as exc:
+        if not getattr(exc, "missing_bucket", None):
+            raise
+        bucket = root.url.split("://", 1)[-1].split("/", 1)[0]
+        raise NotFoundError(f"{what}: the bucket {bucket!r} of the root {root.url} does not exist; expected an "
+                            f"existing bucket: create it first (e.g. aws s3 mb s3://{bucket})") from None
 
 
 def array(shape: Any, name: str, dtype: Any = "float64", chunks: Any = None, fill_value: Any = 0,
@@ -119,14 +61,10 @@ def array(shape: Any, name: str, dtype: Any = "float64", chunks: Any = None, fil
     a crc32c checksum is always appended so corrupted bytes are detected. ``dims``: a name per axis,
     stored as zarr ``dimension_names`` (what xarray and other zarr tools call the dimensions).
     """
-    import zarr
-
     root, n = locate(name, storage, storage_options)
     what = f"dataset {str(n)!r}"
-    shape, dt, chunks = _check_shape_dtype_chunks(what, shape, dtype, chunks)
-    dims = check_dims(what, dims, len(shape))
-    fill = _fill_value(what, fill_value, dt)
-    compressors = _compressors(codecs)
+    spec = ArraySpec.make(what, "", shape, dtype, chunks, fill_value, codecs, dims)  # everything, before any I/O
+    shape, dt = spec.shape, spec.dtype
     repo = repository(root, n.path)
     branch = n.ref or DEFAULT_BRANCH
     if repo.exists(refresh=True):
@@ -138,11 +76,9 @@ def array(shape: Any, name: str, dtype: Any = "float64", chunks: Any = None, fil
                              f"not {shape} {dt}")
         return existing
 
-    def write_metadata(store) -> None:
-        zarr.create_array(store, shape=shape, chunks=chunks, dtype=dt, fill_value=fill,
-                          compressors=compressors, zarr_format=3, dimension_names=dims)
-
-    return open_at(root, n, repo, repo.create(branch, write_metadata))
+    with creating(root, what):
+        state = repo.create(branch, spec.create)
+    return open_at(root, n, repo, state)
 
 
 def load(name: str, storage: Storage = None, storage_options: dict | None = None, *, _path: str = "",
@@ -152,7 +88,7 @@ def load(name: str, storage: Storage = None, storage_options: dict | None = None
     root, n = locate(name, storage, storage_options)
     repo = repository(root, n.path)
     if not repo.exists():
-        _not_found(repo, str(n).split(':')[0])
+        _not_found(repo, n.base)
     try:
         state = repo.resolve(n.ref or repo.default_branch())
     except NotFoundError as exc:

@@ -321,7 +321,7 @@ def _decode_into(out: np.ndarray, part: ChunkPart, raw: Any, lay: Layout, name: 
     if raw is None or store_module.is_tombstone(raw):
         out[part.out] = lay.fill
         return
-    target = out[part.out] if part.whole else None
+    target = out[(*part.out, ...)] if part.whole else None  # "...": a view even of a 0-d out
     direct = target is not None and target.flags.c_contiguous and target.shape == lay.chunks
     buf = target if direct else _scratch(lay.chunks, lay.dtype)
     try:
@@ -614,7 +614,7 @@ def _chunk_error_for(name: str, key: str, op: str, exc: StorageError) -> Storage
 def _only_fill(chunk: np.ndarray, fill: Any, is_zero: bool) -> bool:
     if is_zero:
         # max() over the bytes: numpy's fastest full scan here (any() first casts every byte to bool)
-        return chunk.view(np.uint8).max() == 0 if chunk.flags.c_contiguous else not chunk.any()
+        return chunk.reshape(-1).view(np.uint8).max() == 0 if chunk.flags.c_contiguous else not chunk.any()
     if isinstance(fill, (float, np.floating)) and np.isnan(fill):
         return bool(np.isnan(chunk).all())
     return bool((chunk == fill).all())

@@ -158,7 +158,7 @@ def _print_info(s: Any) -> None:
          if s.branch else f"commit {s.commit}"),
         ("last commit", "none" if last is None else f"{last.id}  {_when(last.time)}  {last.message}"),
         ("branches", ", ".join(s.branches) or "none"),
-        ("tags", ", ".join(f"{t} -> {c[:12]}" for t, c in s.tags.items()) or "none"),
+        ("tags", ", ".join(f"{t} -> {c}" for t, c in s.tags.items()) or "none"),
     ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
@@ -171,11 +171,13 @@ def cmd_log(args: argparse.Namespace) -> int:
     tags: dict[str, list[str]] = {}
     for t, c in obj.tags.items():
         tags.setdefault(c, []).append(t)
+    if args.n:
+        commits = commits[: args.n]
     if args.json:
         print(json.dumps([{"id": c.id, "parents": list(c.parents), "time": c.time, "message": c.message,
                            "changes": len(c.changes), "tags": tags.get(c.id, [])} for c in commits]))
         return 0
-    for c in commits[: args.n] if args.n else commits:
+    for c in commits:
         label = f"  (tag: {', '.join(tags[c.id])})" if c.id in tags else ""
         merge = "  (merge)" if len(c.parents) > 1 else ""
         print(f"{c.id}  {_when(c.time)}  {c.message or '(no message)'}  [{len(c.changes)} changed]{label}{merge}")
@@ -189,7 +191,11 @@ def cmd_show(args: argparse.Namespace) -> int:
     a = _array(name, args)
     view = a[index] if index else a
     out = args.output or f"{name.split(':')[0].rstrip('/').rsplit('/', 1)[-1]}.png"
-    to_png(view, out, vmin=args.vmin, vmax=args.vmax, cmap=args.cmap, max_side=args.max_side)
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(folder):
+        raise UsageError(f"cannot write {out!r}: no folder {folder!r}; expected -o PATH in an existing folder")
+    to_png(view, out, vmin=args.vmin, vmax=args.vmax, cmap=args.cmap, max_side=args.max_side,
+           min_side=args.min_side)
     print(f"wrote {out} ({'x'.join(map(str, view.shape))} {view.dtype} slice of {a.name})")
     return 0
 
@@ -212,9 +218,11 @@ def cmd_rm(args: argparse.Namespace) -> int:
 def cmd_gc(args: argparse.Namespace) -> int:
     import hubdask as hd
 
-    report = hd.gc(args.name, dry_run=args.dry_run, grace=args.grace, storage=_storage(args))
-    verb = "would delete" if args.dry_run else "deleted"
-    print(f"{verb} {len(report.unreachable)} unreachable objects of {args.name}")
+    dry_run = not args.yes  # as hd.gc: a dry run unless asked to delete
+    report = hd.gc(args.name, dry_run=dry_run, grace=args.grace, storage=_storage(args))
+    verb = "would delete" if dry_run else "deleted"
+    print(f"{verb} {len(report.unreachable)} unreachable objects of {args.name}"
+          + (" (a dry run: pass --yes to delete them)" if dry_run and report.unreachable else ""))
     if args.verbose:
         for key in report.unreachable:
             print(f"  {key}")
@@ -222,8 +230,23 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_commit(args: argparse.Namespace) -> int:
+    import inspect
+
     obj = _load(args.name, args)
-    cid = obj.commit(args.message)
+    branch = obj.branch_name
+    if branch is None:
+        obj.commit(args.message)  # raises the ReadOnlyError that names the tag or commit
+    repo = obj._repo
+    before = repo.resolve(branch).commit
+    if not args.allow_empty and not repo.uncommitted(branch):
+        print(f"nothing to commit on {obj.name} (still at {before}; --allow-empty makes an empty commit)")
+        return 0
+    kwargs = {"allow_empty": True} if args.allow_empty and "allow_empty" in inspect.signature(obj.commit).parameters \
+        else {}
+    cid = obj.commit(args.message, **kwargs)
+    if cid == before:  # the branch's writes were already committed by someone else meanwhile
+        print(f"nothing to commit on {obj.name} (still at {before})")
+        return 0
     print(cid)
     return 0
 
@@ -256,6 +279,47 @@ def cmd_branch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    obj = _load(args.name, args)
+    before = obj.commit_id
+    cid = obj.merge(args.ref, strategy=args.strategy, message=args.message)
+    if cid == before:
+        print(f"nothing to merge: {obj.name} already holds {args.ref}")
+    else:
+        print(f"merged {args.ref} into {obj.name}: commit {cid}")
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from hubdask.names import parse
+
+    obj = _load(args.name, args)
+    other = args.other
+    if other and ":" in other:  # NAME:REF of the same dataset, as in 'hubdask diff o/d:exp o/d:main'
+        theirs, ours = parse(other), parse(args.name)
+        if theirs.base != ours.base:
+            raise UsageError(f"diff compares two refs of one dataset; {other!r} is not a ref of {ours.base!r}: "
+                             "expected REF or NAME:REF")
+        other = theirs.ref
+    changes = obj.diff(other)
+    against = other or "its last commit"
+    if args.json:
+        print(json.dumps([{"key": c.key, "array": c.array, "kind": c.kind, "chunk": list(c.chunk) if c.chunk else None,
+                           "region": [[s.start, s.stop] for s in c.region] if c.region else None} for c in changes]))
+        return 0
+    if not changes:
+        print(f"no differences between {against} and {obj.name}")
+        return 0
+    rows = [(c.kind, c.array or "(root)", "metadata" if c.chunk is None else "/".join(map(str, c.chunk)),
+             "" if not c.region else "[" + ", ".join(f"{s.start}:{s.stop}" for s in c.region) + "]") for c in changes]
+    header = ("change", "array", "chunk", "region")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    for r in [header, *rows]:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    print(f"{len(changes)} changes from {against} to {obj.name}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from hubdask import demo
 
@@ -266,7 +330,11 @@ def cmd_view(args: argparse.Namespace) -> int:
     from hubdask.viz.server import ViewerServer
 
     a = _array(args.name, args)
-    server = ViewerServer(a, port=args.port, max_side=args.max_side)
+    try:
+        server = ViewerServer(a, port=args.port, max_side=args.max_side)
+    except OSError as exc:
+        raise UsageError(f"cannot serve the viewer on 127.0.0.1 port {args.port} ({exc.strerror or exc}); "
+                         "expected a free port: pick another with --port, or --port 0 for any") from None
     print(f"viewing {a.name} at {server.url} (Ctrl-C to stop)", flush=True)
     if args.open:
         import webbrowser
@@ -441,8 +509,12 @@ def copy(inp: Input, dst: Any, jobs: int = 8, progress: bool | None = None) -> d
     """
     from hubdask import progress as bars
     from hubdask.array import read_selection
+    from hubdask.errors import ReadOnlyError
     from hubdask.write import write_region
 
+    if dst.branch_name is None:  # before any byte is read or written
+        raise ReadOnlyError(f"dataset {dst.name!r} is a tag or commit, which is read-only; expected a branch "
+                            f"to copy into ('hubdask branch {dst.dataset_name}' lists them)")
     shape, chunks = dst.storage_shape, dst.storage_chunks
     src_dst = dst._fresh_source()
     present = _dst_written(dst)
@@ -531,7 +603,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--progress", action="store_true", default=argparse.SUPPRESS,
                         help="progress bars even when not on a terminal")
     p = _Parser(prog=PROG, description="Versioned, named, chunked arrays on object storage.",
-                epilog="Names: owner/dataset[:REF] (REF: branch, tag or commit; default main) or a full URL "
+                epilog="Names: owner/dataset[:REF] (REF: branch, tag or commit id; default: the "
+                       "dataset's first branch, main unless created as NAME:BRANCH) or a full URL "
                        "s3://bucket/prefix/dataset[:REF]. Credentials: the usual AWS variables or profiles.")
     p.add_argument("--storage", metavar="ROOT", help="root for names without a URL (also accepted after the command)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -557,7 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("name")
     sp.add_argument("-n", type=int, default=0, help="at most N commits")
     sp.add_argument("--json", action="store_true")
-    sp = add("show", cmd_show, "render a 1-D, 2-D or (H, W, 3|4) slice to a PNG file")
+    sp = add("show", cmd_show, "render a 1-D, 2-D or (H, W, 1|3|4) slice to a PNG file")
     sp.add_argument("target", metavar="NAME[INDEX]", help="e.g. 'owner/ds:v1[0]' or 'owner/ds[0, 100:300, :, 0]'")
     sp.add_argument("-o", "--output", help="PNG file (default: DATASET.png)")
     sp.add_argument("-a", "--array", metavar="KEY", help="the array of a dataset to show")
@@ -565,6 +638,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--vmin", type=float)
     sp.add_argument("--vmax", type=float)
     sp.add_argument("--max-side", type=int, default=2048, help="stride larger slices down to this many pixels")
+    sp.add_argument("--min-side", type=int, default=256,
+                    help="enlarge smaller pictures (sharp pixels) to about this many pixels (0: never)")
     sp = add("cp", cmd_cp, "copy an array between roots, or from a .npy, HDF5 or zarr file, restartably")
     sp.add_argument("src", help="hub name or URL, FILE.npy, FILE.h5[:DATASET] or DIR.zarr[:PATH]")
     sp.add_argument("dst", help="hub name or URL (created if missing)")
@@ -575,14 +650,26 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("rm", cmd_rm, "delete a dataset with all its versions")
     sp.add_argument("name")
     sp.add_argument("-y", "--yes", action="store_true", help="do not ask")
-    sp = add("gc", cmd_gc, "delete objects that no branch or tag reaches")
+    sp = add("gc", cmd_gc, "count (or with --yes delete) objects that no branch or tag reaches")
     sp.add_argument("name")
-    sp.add_argument("-n", "--dry-run", action="store_true", help="only count what would be deleted")
+    sp.add_argument("-y", "--yes", action="store_true", help="delete (default: a dry run that only counts, as hd.gc)")
+    sp.add_argument("-n", "--dry-run", action="store_true", help="only count what would be deleted (the default)")
     sp.add_argument("--grace", type=float, default=3600.0, help="spare objects younger than this (s)")
     sp.add_argument("-v", "--verbose", action="store_true", help="list the objects")
     sp = add("commit", cmd_commit, "commit a branch's writes; prints the commit id")
     sp.add_argument("name", help="owner/dataset[:BRANCH]")
     sp.add_argument("-m", "--message", default="", help="commit message")
+    sp.add_argument("--allow-empty", action="store_true", help="commit even when nothing changed")
+    sp = add("merge", cmd_merge, "three-way merge of REF into a branch; prints the merge commit")
+    sp.add_argument("name", help="owner/dataset[:BRANCH] (the branch merged into)")
+    sp.add_argument("ref", help="the branch, tag or commit merged in")
+    sp.add_argument("-s", "--strategy", choices=("ours", "theirs"),
+                    help="on chunks both sides changed: keep ours or take theirs (default: refuse)")
+    sp.add_argument("-m", "--message", help="merge commit message")
+    sp = add("diff", cmd_diff, "chunks and metadata that differ between two refs")
+    sp.add_argument("name", help="owner/dataset[:REF] (the newer state)")
+    sp.add_argument("other", nargs="?", help="the older ref (default: the last commit of NAME's branch)")
+    sp.add_argument("--json", action="store_true")
     sp = add("tag", cmd_tag, "tag a ref's commit (no TAG: list tags)")
     sp.add_argument("name", help="owner/dataset[:REF]")
     sp.add_argument("tag", nargs="?")
@@ -640,11 +727,33 @@ def _usage_errors() -> tuple[type, ...]:
     return (InvalidNameError, IndexError)
 
 
+# The library's advice names Python calls; on the command line the same advice names commands.
+_CLI_ADVICE = (
+    ("hd.ls() lists what exists", f"'{PROG} ls' lists what exists"),
+    ("Open a branch, or make one with .branch(NAME)",
+     f"open a branch (NAME:BRANCH), or make one with '{PROG} branch NAME BRANCH'"),
+    ("to remove a branch or tag use .delete_branch / .delete_tag",
+     f"to remove a branch or tag use '{PROG} branch NAME -d BRANCH' / '{PROG} tag NAME -d TAG'"),
+    ("pass strategy='ours' or 'theirs' to resolve", "pass --strategy ours or --strategy theirs to resolve"),
+    ("run .commit() on the branch to complete it", f"run '{PROG} commit' on the branch to complete it"),
+    ("delete the dataset instead", f"delete the dataset instead ('{PROG} rm')"),
+    ("pass exist_ok=True to open it", "name it to open it"),
+)
+
+
 def _one_line(exc: BaseException) -> str:
+    """The error as one line, in the CLI's words, with no credentials."""
+    from hubdask.names import redact
+
     text = str(exc) or type(exc).__name__
     if isinstance(exc, (KeyError, OSError)) and not isinstance(exc, FileNotFoundError) and text.startswith("'"):
         text = f"{type(exc).__name__}: {text}"
-    return " ".join(text.split())
+    elif isinstance(exc, OSError) and exc.errno is not None and text.startswith("["):  # a bare [Errno N] ...
+        where = exc.filename or ""
+        text = f"{exc.strerror or text}" + (f": {where!r}" if where else "")
+    for python, cli in _CLI_ADVICE:
+        text = text.replace(python, cli)
+    return redact(" ".join(text.split()))
 
 
 if __name__ == "__main__":

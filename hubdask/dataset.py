@@ -19,68 +19,9 @@ import numpy as np
 
 from hubdask.array import Array
 from hubdask.history import Versioned
-from hubdask.names import check_part
 from hubdask.source import Source
+from hubdask.spec import ArraySpec, array_spec
 from hubdask.errors import AlreadyExistsError
-
-
-@dataclasses.dataclass(frozen=True)
-class ArraySpec:
-    """A validated array to create: the arguments of ``zarr.create_array`` plus optional data to write."""
-
-    key: str
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    chunks: tuple[int, ...]
-    fill_value: Any
-    compressors: tuple
-    data: Any = None  # numpy / dask / hd.Array / array-like to write after creation, or None
-    dims: tuple[str, ...] | None = None  # zarr dimension_names (xarray's dimensions)
-
-    def create_in(self, group: Any) -> None:
-        group.create_array(self.key, shape=self.shape, chunks=self.chunks, dtype=self.dtype,
-                           fill_value=self.fill_value, compressors=self.compressors, dimension_names=self.dims)
-
-
-def array_spec(what: str, key: str, spec: Any) -> ArraySpec:
-    """``spec`` (a dict of shape/dtype/chunks/fill_value/codecs, or array-like data) -> ArraySpec.
-
-    Everything is checked here, before any storage is touched.
-    """
-    from hubdask.api import _check_shape_dtype_chunks, _compressors, _fill_value, check_dims
-
-    from hubdask.errors import InvalidNameError
-
-    try:
-        check_part(key, "array name", key)
-    except InvalidNameError:
-        raise InvalidNameError(f"{what}: invalid array name {key!r}; expected letters, digits, '.', '_' or '-', "
-                               "not empty and not '.' or '..'") from None
-    what = f"{what}, array {key!r}"
-    if isinstance(spec, dict):
-        unknown = set(spec) - {"shape", "dtype", "chunks", "fill_value", "codecs", "data", "dims"}
-        if unknown:
-            raise TypeError(f"{what}: unknown keys {sorted(unknown)}; expected shape, dtype, chunks, "
-                            "fill_value, codecs, dims (or data)")
-        data = spec.get("data")
-        if "shape" not in spec and data is None:
-            raise TypeError(f"{what}: expected dict(shape=..., dtype=...) or array data")
-        shape = spec.get("shape", getattr(data, "shape", None))
-        dtype = spec.get("dtype", getattr(data, "dtype", "float64"))
-        chunks, fill, codecs = spec.get("chunks"), spec.get("fill_value", 0), spec.get("codecs")
-        dims = spec.get("dims")
-    else:
-        dims = None
-        data = spec
-        if not (hasattr(data, "shape") and hasattr(data, "dtype")):
-            data = np.asarray(data)
-        shape, dtype, fill, codecs = data.shape, data.dtype, 0, None
-        chunks = data.storage_chunks if isinstance(data, Array) and not data.is_view else None
-    shape, dt, chunks = _check_shape_dtype_chunks(what, shape, dtype, chunks)
-    if data is not None and tuple(data.shape) != shape:
-        raise ValueError(f"{what}: data has shape {tuple(data.shape)} but the array's shape is {shape}")
-    return ArraySpec(key, shape, dt, chunks, _fill_value(what, fill, dt), _compressors(codecs), data,
-                     check_dims(what, dims, len(shape)))
 
 
 class Dataset(Versioned):
@@ -254,7 +195,7 @@ def dataset(name: str, *, storage: Any = None, storage_options: dict | None = No
     """
     import zarr
 
-    from hubdask.api import DEFAULT_BRANCH, load, locate, open_at
+    from hubdask.api import DEFAULT_BRANCH, creating, load, locate, open_at
     from hubdask.versioning import repository
 
     root, n = locate(name, storage, storage_options)
@@ -283,7 +224,9 @@ def dataset(name: str, *, storage: Any = None, storage_options: dict | None = No
         for s in specs:
             s.create_in(group)
 
-    ds = open_at(root, n, repo, repo.create(n.ref or DEFAULT_BRANCH, write_group))
+    with creating(root, what):
+        state = repo.create(n.ref or DEFAULT_BRANCH, write_group)
+    ds = open_at(root, n, repo, state)
     if _write_data(ds, specs, progress) and commit:
         keys = ", ".join(s.key for s in specs if s.data is not None)
         ds.commit(commit if isinstance(commit, str) else f"ingest {keys}")

@@ -107,12 +107,12 @@ def run(storage: str | None = None, keep: bool = True, out: Callable[[str], None
     t = time.perf_counter()
     c1 = b.commit("first image")
     b.tag("v1")
-    say(f"b.commit('first image') -> {c1[:12]}; b.tag('v1')", t)
+    say(f"b.commit('first image') -> {c1}; b.tag('v1')", t)
 
     t = time.perf_counter()
     b[0] = 255 - image
     c2 = b.commit("inverted the first image")
-    say(f"b[0] = 255 - image; b.commit(...) -> {c2[:12]}", t)
+    say(f"b[0] = 255 - image; b.commit(...) -> {c2}", t)
 
     t = time.perf_counter()
     old = hd.load(f"{NAME}:v1", storage=storage)[0].read()
@@ -120,7 +120,7 @@ def run(storage: str | None = None, keep: bool = True, out: Callable[[str], None
     assert np.array_equal(old, image) and np.array_equal(new, 255 - image)
     say(f"time travel: hd.load('{NAME}:v1')[0] is the original, '{NAME}' (main) the inverted one", t)
 
-    log = [f"{c.id[:12]} {c.message}" for c in b.log()]
+    log = [f"{c.id} {c.message}" for c in b.log()]
     say(f"b.log(): {' | '.join(log)}")
     if keep:
         out(f"done. Look at it: hubdask info {NAME}; hubdask show '{NAME}:v1[0]' -o v1.png; "

@@ -40,8 +40,9 @@ class StorageError(HubdaskError, OSError):
 
 
 def refusing_read_only(what: str, url: str):
-    """A context that turns the OS's "read-only file system" or "permission denied" into a ReadOnlyError
-    naming ``what`` (e.g. the dataset), instead of a bare OSError about some object path."""
+    """A context around writes that turns the OS's "read-only file system" or "permission denied" into a
+    ReadOnlyError, and "no space left" or "quota exceeded" into a StorageError, naming ``what`` (e.g. the
+    dataset) and the root, instead of a bare OSError about some object path."""
     import contextlib
     import errno
 
@@ -50,7 +51,12 @@ def refusing_read_only(what: str, url: str):
         try:
             yield
         except OSError as exc:
-            if isinstance(exc, HubdaskError) or exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            if isinstance(exc, HubdaskError):
+                raise
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageError(f"{what}: the root {url} is full ({exc.strerror}); expected free space for "
+                                   "the write: free some (e.g. 'hubdask gc NAME --yes') and write again") from exc
+            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
                 raise
             raise ReadOnlyError(f"{what}: the root {url} is read-only ({exc.strerror}); expected a writable "
                                 "root") from exc

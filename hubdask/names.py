@@ -7,12 +7,35 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 from hubdask.errors import InvalidNameError
 
 _PART = re.compile(r"[A-Za-z0-9._-]+")
 _URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://(.*)$")
 MAX_NAME_LENGTH = 255
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s]*@)")
+
+
+def safe_url(url: str) -> str:
+    """``url`` without ``user:password@`` (an fsspec URL may carry them), so it can be shown anywhere."""
+    if "://" not in url:
+        return url
+    try:
+        parts = urlsplit(url)
+        if parts.username is None and parts.password is None:
+            return url
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    except ValueError:  # not parseable as a URL (e.g. a bad port): cut the user info out by hand
+        return redact(url)
+
+
+def redact(text: str) -> str:
+    """``text`` with the ``user:password@`` of every URL in it removed (for error messages and logs)."""
+    return _USERINFO.sub(lambda m: m.group("scheme"), text)
 
 
 @dataclass(frozen=True)
@@ -27,9 +50,20 @@ class Name:
     ref: str | None = None
     root: str | None = None
 
+    @property
+    def base(self) -> str:
+        """The dataset without its ref, as the user would write it (credentials left out)."""
+        if not self.root:
+            return self.path
+        root = safe_url(self.root)
+        return f"{root}{self.path}" if root.endswith("://") else f"{root.rstrip('/')}/{self.path}"
+
+    def with_ref(self, ref: str | None) -> str:
+        """``base:ref``: a name that ``parse`` reads back to this dataset at ``ref``."""
+        return f"{self.base}:{ref}" if ref else self.base
+
     def __str__(self) -> str:
-        base = f"{self.root.rstrip('/')}/{self.path}" if self.root else self.path
-        return f"{base}:{self.ref}" if self.ref else base
+        return self.with_ref(self.ref)
 
 
 def check_part(part: str, what: str, full: str) -> str:
@@ -61,19 +95,25 @@ def parse(name: str) -> Name:
     url = _URL.match(name)
     if url:
         scheme, rest = url.groups()
-        host, slash, tail = rest.partition("/")
-        if slash and ":" in host:  # a port (https://host:8080/owner/ds:REF): the ref is in the path only
-            path, ref = _split_ref(tail, name)
-            path = f"{host}/{path}"
-        else:
-            path, ref = _split_ref(rest, name)
+        netloc, slash, tail = rest.partition("/")
+        userinfo = ""
+        if "@" in netloc:  # user:password@host: kept for opening the root, never shown
+            info, _, host = netloc.rpartition("@")
+            userinfo, rest = info + "@", host + slash + tail
+        shown = f"{scheme}://{rest}"
+        if scheme == "memory":  # memory://NAME[/...]: no host, the first part may be the dataset
+            host, path = "", rest
+        else:  # the host part (bucket, host:port) is never a dataset or a ref
+            host, _, path = rest.partition("/")
+            host += "/"
+        path, ref = _split_ref(path, shown)
         parts = path.rstrip("/").split("/")
-        if len(parts) < 2 and scheme != "memory":
+        if not parts[-1]:
             raise InvalidNameError(
-                f"dataset URL {name!r} has no dataset part: expected {scheme}://BUCKET/.../DATASET[:REF]"
+                f"dataset URL {shown!r} has no dataset part: expected {scheme}://BUCKET/.../DATASET[:REF]"
             )
-        dataset = check_part(parts[-1], "dataset", name)
-        root = f"{scheme}://" + "/".join(parts[:-1])
+        dataset = check_part(parts[-1], "dataset", shown)
+        root = f"{scheme}://{userinfo}{host}" + "/".join(parts[:-1])
         return Name(dataset, ref, root)
     path, ref = _split_ref(name, name)
     parts = path.split("/")

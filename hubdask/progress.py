@@ -41,7 +41,12 @@ def compute(collection: Any, progress: bool | None = None, **kwargs: Any) -> Any
 
 
 def bar(total: int, desc: str, progress: bool | None = None, unit: str = "it"):
-    """A tqdm bar (disabled when progress is off)."""
-    from tqdm.auto import tqdm
+    """A tqdm bar (disabled when progress is off): a widget in Jupyter when ipywidgets is installed
+    (``pip install hubdask[notebook]``), else plain text, never tqdm's "IProgress not found" warning."""
+    try:
+        import ipywidgets  # noqa: F401  (tqdm.auto's notebook bar needs it)
+        from tqdm.auto import tqdm
+    except ImportError:
+        from tqdm.std import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, disable=not enabled(progress), file=sys.stderr)

@@ -18,6 +18,7 @@ from hubdask import chunkio, grid
 from hubdask.errors import ConflictError, NotFoundError, ReadOnlyError, refusing_read_only
 from hubdask.locks import chunk_locks, lock_name
 from hubdask.source import Source
+from hubdask.spec import cast
 from hubdask.versioning import repository
 from hubdask.versioning.store import StaleRead, based_on_reads, begin_write, end_based_on
 
@@ -30,33 +31,14 @@ if TYPE_CHECKING:
 
 def coerce(value: Any, dtype: np.dtype, shape: tuple[int, ...], what: str) -> np.ndarray:
     """``value`` as an array of ``dtype`` broadcast to ``shape`` by numpy's assignment rule (leading
-    length-1 axes of the value dropped); TypeError/ValueError if it does not fit.
-
-    Safe casts pass; so do same-kind casts (and Python numbers) whose values survive the cast exactly.
-    """
-    arr = np.asarray(value)
-    if arr.dtype == object or arr.dtype.kind in "OUSV" and dtype.kind not in "OUSV":
-        raise TypeError(f"{what}: cannot write values of dtype {arr.dtype} into an array of dtype {dtype}")
-    if arr.dtype != dtype and not np.can_cast(arr.dtype, dtype, "safe"):
-        same_kind = np.can_cast(arr.dtype, dtype, "same_kind")
-        python_number = not isinstance(value, np.ndarray)
-        if not (same_kind or python_number or (arr.dtype.kind in "iub" and dtype.kind in "iuf")):
-            raise TypeError(f"{what}: cannot safely cast values of dtype {arr.dtype} to the array's dtype {dtype}")
-        if dtype.kind in "iub":
-            if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
-                raise TypeError(f"{what}: NaN or infinity cannot be written into an array of dtype {dtype}")
-            with np.errstate(all="ignore"):
-                cast = arr.astype(dtype)
-            if not np.array_equal(cast, arr):
-                info = np.iinfo(dtype) if dtype.kind in "iu" else None
-                rng = f" (range {info.min}..{info.max})" if info else ""
-                raise TypeError(f"{what}: values do not fit the array's dtype {dtype}{rng} without change")
-            arr = cast
+    length-1 axes of the value dropped); TypeError/ValueError if it does not fit (the value rule of
+    hubdask.spec.cast: exact into integers, no overflow to infinity into floats)."""
+    arr = cast(value, dtype, what)
     extra = arr.ndim - len(shape)
     if extra > 0 and all(n == 1 for n in arr.shape[:extra]):
         arr = arr.reshape(arr.shape[extra:])  # numpy drops a value's leading length-1 axes in assignment
     try:
-        return np.broadcast_to(arr.astype(dtype, copy=False), shape)
+        return np.broadcast_to(arr, shape)
     except ValueError:
         raise ValueError(f"{what}: value of shape {np.shape(value)} cannot be broadcast to the selection's shape "
                          f"{shape}") from None

@@ -48,6 +48,7 @@ def world(tmp_path_factory) -> World:
     a[0] = 7
     a.commit("c2")
     a.branch("exp")
+    hd.array((4,), name="o/half", dtype="float16", chunks=(2,), storage=root)
     return World(root, c1)
 
 
@@ -126,6 +127,44 @@ API_CASES = [
     Case("chunks-wrong-ndim", create(chunks=(5,)), ValueError, ("o/new", "axes")),
     Case("negative-shape", create(shape=(-1, 4)), ValueError, ("o/new", "non-negative")),
     Case("fill-does-not-fit", create(dtype="uint8", fill_value="x"), TypeError, ("o/new", "fill_value")),
+    # values that a cast would change: refused at creation as they are in writes (hubdask.spec.cast)
+    Case("fill-over-uint8", create(dtype="uint8", fill_value=300), TypeError, ("o/new", "300", "uint8", "0..255")),
+    Case("fill-over-int64", create(dtype="int64", fill_value=2**63), TypeError, ("o/new", str(2**63), "int64")),
+    Case("fill-huge-int", create(dtype="int64", fill_value=2**70), TypeError, ("o/new", "int64")),
+    Case("fill-nan-int32", create(dtype="int32", fill_value=float("nan")), TypeError, ("o/new", "nan", "int32")),
+    Case("fill-fraction-int", create(dtype="int16", fill_value=2.5), TypeError, ("o/new", "2.5", "int16")),
+    Case("fill-2-bool", create(dtype="bool", fill_value=2), TypeError, ("o/new", "2", "bool")),
+    Case("fill-over-float16", create(dtype="float16", fill_value=1e10), TypeError, ("o/new", "float16", "65504")),
+    Case("fill-array", create(fill_value=[1, 2]), TypeError, ("o/new", "scalar")),
+    Case("float16-overflow", lambda w: hd.load("o/half", storage=w.root).__setitem__(0, 1e10), TypeError,
+         ("o/half", "float16", "overflow", "65504")),
+    Case("float16-array-overflow", lambda w: hd.load("o/half", storage=w.root).__setitem__(
+        slice(None), np.array([1.0, 7e4, 0, 0])), TypeError, ("o/half", "float16", "overflow")),
+    # shapes: only integers are lengths
+    Case("shape-float", create(shape=(2.5, 3)), TypeError, ("o/new", "2.5", "integers")),
+    Case("shape-bool", create(shape=(True, 3)), TypeError, ("o/new", "True", "integers")),
+    Case("shape-str", create(shape="10"), TypeError, ("o/new", "'10'", "integers")),
+    Case("shape-none", create(shape=None), TypeError, ("o/new", "integers")),
+    Case("chunks-bool", create(chunks=(True, 5)), ValueError, ("o/new", "positive integers")),
+    Case("chunks-float", create(chunks=(2.5, 5)), ValueError, ("o/new", "positive integers")),
+    # dtypes zarr cannot store: one line naming what is supported
+    Case("datetime-no-unit", create(dtype="datetime64"), TypeError, ("o/new", "datetime64", "unit", "datetime64[s]")),
+    Case("timedelta-no-unit", create(dtype="m8"), TypeError, ("o/new", "timedelta64", "unit")),
+    Case("float128", create(dtype=np.longdouble if np.dtype(np.longdouble).itemsize > 8 else "V16"), TypeError,
+         ("o/new", "float64", "complex128")),
+    Case("complex256", create(dtype=np.clongdouble if np.dtype(np.clongdouble).itemsize > 16 else "V32"), TypeError,
+         ("o/new", "complex128")),
+    Case("structured-dtype", create(dtype=[("a", "i4"), ("b", "f8")]), TypeError, ("o/new", "numeric")),
+    Case("bad-codecs", create(codecs="lz4"), TypeError, ("o/new", "'lz4'", "zstd")),
+    Case("dataset-bad-fill", lambda w: hd.dataset("o/newds", storage=w.root, images=dict(
+        shape=(4, 2), dtype="uint8", fill_value=-1), labels=np.arange(4)), TypeError, ("o/newds", "images", "uint8")),
+    Case("dataset-no-unit", lambda w: hd.dataset("o/newds", storage=w.root, x=dict(shape=(4,), dtype="datetime64")),
+         TypeError, ("o/newds", "'x'", "unit")),
+    Case("create-array-bad-shape", lambda w: _dataset(w).create_array(
+        "z", shape=(1.5,), dtype="int8"), TypeError, ("o/grp", "'z'", "integers")),
+    # names shown as given (a URL root keeps its scheme and parts)
+    Case("missing-url-dataset", load("memory://bucket-x/prefix/nope/nope"), hd.NotFoundError,
+         ("memory://bucket-x/prefix/nope/nope",)),
     Case("exists", create(name=DS, shape=(20, 10), dtype="int32"), FileExistsError, (DS, "exist_ok")),
     Case("exists-other-shape", create(name=DS, exist_ok=True), ValueError, (DS, "(20, 10)")),
     # refs
@@ -136,6 +175,13 @@ API_CASES = [
 ]
 
 
+def _dataset(w: World):
+    """A multi-array dataset ``o/grp`` (made once per world, outside any case's snapshot)."""
+    if "grp" not in w.extra:
+        w.extra["grp"] = hd.dataset("o/grp", storage=w.root, images=dict(shape=(2, 2), dtype="uint8"))
+    return hd.load("o/grp", storage=w.root)
+
+
 def check_message(exc: BaseException, says: tuple[str, ...]) -> None:
     text = str(exc).lower()
     for s in says:
@@ -144,6 +190,8 @@ def check_message(exc: BaseException, says: tuple[str, ...]) -> None:
 
 @pytest.mark.parametrize("case", API_CASES, ids=[c.id for c in API_CASES])
 def test_api(case: Case, world: World) -> None:
+    if case.id == "create-array-bad-shape":
+        _dataset(world)
     before = snapshot(world.root)
     with pytest.raises(case.error) as info:
         case.run(world)
@@ -240,7 +288,13 @@ def _writable(path) -> bool:
 
 CLI_CASES = [
     (["info", "o/../etc"], 2, ("o/../etc", "expected")),
-    (["info", "o/missing"], 1, ("o/missing",)),
+    (["info", "o/missing"], 1, ("o/missing", "'hubdask ls'")),
+    (["cp", DS, f"{DS}:v1"], 1, (DS, "read-only", "branch")),
+    (["merge", f"{DS}:v1", "exp"], 1, (DS, "read-only", "hubdask branch")),
+    (["merge", DS, "nope"], 1, (DS, "nope")),
+    (["diff", DS, "o/other:main"], 2, ("o/other:main", DS, "expected REF")),
+    (["show", f"{DS}[0]", "-o", "/missing/dir/x.png"], 2, ("/missing/dir", "existing folder")),
+    (["commit", DS, "-m", "nothing"], 0, ()),  # prints "nothing to commit" to stdout, writes nothing
     (["log", f"{DS}:nope"], 1, (DS, "nope")),
     (["commit", f"{DS}:v1", "-m", "x"], 1, (DS, "read-only")),
     (["tag", DS, "v1"], 1, (DS, "v1")),  # AlreadyExistsError: a runtime error, not a usage error
@@ -260,7 +314,169 @@ def test_cli(world: World, tmp_path) -> None:
         r = subprocess.run([sys.executable, "-m", "hubdask.cli", *argv], capture_output=True, text=True,
                            env=env, timeout=120)
         assert r.returncode == status, (argv, r.returncode, r.stderr)
+        if status == 0:
+            assert r.stderr == "" and "nothing to commit" in r.stdout, (argv, r.stdout, r.stderr)
+            continue
         assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, (argv, r.stderr)
         for s in says:
             assert s.lower() in r.stderr.lower(), (argv, s, r.stderr)
     assert snapshot(world.root) == before
+
+
+# --- shapes and names that used to slip through -----------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int32", "float64", "complex128"])
+def test_zero_d_array_writes_and_reads(tmp_path, dtype: str) -> None:
+    """A 0-d array is written and read back by every path (engine, numpy, dask), whatever its itemsize."""
+    a = hd.array((), name="o/scalar", dtype=dtype, storage=str(tmp_path / "root"))
+    a[()] = 5
+    b = hd.load("o/scalar", storage=str(tmp_path / "root"))
+    for got in (a.read(), b.read(), np.asarray(b), b.compute(), b[()].read()):
+        assert got.shape == () and got == 5
+    a[...] = 0
+    assert b.read() == 0
+
+
+def test_single_part_url_name_reads_back() -> None:
+    """``memory://x`` shows as ``memory://x:main`` (not ``memory:/x``), a name hd.load accepts."""
+    url = f"memory://one{os.getpid()}"
+    a = hd.array((2,), name=url, dtype="int8")
+    assert a.name == f"{url}:main"
+    assert hd.load(a.name).shape == (2,)
+
+
+def test_url_with_port_and_credentials_parses_and_hides_them() -> None:
+    from hubdask.names import parse
+
+    n = parse("ftp://alice:PW1234@127.0.0.1:2121/hub/ds:v1")
+    assert (n.path, n.ref, n.root) == ("ds", "v1", "ftp://alice:PW1234@127.0.0.1:2121/hub")
+    assert str(n) == "ftp://127.0.0.1:2121/hub/ds:v1"
+    with pytest.raises(hd.InvalidNameError) as info:
+        parse("ftp://alice:PW1234@127.0.0.1:2121/hub/d s")
+    assert "PW1234" not in str(info.value) and "d s" in str(info.value)
+
+
+# --- storage that is not there, not ours, or never answers: one line, fast, nothing written ------------
+
+CLIENTS = ["obstore", "s3fs"]
+
+
+@pytest.fixture
+def silent_endpoint():
+    """``http://127.0.0.1:PORT`` of a socket that accepts every connection and never answers."""
+    import socket
+    import threading
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    held: list = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        sock.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(sock.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for c in held:
+        c.close()
+    sock.close()
+
+
+def _use(monkeypatch, tmp_path, client: str, **env: str) -> None:
+    import s3fs
+
+    monkeypatch.setenv("HUBDASK_S3_CLIENT", client)
+    monkeypatch.setenv("HUBDASK_CACHE", str(tmp_path / "cache"))
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_missing_bucket_is_one_line_naming_bucket_and_root(moto_server, s3_root, monkeypatch, tmp_path, client):
+    _use(monkeypatch, tmp_path, client)
+    url = f"s3://no-such-bucket-{client}/root"
+    with pytest.raises(hd.NotFoundError) as info:
+        hd.array((4,), name="o/x", storage=url)
+    text = str(info.value)
+    assert "\n" not in text and len(text) < 300, text
+    check_message(info.value, ("o/x", f"'no-such-bucket-{client}'", url, "does not exist", "create it"))
+    with pytest.raises(hd.NotFoundError, match="no-such-bucket"):
+        hd.dataset("o/y", storage=url, images=dict(shape=(2,), dtype="uint8"))
+    assert f"no-such-bucket-{client}" not in {b["Name"] for b in moto_server.client().list_buckets()["Buckets"]}
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_no_credentials_fail_at_once_saying_where_they_were_looked_for(s3_root, moto_server, monkeypatch, tmp_path,
+                                                                        client):
+    """No keys anywhere (the metadata service refuses): the first request answers, with no retries."""
+    closed = f"http://127.0.0.1:{_closed_port()}"
+    _use(monkeypatch, tmp_path, client, AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+         AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_METADATA_ENDPOINT=closed,
+         AWS_EC2_METADATA_SERVICE_ENDPOINT=closed, HUBDASK_RETRY_WAIT="30", HUBDASK_RETRY_TIMEOUT="600")
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(k, raising=False)
+    for attempt in (lambda: hd.array((4,), name="o/x", storage=s3_root), lambda: hd.load("o/x", storage=s3_root)):
+        with pytest.raises(hd.StorageError) as info:
+            attempt()
+        text = str(info.value)
+        assert "\n" not in text and "attempt" not in text, text  # a first answer, not a retry budget spent
+        check_message(info.value, (s3_root, "no S3 credentials", "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "anon"))
+    bucket = s3_root.split("/")[2]
+    assert moto_server.client().list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0  # nothing written
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed when this returns: connections are refused
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_requests_end_within_the_retry_timeout(silent_endpoint, monkeypatch, tmp_path, client):
+    """An endpoint that accepts and never answers: every request gives up after HUBDASK_RETRY_TIMEOUT
+    (here 2 s; before, obstore waited its own 120 s), with a message naming the budget."""
+    from support.s3server import s3_env
+
+    _use(monkeypatch, tmp_path, client, HUBDASK_RETRY_TIMEOUT="2", **s3_env(silent_endpoint))
+    for attempt in (lambda: hd.load("o/x", storage=f"s3://b-{client}/root"),
+                    lambda: hd.array((4,), name="o/x", storage=f"s3://c-{client}/root"),
+                    lambda: hd.ls(storage=f"s3://d-{client}/root")):
+        with pytest.raises(hd.StorageError) as info:
+            attempt()
+        check_message(info.value, (f"-{client}/root", "did not answer", "HUBDASK_RETRY_TIMEOUT=2s"))
+
+
+def test_full_disk_names_the_dataset_and_keeps_commits(tmp_path) -> None:
+    """A local root on a full file system (a 512 KiB tmpfs): one StorageError naming the dataset and the
+    root, and the committed version still reads as it was."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs (needs root): {r.stderr.decode().strip()}")
+    try:
+        root = str(mnt / "root")
+        a = hd.array((64, 64, 64), name="o/full", dtype="float64", chunks=(1, 64, 64), codecs="none", storage=root)
+        a[0] = 1.5
+        c1 = a.commit("small")
+        with pytest.raises(hd.StorageError) as info:
+            a[:] = np.random.default_rng(0).random((64, 64, 64))
+        check_message(info.value, ("o/full", root, "full", "free space"))
+        assert "Errno" not in str(info.value)
+        old = hd.load(f"o/full:{c1}", storage=root).read()
+        assert (old[0] == 1.5).all() and (old[1:] == 0).all()
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)

@@ -74,7 +74,8 @@ def test_version_commands_walk(root, capsys):
     code, out, _ = run(capsys, "gc", "team/cube", "--dry-run", "--grace", "0")
     # exp's commit and its chunk (commits copy nothing, so no working copies are left over)
     assert code == 0 and out.startswith("would delete 2 unreachable objects")
-    assert run(capsys, "gc", "team/cube", "--grace", "0")[1].startswith("deleted 2")
+    assert run(capsys, "gc", "team/cube", "--grace", "0")[1].startswith("would delete 2")  # a dry run, as hd.gc
+    assert run(capsys, "gc", "team/cube", "--grace", "0", "--yes")[1].startswith("deleted 2")
     assert np.asarray(hd.load("team/cube"))[0].max() == 1.5
     code, _, err = run(capsys, "rm", "team/cube")  # stdin is not a terminal under pytest
     assert code == 2 and "--yes" in err
@@ -88,12 +89,14 @@ def test_show_writes_the_slice(root, capsys, tmp_path):
     a = hd.array(img.shape, "pics/rgb", dtype="uint8")
     a[...] = img
     out = tmp_path / "one.png"
-    code, text, _ = run(capsys, "show", "pics/rgb[1]", "-o", str(out))
+    code, text, _ = run(capsys, "show", "pics/rgb[1]", "-o", str(out), "--min-side", "0")
     assert code == 0 and "30x40x3" in text
     assert np.array_equal(np.asarray(Image.open(out)), img[1])
-    run(capsys, "show", "pics/rgb[1, 10:20, :, 0]", "-o", str(out), "--cmap", "gray")
+    run(capsys, "show", "pics/rgb[1]", "-o", str(out))  # small: enlarged 6x (40 -> 240 px), sharp pixels
+    assert np.array_equal(np.asarray(Image.open(out)), img[1].repeat(6, axis=0).repeat(6, axis=1))
+    run(capsys, "show", "pics/rgb[1, 10:20, :, 0]", "-o", str(out), "--cmap", "gray", "--min-side", "0")
     assert np.array_equal(np.asarray(Image.open(out)), img[1, 10:20, :, 0])  # uint8 gray: as stored
-    run(capsys, "show", "pics/rgb[1, 10:20, :, 0]", "-o", str(out), "--cmap", "viridis")
+    run(capsys, "show", "pics/rgb[1, 10:20, :, 0]", "-o", str(out), "--cmap", "viridis", "--min-side", "0")
     shown, band = np.asarray(Image.open(out)), img[1, 10:20, :, 0]
     assert shown.shape == (10, 40, 3)  # scaled to the value range and colored
     assert tuple(shown[np.unravel_index(band.argmin(), band.shape)]) == (68, 1, 84)
@@ -234,3 +237,141 @@ def test_demo_runs_in_a_few_seconds(tmp_path):
     for text in ("7.0 PiB logical", "another process", "b[0].mean().compute()", "time travel", "deleted"):
         assert text in r.stdout, text
     assert hd.ls(storage=str(tmp_path)) == []
+
+
+# --- issue 18: the CLI speaks CLI, and the first hour -------------------------------------------------
+
+
+def test_cp_into_a_tag_is_read_only_and_writes_nothing(root, capsys, tmp_path):
+    from helpers import snapshot
+
+    a = hd.array((4, 4), "o/src", dtype="int16", chunks=(2, 2))
+    a[:] = 3
+    a.commit("c")
+    a.tag("v1")
+    hd.array((4, 4), "o/dst", dtype="int16", chunks=(2, 2)).tag("t")
+    before = snapshot(root)
+    for dst in ("o/src:v1", "o/dst:t"):  # equal data, then different data: both refused
+        code, out, err = run(capsys, "cp", "o/src", dst)
+        assert code == 1 and out == "", (dst, out, err)
+        assert "read-only" in err and "branch" in err and "AssertionError" not in err and err.count("\n") == 1, err
+    assert snapshot(root) == before
+
+
+def test_log_n_applies_to_json(root, capsys):
+    a = hd.array((2,), "o/log", dtype="int8")
+    for i in range(3):
+        a[0] = i
+        a.commit(f"c{i}")
+    entries = json.loads(run(capsys, "log", "o/log", "-n", "1", "--json")[1])
+    assert [e["message"] for e in entries] == ["c2"]
+    assert len(json.loads(run(capsys, "log", "o/log", "--json")[1])) == 4
+
+
+def test_commit_with_nothing_changed_creates_no_commit(root, capsys):
+    a = hd.array((2,), "o/same", dtype="int8")
+    a[0] = 1
+    code, out, _ = run(capsys, "commit", "o/same", "-m", "one")
+    cid = out.strip()
+    assert code == 0 and len(hd.load("o/same").log()) == 2
+    code, out, _ = run(capsys, "commit", "o/same", "-m", "again")
+    assert code == 0 and out.startswith("nothing to commit") and cid in out
+    assert [c.message for c in hd.load("o/same").log()] == ["one", "created"]
+    code, out, _ = run(capsys, "commit", "o/same", "-m", "empty", "--allow-empty")
+    assert code == 0 and out.strip() != cid and hd.load("o/same").log()[0].message == "empty"
+
+
+def test_merge_and_diff_commands(root, capsys):
+    a = hd.array((4, 4), "o/m", dtype="int32", chunks=(2, 2))
+    a.commit("base")
+    exp = a.branch("exp")
+    exp[0:2, 0:2] = 5
+    exp.commit("on exp")
+    a[2:4, 2:4] = 6
+    a.commit("on main")
+    code, out, _ = run(capsys, "diff", "o/m:exp", "o/m:main")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split() == ["change", "array", "chunk", "region"]
+    assert sorted(line.split()[2] for line in lines[1:-1]) == ["0/0", "1/1"], out
+    changes = json.loads(run(capsys, "diff", "o/m:exp", "o/m:main", "--json")[1])
+    assert {(c["kind"], tuple(c["chunk"])) for c in changes} == {("added", (0, 0)), ("deleted", (1, 1))}
+    assert changes[0]["region"] == [[0, 2], [0, 2]]
+    code, out, _ = run(capsys, "merge", "o/m", "exp", "-m", "bring exp")
+    assert code == 0 and out.startswith("merged exp into o/m:main")
+    merged = np.asarray(hd.load("o/m"))
+    assert merged[0, 0] == 5 and merged[3, 3] == 6 and hd.load("o/m").log()[0].message == "bring exp"
+    assert run(capsys, "diff", "o/m:main", "o/m:main")[1].startswith("no differences")
+    b = hd.load("o/m:exp")  # both sides change chunk (0, 0): refused unless a strategy is given
+    b[0, 0] = 1
+    b.commit("x")
+    m = hd.load("o/m")
+    m[0, 0] = 2
+    m.commit("y")
+    code, _, err = run(capsys, "merge", "o/m", "exp")
+    assert code == 1 and "--strategy ours or --strategy theirs" in err and "strategy=" not in err, err
+    assert run(capsys, "merge", "o/m", "exp", "--strategy", "theirs")[0] == 0
+    assert np.asarray(hd.load("o/m"))[0, 0] == 1
+
+
+def test_errors_name_cli_commands_not_python(root, capsys):
+    a = hd.array((2,), "o/adv", dtype="int8")
+    a.tag("t")
+    for argv, want, not_want in [
+        (("info", "o/missing"), "'hubdask ls'", "hd.ls()"),
+        (("commit", "o/adv:t"), "'hubdask branch NAME BRANCH'", ".branch(NAME)"),
+        (("rm", "o/adv:t", "-y"), "'hubdask branch NAME -d BRANCH'", ".delete_branch"),
+    ]:
+        err = run(capsys, *argv)[2]
+        assert want in err and not_want not in err, (argv, err)
+
+
+def test_busy_port_and_missing_folder_are_one_line_naming_them(root, capsys, tmp_path):
+    import socket
+
+    a = hd.array((2, 8, 8), "o/pic", dtype="uint8")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        code, _, err = run(capsys, "view", "o/pic", "--port", str(port))
+    assert code == 2 and f"port {port}" in err and "Errno" not in err and err.count("\n") == 1, err
+    code, _, err = run(capsys, "show", "o/pic[0]", "-o", str(tmp_path / "missing" / "dir" / "x.png"))
+    assert code == 2 and str(tmp_path / "missing" / "dir") in err and "Errno" not in err, err
+    assert a.shape == (2, 8, 8)
+
+
+def test_show_single_channel_images_as_gray(root, capsys, tmp_path):
+    """The mnist layout (n, 28, 28, 1): one image shows as gray, enlarged with sharp pixels."""
+    from PIL import Image
+
+    digits = np.random.default_rng(1).integers(0, 256, size=(3, 28, 28, 1), dtype=np.uint8)
+    a = hd.array(digits.shape, "o/mnist", dtype="uint8")
+    a[...] = digits
+    out = tmp_path / "d.png"
+    code, text, err = run(capsys, "show", "o/mnist[2]", "-o", str(out))
+    assert code == 0, err
+    shown = np.asarray(Image.open(out))
+    assert shown.shape == (252, 252)  # 28 px enlarged 9x: a readable picture
+    assert np.array_equal(shown[::9, ::9], digits[2, :, :, 0]) and np.array_equal(shown[8::9, 8::9], digits[2, :, :, 0])
+
+
+def test_help_says_what_a_missing_ref_means(root, capsys):
+    from hubdask.cli import build_parser
+
+    text = " ".join(build_parser().format_help().split())
+    assert "first branch" in text and "default main" not in text
+
+
+def test_progress_bars_are_plain_text_without_ipywidgets(monkeypatch):
+    """Without ipywidgets (Jupyter's widget bars need it) a bar is tqdm's text one: never the notebook bar
+    that warns "IProgress not found"."""
+    import warnings
+
+    from hubdask import progress
+
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)  # `import ipywidgets` raises ImportError
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with progress.bar(3, "x", progress=True) as bar:
+            bar.update(3)
+    assert type(bar).__module__ == "tqdm.std"

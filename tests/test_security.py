@@ -139,3 +139,36 @@ def test_viewer_binds_localhost():
     from hubdask.viz import server
 
     assert server.HOST == "127.0.0.1"
+
+
+def test_password_inside_a_root_url_never_shows(tmp_path, monkeypatch, caplog):
+    """``ftp://alice:SECRET@host/hub``: the password opens the store and appears in no repr, error, log
+    or CLI output (names keep their URL, less ``user:password@``)."""
+    import socket
+
+    from hubdask.names import parse
+
+    with socket.socket() as s:  # a closed port: every connection is refused at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"ftp://alice:{SECRET}@127.0.0.1:{port}/hub"
+    env = {"HUBDASK_RETRIES": "0", "HUBDASK_RETRY_TIMEOUT": "10", "HUBDASK_CACHE": str(tmp_path / "cache")}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    caplog.set_level(logging.DEBUG)
+    root = open_root(url)
+    seen = [repr(root), root.url, root.token, str(parse(f"{url}/ds:v1")), repr(parse(f"{url}/ds").path)]
+    assert root.url == f"ftp://127.0.0.1:{port}/hub" and "alice" not in repr(root)
+    attempts = [lambda: hd.ls(storage=url), lambda: hd.load(f"{url}/ds"), lambda: hd.load(f"{url}/d s"),
+                lambda: hd.array((2,), name=f"{url}/ds"), lambda: hd.load("o/ds", storage=url)]
+    for attempt in attempts:
+        with pytest.raises((hd.StorageError, hd.InvalidNameError, hd.NotFoundError)) as info:
+            attempt()
+        seen += [str(info.value), repr(info.value)]
+    for argv in (["ls", "--storage", url], ["info", f"{url}/ds"], ["info", f"{url}/d s"], ["ls", "-l", "--storage", url]):
+        r = subprocess.run([sys.executable, "-m", "hubdask.cli", *argv], env={**os.environ, **env},
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode != 0 and r.stderr.startswith("hubdask: error: ") and "127.0.0.1" in r.stderr, r.stderr
+        seen += [r.stdout, r.stderr]
+    seen.append(caplog.text)
+    assert not [s for s in seen if leaks(s)], [s for s in seen if leaks(s)]

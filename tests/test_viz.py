@@ -315,3 +315,44 @@ def test_viewer_in_chromium_slider_changes_the_picture(tmp_path):
     finally:
         browser.close()
         server.close()
+
+
+def test_viewer_answers_only_its_own_host_header(tmp_path):
+    """DNS rebinding: a page at http://evil.example:PORT/ (resolving to 127.0.0.1) sends that Host; refused."""
+    import http.client
+
+    from hubdask.viz.server import serve
+
+    a = hd.array((2, 4, 4), name="v/host", dtype="uint8", storage=str(tmp_path / "root"))
+    server = serve(a)
+    try:
+        port = server.server_address[1]
+        for host, status in ((f"127.0.0.1:{port}", 200), (f"evil.example:{port}", 421), ("localhost", 421),
+                             (f"127.0.0.1:{port + 1}", 421)):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conn.request("GET", "/meta", headers={"Host": host})
+            r = conn.getresponse()
+            body = r.read()
+            conn.close()
+            assert r.status == status, (host, r.status, body)
+            if status == 200:
+                assert json.loads(body)["name"] == "v/host:main"
+    finally:
+        server.close()
+
+
+def test_jupyter_repr_of_a_view_shows_the_views_chunks(tmp_path):
+    a = hd.array((4, 6, 8, 3), name="v/grid", dtype="uint8", chunks=(1, 3, 4, 3), storage=str(tmp_path / "root"))
+    page = a[0]._repr_html_()
+    assert "3 &times; 4 &times; 3" in page or "3 × 4 × 3" in page or "(3, 4, 3)" in page, page
+    assert "stored chunk grid" in page and "stored array" in page
+
+
+def test_single_channel_pictures_are_gray():
+    from hubdask.viz import render
+
+    img = np.arange(12, dtype=np.uint8).reshape(3, 4, 1)
+    assert np.array_equal(render.to_image(img), img[..., 0])
+    assert render.picture_ndim((10, 28, 28, 1)) == 3 and render.leading_index((10, 28, 28, 1)) == (0,)
+    assert render.upscale(np.ones((28, 28), np.uint8), 256).shape == (252, 252)
+    assert render.upscale(np.ones((300, 10), np.uint8), 256).shape == (300, 10)

@@ -257,9 +257,9 @@ def from_image_folder(name: str, folder: str | os.PathLike, *, resize: tuple[int
     shape = (len(paths), *size) + ((bands,) if bands > 1 else ())
     dtype = np.dtype("uint8") if mode not in ("I", "I;16", "F") else np.dtype("int32" if mode == "I" else
                                                                               "uint16" if mode == "I;16" else "float32")
-    from hubdask.api import _check_shape_dtype_chunks
+    from hubdask.spec import check_shape_dtype_chunks
 
-    _, _, chunks = _check_shape_dtype_chunks(f"dataset {name!r}", shape, dtype, chunks)
+    _, _, chunks = check_shape_dtype_chunks(f"dataset {name!r}", shape, dtype, chunks)
     step = chunks[0]
     pieces = [da.from_delayed(dask.delayed(_decode)(paths[i:i + step], mode, size, resize is not None, dtype),
                               shape=(len(paths[i:i + step]),) + shape[1:], dtype=dtype)

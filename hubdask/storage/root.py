@@ -20,6 +20,7 @@ from zarr.core.sync import sync as _sync
 from zarr.storage import FsspecStore, LocalStore, MemoryStore
 
 from hubdask import config
+from hubdask.names import safe_url
 from hubdask.storage.retry import Policy, retrying
 
 T = TypeVar("T")
@@ -65,7 +66,8 @@ class Root:
     """A storage root URL with its zarr Store, opened lazily in each process."""
 
     def __init__(self, url: str, options: dict[str, Any]) -> None:
-        self.url = url
+        self.url = safe_url(url)  # what is shown (messages, reprs, lock names): never user:password@
+        self._open_url = url  # what opens the store: may carry credentials
         self._options = options
         self._store: Store | None = None
         self._lock = threading.Lock()
@@ -74,11 +76,12 @@ class Root:
         return f"Root({self.url!r})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (open_root, (self.url, self._options))
+        return (open_root, (self._open_url, self._options))
 
     @property
     def token(self) -> str:
-        return f"{self.url}#{options_token(self._options)}"
+        secret = {} if self._open_url == self.url else {"url": self._open_url}  # roots of two users differ
+        return f"{self.url}#{options_token({**secret, **self._options})}"
 
     @property
     def scheme(self) -> str:
@@ -93,7 +96,7 @@ class Root:
         if self._store is None:
             with self._lock:
                 if self._store is None:
-                    self._store = _make_store(self.url, self._options)
+                    self._store = _make_store(self._open_url, self._options)
         return self._store
 
     # --- the primitives of the layers above, as coroutines and as blocking calls -----------------
@@ -314,7 +317,7 @@ class Root:
         async def run() -> int:
             keys = await self.list_prefix_async(prefix)
             for k in keys:
-                await self.store.delete(k)
+                await self.delete_async(k)  # each DELETE retried and bounded like any request
             return len(keys)
 
         return sync(run())
@@ -372,6 +375,11 @@ def _open_store(url: str, options: dict[str, Any]) -> Store:
     if scheme == "memory":
         return MemoryStore(_MEMORY.setdefault(url, {}))
     if scheme in ("s3", "s3a") and config.s3_client() == "obstore" and not _FORKED_FROM_OBSTORE:
+        if not _has_credentials(options):
+            from hubdask.errors import StorageError
+            from hubdask.storage.retry import CREDENTIALS_HELP
+
+            raise StorageError(f"storage {safe_url(url)}: no S3 credentials found: {CREDENTIALS_HELP}")
         return _obstore_s3(url, options)
     store = FsspecStore.from_url(url, storage_options=_fsspec_options(scheme, options))
     if scheme in ("s3", "s3a"):
@@ -387,6 +395,30 @@ def _fsspec_options(scheme: str, options: dict[str, Any]) -> dict[str, Any]:
             opts["endpoint_url"] = endpoint
         opts.setdefault("config_kwargs", Policy.from_env().botocore_config())  # HUBDASK_RETRIES (retry.py)
     return opts
+
+
+_CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                   "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_PROFILE")
+
+
+def _has_credentials(options: dict[str, Any]) -> bool:
+    """Whether obstore will find credentials: in storage_options, in the environment, or from an instance
+    metadata service that answers (probed once per root, 1 s at most: obstore would otherwise retry an
+    absent one for the whole retry budget before saying so)."""
+    if options.get("key") or options.get("anon") or any(os.environ.get(k) for k in _CREDENTIAL_ENV):
+        return True
+    import http.client
+    from urllib.parse import urlsplit
+
+    endpoint = urlsplit(os.environ.get("AWS_METADATA_ENDPOINT") or "http://169.254.169.254")
+    conn = http.client.HTTPConnection(endpoint.hostname or "169.254.169.254", endpoint.port or 80, timeout=1.0)
+    try:
+        conn.request("PUT", "/latest/api/token", headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"})
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
 
 
 def _obstore_s3(url: str, options: dict[str, Any]) -> Store:
@@ -415,9 +447,13 @@ def _obstore_s3(url: str, options: dict[str, Any]) -> Store:
         cfg["region"] = region
     if opts.pop("anon", False):
         cfg["skip_signature"] = True
+
     if not endpoint or endpoint.startswith("https://"):
         cfg["unsigned_payload"] = True  # TLS protects the body; as botocore, hash it only over plain HTTP
-    client_options: dict[str, Any] = {"timeout": "120s", "connect_timeout": "10s"}
+    policy = Policy.from_env()
+    client_options: dict[str, Any] = {}
+    if policy.client_timeout() is not None:  # one request never outlasts HUBDASK_RETRY_TIMEOUT (retry.py)
+        client_options.update(timeout=f"{policy.timeout:g}s", connect_timeout=f"{min(policy.timeout, 10.0):g}s")
     if endpoint and endpoint.startswith("http://"):
         client_options["allow_http"] = True
     bucket_and_prefix = url.split("://", 1)[1]
@@ -427,6 +463,6 @@ def _obstore_s3(url: str, options: dict[str, Any]) -> Store:
         prefix=prefix or None,
         config=cfg,
         client_options=client_options,
-        retry_config=Policy.from_env().obstore_config(),  # HUBDASK_RETRIES etc. (storage/retry.py)
+        retry_config=policy.obstore_config(),  # HUBDASK_RETRIES etc. (storage/retry.py)
     )
     return ObjectStore(store)

@@ -79,7 +79,7 @@ def _version_rows(s: Summary) -> list[tuple[str, str]]:
     rows = [
         ("root", s.root),
         ("branch" if s.branch else "commit", s.branch or s.commit or ""),
-        ("last commit", "" if s.last_commit is None else f"{s.last_commit.id[:12]} {s.last_commit.message}"),
+        ("last commit", "" if s.last_commit is None else f"{s.last_commit.id} {s.last_commit.message}"),
         ("branches", ", ".join(s.branches)),
         ("tags", ", ".join(s.tags) or "none"),
     ]
@@ -101,11 +101,14 @@ def repr_html(obj: Any) -> str:
         return dataset_html(obj)
     array = obj
     s = summarize(array, max_sized=REPR_MAX_SIZED)
+    view = array.is_view
     rows = [
-        ("shape", _fmt_shape(array.shape) + ("" if not array.is_view else f" (view of {_fmt_shape(s.shape)})")),
+        ("shape", _fmt_shape(array.shape) + ("" if not view else f" (view of {_fmt_shape(s.shape)})")),
         ("dtype", str(s.dtype)),
-        ("chunks", _fmt_shape(s.chunks)),
-        ("chunk grid", f"{_fmt_shape(s.grid)} = {s.total_chunks:,} chunks, {s.written:,} written"),
+        ("chunks", _fmt_shape(array.chunks) + ("" if not view or array.chunks == s.chunks
+                                                else f" (stored array: {_fmt_shape(s.chunks)})")),
+        ("stored chunk grid" if view else "chunk grid",
+         f"{_fmt_shape(s.grid)} = {s.total_chunks:,} chunks, {s.written:,} written"),
         ("logical size", human_bytes(s.logical_bytes)),
         ("stored size", _stored(s)),
     ] + _version_rows(s)

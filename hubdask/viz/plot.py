@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from hubdask.array import Array
 
 MAX_SIDE = 2048  # pixels per side read for a picture; larger slices are strided down before reading
+MIN_SIDE = 256  # `hubdask show` enlarges smaller pictures (nearest neighbour) to about this many pixels
 
 
 def _matplotlib():
@@ -25,12 +26,12 @@ def _matplotlib():
 
 
 def picture_data(view: Any, max_side: int = MAX_SIDE) -> np.ndarray:
-    """The values of a 1-D, 2-D or (H, W, 3|4) view, strided to at most ``max_side`` per side *before*
+    """The values of a 1-D, 2-D or (H, W, 1|3|4) view, strided to at most ``max_side`` per side *before*
     reading, so only the pixels shown are fetched."""
     shape = tuple(view.shape)
-    if not (len(shape) in (1, 2) or (len(shape) == 3 and render.is_color(shape))):
+    if not (len(shape) in (1, 2) or (len(shape) == 3 and render.has_channels(shape))):
         name = getattr(view, "name", "the array")
-        raise ValueError(f"dataset {name!r}: a picture is a 1-D, 2-D or (H, W, 3|4) slice, but this one has shape "
+        raise ValueError(f"dataset {name!r}: a picture is a 1-D, 2-D or (H, W, 1|3|4) slice, but this one has shape "
                          f"{shape}; index it further, e.g. [{', '.join(['0'] * (len(shape) - render.picture_ndim(shape)))}]")
     if len(shape) == 1:
         return np.asarray(view)
@@ -38,10 +39,13 @@ def picture_data(view: Any, max_side: int = MAX_SIDE) -> np.ndarray:
 
 
 def to_png(view: Any, path: str | os.PathLike | None = None, *, vmin: float | None = None,
-           vmax: float | None = None, cmap: str | None = None, max_side: int = MAX_SIDE) -> bytes:
+           vmax: float | None = None, cmap: str | None = None, max_side: int = MAX_SIDE,
+           min_side: int = 0) -> bytes:
     """PNG bytes of a slice (an hd.Array view or a numpy array); written to ``path`` when given.
 
-    2-D and color slices are encoded directly; a 1-D slice is drawn as a line with matplotlib.
+    2-D and color slices are encoded directly (one pixel per value; with ``min_side``, e.g. ``MIN_SIDE``,
+    smaller pictures are enlarged by a whole factor with nearest-neighbour pixels); a 1-D slice is drawn
+    as a line with matplotlib.
     """
     data = picture_data(view, max_side)
     if data.ndim == 1:
@@ -55,7 +59,7 @@ def to_png(view: Any, path: str | os.PathLike | None = None, *, vmin: float | No
         plt.close(fig)
         out = buf.getvalue()
     else:
-        out = png.encode(render.to_image(data, vmin, vmax, cmap))
+        out = png.encode(render.upscale(render.to_image(data, vmin, vmax, cmap), min_side))
     if path is not None:
         with open(path, "wb") as f:
             f.write(out)
@@ -83,7 +87,7 @@ def _draw(ax: Any, data: np.ndarray, title: str, vmin: Any, vmax: Any, cmap: Any
 def show(array: "Array", index: Any = (), ax: Any = None, *, vmin: float | None = None, vmax: float | None = None,
          cmap: str | None = None, max_side: int = MAX_SIDE, **kwargs: Any) -> Any:
     """Draw ``array[index]`` with matplotlib: a line for 1-D, an image for 2-D (with a colorbar) or
-    (H, W, 3|4) slices. Returns the matplotlib Axes."""
+    (H, W, 1|3|4) slices. Returns the matplotlib Axes."""
     view = array[index] if index != () else array
     data = picture_data(view, max_side)
     plt = _matplotlib()

@@ -1,7 +1,7 @@
 """Turn array slices into pictures: which axes form the image, value scaling, colormaps, histograms.
 
-An *image-like* slice is (H, W) or (H, W, C) with C in 3 or 4 (RGB, RGBA). uint8 images and uint8 or
-boolean gray slices are shown as they are; every other dtype is scaled to its value range (or
+An *image-like* slice is (H, W) or (H, W, C) with C in 1 (gray, as MNIST-style arrays store it), 3 or 4
+(RGB, RGBA). uint8 images and uint8 or boolean gray slices are shown as they are; every other dtype is scaled to its value range (or
 ``vmin``/``vmax``) and colored with a colormap (viridis by default, ``gray`` on request).
 """
 
@@ -36,9 +36,14 @@ def is_color(shape: tuple[int, ...]) -> bool:
     return len(shape) >= 3 and shape[-1] in (3, 4)
 
 
+def has_channels(shape: tuple[int, ...]) -> bool:
+    """Whether the trailing axis of ``shape`` is channels: an (H, W, 1|3|4) picture."""
+    return len(shape) >= 3 and shape[-1] in (1, 3, 4)
+
+
 def picture_ndim(shape: tuple[int, ...]) -> int:
-    """How many trailing axes of ``shape`` form one picture: 3 for (.., H, W, 3|4), else up to 2."""
-    return 3 if is_color(shape) else min(len(shape), 2)
+    """How many trailing axes of ``shape`` form one picture: 3 for (.., H, W, 1|3|4), else up to 2."""
+    return 3 if has_channels(shape) else min(len(shape), 2)
 
 
 def leading_index(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -48,14 +53,14 @@ def leading_index(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def stride_for(shape: tuple[int, ...], max_side: int) -> int:
     """The step that brings the picture's larger side (H or W) to at most ``max_side`` pixels."""
-    sides = shape[:2] if is_color(shape) or len(shape) == 2 else shape[:1]
+    sides = shape[:2] if has_channels(shape) or len(shape) == 2 else shape[:1]
     return max(1, math.ceil(max(sides, default=1) / max_side))
 
 
 def downsample_index(shape: tuple[int, ...], max_side: int) -> tuple[slice, ...]:
     """A strided index of a picture-shaped view that keeps at most ``max_side`` pixels per side."""
     step = stride_for(shape, max_side)
-    n = 2 if is_color(shape) or len(shape) == 2 else len(shape)
+    n = 2 if has_channels(shape) or len(shape) == 2 else len(shape)
     return (slice(None, None, step),) * n
 
 
@@ -87,13 +92,25 @@ def _scale(data: np.ndarray, vmin: float | None, vmax: float | None) -> np.ndarr
     return np.clip(out, 0, 1)
 
 
+def upscale(image: np.ndarray, min_side: int) -> np.ndarray:
+    """``image`` enlarged by a whole factor with nearest-neighbour pixels so that its larger side reaches
+    about ``min_side`` (a 28x28 digit becomes a 252x252 picture of sharp squares); large ones unchanged."""
+    h, w = image.shape[:2]
+    k = min_side // max(h, w, 1)
+    if k <= 1:
+        return image
+    return np.repeat(np.repeat(image, k, axis=0), k, axis=1)
+
+
 def to_image(data: Any, vmin: float | None = None, vmax: float | None = None, cmap: str | None = None) -> np.ndarray:
-    """A uint8 picture of a 1-D, 2-D or (H, W, 3|4) slice: (H, W), (H, W, 3) or (H, W, 4)."""
+    """A uint8 picture of a 1-D, 2-D or (H, W, 1|3|4) slice: (H, W), (H, W, 3) or (H, W, 4)."""
     data = np.asarray(data)
     if cmap is not None and cmap not in CMAPS:
         raise ValueError(f"unknown colormap {cmap!r}; expected one of {', '.join(CMAPS)}")
     if data.ndim == 1:
         data = data[None, :]
+    if data.ndim == 3 and data.shape[-1] == 1:  # one channel: a gray picture
+        data = data[..., 0]
     if data.ndim == 3 and data.shape[-1] in (3, 4):
         if data.dtype == np.uint8 and vmin is None and vmax is None:
             return data
@@ -105,7 +122,7 @@ def to_image(data: Any, vmin: float | None = None, vmax: float | None = None, cm
                 vmin, vmax = 0.0, 1.0
         return np.nan_to_num(_scale(data, vmin, vmax) * 255).round().astype(np.uint8)
     if data.ndim != 2:
-        raise ValueError(f"a picture is a 1-D, 2-D or (H, W, 3|4) slice; this slice has shape {data.shape}: "
+        raise ValueError(f"a picture is a 1-D, 2-D or (H, W, 1|3|4) slice; this slice has shape {data.shape}: "
                          "index it down further, e.g. NAME[0]")
     if cmap in (None, "gray") and vmin is None and vmax is None:
         if data.dtype == np.uint8:

@@ -121,6 +121,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(code, json.dumps(obj).encode(), "application/json")
 
     def do_GET(self) -> None:
+        if self.headers.get("Host") != self.server.host_header:  # DNS rebinding: another name for us
+            return self._json({"error": f"this viewer answers only to Host {self.server.host_header}"}, 421)
         url = urlsplit(self.path)
         query = parse_qs(url.query)
         viewer = self.server.viewer
@@ -153,8 +155,14 @@ class ViewerServer(ThreadingHTTPServer):
         super().__init__((HOST, port), _Handler)
 
     @property
+    def host_header(self) -> str:
+        """The only Host header answered: the address bound (a page of another origin that resolves its
+        own name to 127.0.0.1 sends that name, and is refused)."""
+        return f"{HOST}:{self.server_address[1]}"
+
+    @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.server_address[1]}/"
+        return f"http://{self.host_header}/"
 
     def start(self) -> "ViewerServer":
         """Serve in a daemon thread (for notebooks and tests); ``close()`` stops it."""

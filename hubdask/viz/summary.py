@@ -11,26 +11,13 @@ import asyncio
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
+from hubdask.names import safe_url  # noqa: F401  (shown roots: credentials left out)
 from hubdask.storage import sync
 from hubdask.versioning.commits import Commit
 
 if TYPE_CHECKING:
     from hubdask.array import Array
-
-
-def safe_url(url: str) -> str:
-    """``url`` without user:password (an fsspec URL may carry them), so it can be shown."""
-    if "://" not in url:
-        return url
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
 def written_chunks(array: "Array") -> dict[tuple[int, ...], str]:
@@ -54,7 +41,11 @@ def written_chunks(array: "Array") -> dict[tuple[int, ...], str]:
 
 def stored_bytes(array: "Array", keys: list[str], concurrency: int = 32) -> int:
     """The total size in storage of the objects ``keys`` (one size request each, ``concurrency`` at once)."""
-    store = array._source.root.store
+    from hubdask.storage import retry
+
+    root = array._source.root
+    store = root.store
+    local = root.is_local or root.scheme == "memory"
 
     async def run() -> int:
         sem = asyncio.Semaphore(concurrency)
@@ -62,7 +53,10 @@ def stored_bytes(array: "Array", keys: list[str], concurrency: int = 32) -> int:
         async def one(key: str) -> int:
             async with sem:
                 try:
-                    return await store.getsize(key)
+                    if local:
+                        return await store.getsize(key)
+                    return await retry.call(lambda: store.getsize(key), f"dataset {array.name!r}: size of {key!r}",
+                                            root=root.url)  # retried, and bounded by HUBDASK_RETRY_TIMEOUT
                 except FileNotFoundError:
                     return 0
 
