@@ -99,6 +99,7 @@ class Config:
         ("partial", 30), ("whole", 14), ("read", 6), ("commit", 7), ("tag", 3), ("branch", 3),
         ("bwrite", 14), ("bcommit", 5), ("merge", 5), ("delete_branch", 2), ("gc", 2))
     env: tuple[tuple[str, str], ...] = ()  # extra environment of the workers
+    sabotage: int = 0                    # tests of the checker: workers silently drop every Nth write
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -315,6 +316,21 @@ class Worker:
         self.handles.pop(ds, None)
 
 
+def _sabotage(every: int) -> None:
+    """Break the write path on purpose (to prove the checker catches it): every Nth ``a[sel] = v``
+    returns without writing anything."""
+    import hubdask as hd
+
+    original, calls = hd.Array.__setitem__, [0]
+
+    def dropping(self: Any, index: Any, value: Any) -> None:
+        calls[0] += 1
+        if calls[0] % every:
+            original(self, index, value)
+
+    hd.Array.__setitem__ = dropping
+
+
 def worker_main(config_path: str, uid: int, out_dir: str) -> None:
     """Entry point of a worker process: environment first (before hubdask is imported), then the loop."""
     cfg = Config.from_json(Path(config_path).read_text())
@@ -323,6 +339,8 @@ def worker_main(config_path: str, uid: int, out_dir: str) -> None:
         os.environ[key] = value
     if cfg.separate_caches:
         os.environ["HUBDASK_CACHE"] = str(out / "caches" / f"u{uid}")
+    if cfg.sabotage:
+        _sabotage(cfg.sabotage)
     client = None
     if cfg.scheduler:
         import distributed
