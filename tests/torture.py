@@ -519,13 +519,22 @@ class Report:
     def ok(self) -> bool:
         return not self.counts
 
-    def summary(self) -> str:
+    def to_json(self) -> str:
+        return json.dumps(dict(counts=self.counts, ops=self.ops, faults=self.faults, checked=self.checked,
+                               anomalies=[dataclasses.asdict(a) for a in self.anomalies]), default=str, indent=1)
+
+    def summary(self, per_invariant: int = 3) -> str:
+        """Figures, then the first anomalies of each invariant (all kept ones: `to_json`)."""
         lines = [f"operations: {sum(self.ops.values())} ({', '.join(f'{k} {v}' for k, v in sorted(self.ops.items()))})",
                  f"faults injected: {sum(self.faults.values())} ({', '.join(f'{k} {v}' for k, v in sorted(self.faults.items()))})",
                  f"checked: {', '.join(f'{k} {v}' for k, v in sorted(self.checked.items()))}",
                  f"anomalies: {sum(self.counts.values())}"
                  + (f" ({', '.join(f'{k} {v}' for k, v in sorted(self.counts.items()))})" if self.counts else "")]
-        lines += [f"  {a}" for a in self.anomalies]
+        shown: collections.Counter = collections.Counter()
+        for a in self.anomalies:
+            shown[a.invariant] += 1
+            if shown[a.invariant] <= per_invariant:
+                lines.append(f"  {a}")
         return "\n".join(lines)
 
 
@@ -887,6 +896,15 @@ def create_datasets(cfg: Config) -> None:
         hd.array(spec.shape, spec.name, dtype="int64", chunks=spec.chunks, storage=cfg.root)
 
 
+def _lock_acquisitions(cluster: Any) -> int | None:
+    """How many hubdask chunk locks the scheduler granted (proof the workers' writes went through it)."""
+    try:
+        metrics = cluster.scheduler.extensions["semaphores"].metrics["acquire_total"]
+        return sum(n for name, n in metrics.items() if str(name).startswith("hubdask-lock-"))
+    except (AttributeError, KeyError):
+        return None
+
+
 def run(cfg: Config, out: Path, proxy: Any = None, echo: Callable[[str], None] = print) -> Report:
     """One torture run in the empty folder ``out``: datasets, workers and faults, then the check.
 
@@ -895,7 +913,7 @@ def run(cfg: Config, out: Path, proxy: Any = None, echo: Callable[[str], None] =
     of it (chunk locks go through the scheduler, leases of ``cfg.lease_timeout`` seconds)."""
     out.mkdir(parents=True, exist_ok=True)
     create_datasets(cfg)
-    cluster = None
+    cluster, locks = None, None
     if cfg.scheduler:
         import dask
         import distributed
@@ -914,10 +932,14 @@ def run(cfg: Config, out: Path, proxy: Any = None, echo: Callable[[str], None] =
         echo(f"torture: {cfg.workers} workers for {time.monotonic() - started:.1f}s on {cfg.root}")
     finally:
         if cluster is not None:
+            locks = _lock_acquisitions(cluster)
             cluster.close()
             os.environ.pop("TORTURE_SCHEDULER", None)
     history = load_history(out)
     report = check(history, HubStorage(cfg.root), cfg.datasets, cfg.late_landing)
+    if locks is not None:
+        report.checked["scheduler lock acquisitions"] = locks
+    (out / "report.json").write_text(report.to_json())
     echo(report.summary())
     return report
 
