@@ -47,7 +47,7 @@ def one_run(kind: str, args: argparse.Namespace, seconds: float) -> dict:
 
     work = Path(tempfile.mkdtemp(prefix=f"hubdask-torture-{kind}-"))
     os.environ["HUBDASK_CACHE"] = str(work / "cache")
-    faults = ("kill", "stop") + (("proxy",) if kind == "s3" else ())
+    faults = ("kill", "stop") + (("proxy",) if kind == "s3" else ()) + (("kill_dask",) if args.scheduler else ())
     try:
         with (s3_through_proxy() if kind == "s3" else contextlib.nullcontext((str(work / "root"), None))) as (root, proxy):
             cfg = torture.Config(root=root, workers=args.workers, seconds=seconds, seed=args.seed,
@@ -63,7 +63,8 @@ def one_run(kind: str, args: argparse.Namespace, seconds: float) -> dict:
         if not args.keep:
             rmtree(work)
     return dict(root=kind, seconds=round(took, 1), operations=sum(report.ops.values()), ops=dict(report.ops),
-                faults=dict(report.faults), anomalies=dict(report.counts), checked=dict(report.checked),
+                faults=dict(report.faults), anomalies=dict(report.counts), events=dict(report.events), checked=dict(report.checked),
+                errors=report.errors,
                 examples=[str(a) for a in report.anomalies[:20]])
 
 
@@ -84,9 +85,10 @@ def main() -> None:
     rows = [[r["root"], f"{r['seconds']:.0f}", str(r["operations"]), str(sum(r["faults"].values())),
              ", ".join(f"{k} {v}" for k, v in sorted(r["faults"].items())) or "-",
              str(sum(r["anomalies"].values())),
-             ", ".join(f"{k} {v}" for k, v in sorted(r["anomalies"].items())) or "-"] for r in runs]
-    table = markdown_table(["root", "s", "operations", "faults", "by kind", "anomalies (elements)", "by invariant"],
-                           rows)
+             ", ".join(f"{k} {v} in {r['events'][k]}" for k, v in sorted(r["anomalies"].items())) or "-"]
+            for r in runs]
+    table = markdown_table(["root", "s", "operations", "faults", "by kind", "anomalies",
+                            "by invariant (elements or refs in reads/commits/refs)"], rows)
     print("\n" + table)
     meta = dict(machine=machine(), workers=args.workers, seed=args.seed, scheduler=args.scheduler,
                 minutes=args.minutes)

@@ -46,6 +46,7 @@ from typing import Any, Callable, Iterable, Protocol
 import numpy as np
 
 VALUE_BASE = 1_000_000  # value = uid * VALUE_BASE + seq
+WRITES = ("partial", "whole", "bwrite", "store")  # operations that write one value into a box
 INVARIANTS = (
     "branch-final",       # an element of a branch read at the end holds a value no allowed write produced
     "read",               # a read during the run saw such a value
@@ -86,18 +87,20 @@ class Config:
     seconds: float = 20.0
     seed: int = 0
     fault_interval: float = 3.0          # mean seconds between two faults (exponential)
-    faults: tuple[str, ...] = ("kill", "stop")  # and "proxy" (needs a proxy), all chosen evenly
+    faults: tuple[str, ...] = ("kill", "stop")  # and "proxy" (needs a proxy), "kill_dask" (needs
+    # ``scheduler``: SIGKILL of a dask worker process, which its nanny restarts), all chosen evenly
     stop_hold: tuple[float, float] = (1.0, 4.0)  # SIGSTOP this long (seconds, uniform)
     proxy_hold: tuple[float, float] = (1.0, 3.0)  # one proxy episode lasts this long
     gc_graces: tuple[float, ...] = (0.5, 2.0, 10.0)
     separate_caches: bool = False        # each worker its own HUBDASK_CACHE (as on separate machines)
     scheduler: bool = False              # workers are clients of one dask scheduler: distributed locks
     lease_timeout: float = 2.0           # distributed lock lease (with ``scheduler``)
+    dask_workers: int = 1                # with ``scheduler``: worker processes that run ``hd.store`` tasks
     late_landing: float = 1.0            # a killed worker's write may still land this long after the kill
     drain: float = 20.0                  # at the end, wait this long for workers to finish their op
     weights: tuple[tuple[str, float], ...] = (
         ("partial", 30), ("whole", 14), ("read", 6), ("commit", 7), ("tag", 3), ("branch", 3),
-        ("bwrite", 14), ("bcommit", 5), ("merge", 5), ("delete_branch", 2), ("gc", 2))
+        ("bwrite", 14), ("bcommit", 5), ("merge", 5), ("delete_branch", 2), ("gc", 2), ("store", 6))
     env: tuple[tuple[str, str], ...] = ()  # extra environment of the workers
     sabotage: int = 0                    # tests of the checker: workers silently drop every Nth write
 
@@ -181,6 +184,14 @@ class Worker:
                 box[0][0] += 1
         return box
 
+    def region(self, spec: DatasetSpec) -> list[list[int]]:
+        """A box with edges anywhere, up to about 2.5 chunks per axis (for ``hd.store``)."""
+        box = []
+        for s, c in zip(spec.shape, spec.chunks):
+            lo = self.rng.randrange(0, s - 1) if self.rng.random() < 0.5 else self.rng.randrange(0, min(s, 2 * c))
+            box.append([lo, min(s, lo + self.rng.randrange(1, int(2.5 * c) + 1))])
+        return box
+
     def choose(self) -> tuple[str, DatasetSpec]:
         spec = self.rng.choice(self.cfg.datasets)
         while True:
@@ -191,7 +202,7 @@ class Worker:
                 continue
             if kind == "merge" and not (live and own["commit"] is not None and own["writes"]):
                 continue
-            if kind == "branch" and live:
+            if kind == "branch" and live or kind == "store" and not self.cfg.scheduler:
                 continue
             return kind, spec
 
@@ -213,6 +224,8 @@ class Worker:
             args = dict(sel=self.selection(spec, whole), value=self.uid * VALUE_BASE + seq, whole=whole)
             if kind == "bwrite":
                 ref = own["name"]
+        elif kind == "store":
+            args = dict(sel=self.region(spec), value=self.uid * VALUE_BASE + seq)
         elif kind in ("bcommit", "delete_branch"):
             args = dict(branch=own["name"])
             ref = own["name"] if kind == "bcommit" else "main"
@@ -249,6 +262,14 @@ class Worker:
         if kind in ("partial", "whole"):
             a = self.handle(ds)
             a[tuple(slice(lo, hi) for lo, hi in args["sel"])] = np.int64(args["value"])
+            return None
+        if kind == "store":  # tasks on the dask cluster's workers: one per storage chunk
+            import dask.array as da
+
+            shape = tuple(hi - lo for lo, hi in args["sel"])
+            spec = next(s for s in self.cfg.datasets if s.name == ds)
+            src = da.full(shape, args["value"], dtype="int64", chunks=tuple(max(1, c // 2) for c in spec.chunks))
+            hd.store(src, ds, region=tuple(slice(lo, hi) for lo, hi in args["sel"]), storage=self.cfg.root)
             return None
         if kind == "bwrite":
             a = self.own[ds]["array"]
@@ -508,19 +529,24 @@ class Report:
     ops: collections.Counter = field(default_factory=collections.Counter)     # "kind status" -> n
     faults: collections.Counter = field(default_factory=collections.Counter)
     checked: collections.Counter = field(default_factory=collections.Counter)  # what was compared
+    errors: dict = field(default_factory=dict)  # "kind ErrorType" -> the first such error, for the record
+    events: collections.Counter = field(default_factory=collections.Counter)  # reads/commits/refs with anomalies
     limit: int = 12  # detailed anomalies kept per invariant (all are counted)
 
-    def add(self, anomaly: Anomaly, n: int = 1) -> None:
-        if self.counts[anomaly.invariant] < self.limit:
+    def add(self, anomaly: Anomaly, n: int = 1, event: bool = True) -> None:
+        """Keep ``anomaly`` (up to ``limit`` per invariant); count ``n`` elements (or refs) and one event."""
+        if sum(a.invariant == anomaly.invariant for a in self.anomalies) < self.limit:
             self.anomalies.append(anomaly)
         self.counts[anomaly.invariant] += n
+        self.events[anomaly.invariant] += int(event)
 
     @property
     def ok(self) -> bool:
         return not self.counts
 
     def to_json(self) -> str:
-        return json.dumps(dict(counts=self.counts, ops=self.ops, faults=self.faults, checked=self.checked,
+        return json.dumps(dict(counts=self.counts, events=self.events, ops=self.ops, faults=self.faults, checked=self.checked,
+                               errors=self.errors,
                                anomalies=[dataclasses.asdict(a) for a in self.anomalies]), default=str, indent=1)
 
     def summary(self, per_invariant: int = 3) -> str:
@@ -529,7 +555,9 @@ class Report:
                  f"faults injected: {sum(self.faults.values())} ({', '.join(f'{k} {v}' for k, v in sorted(self.faults.items()))})",
                  f"checked: {', '.join(f'{k} {v}' for k, v in sorted(self.checked.items()))}",
                  f"anomalies: {sum(self.counts.values())}"
-                 + (f" ({', '.join(f'{k} {v}' for k, v in sorted(self.counts.items()))})" if self.counts else "")]
+                 + (f" ({', '.join(f'{k} {v} in {self.events[k]}' for k, v in sorted(self.counts.items()))};"
+                    " elements or refs, in reads/commits/refs)" if self.counts else "")]
+        lines += [f"  first {kind}: {text}" for kind, text in sorted(self.errors.items())[:12]]
         shown: collections.Counter = collections.Counter()
         for a in self.anomalies:
             shown[a.invariant] += 1
@@ -566,7 +594,10 @@ class Checker:
         self.deleting: set[tuple[str, str]] = set()    # branches some delete was tried on
         self.merges: list[tuple[Op, np.ndarray, np.ndarray]] = []
         for op in history.ops:
-            self.report.ops[f"{op.kind} {op.status if op.t1 is not None else 'died'}"] += 1
+            outcome = "died" if op.t1 is None else op.status if op.status == "ok" else f"error:{op.error_type}"
+            self.report.ops[f"{op.kind} {outcome}"] += 1
+            if op.status == "error":
+                self.report.errors.setdefault(f"{op.kind} {op.error_type}", f"{op.label}: {op.error}"[:300])
         for f in history.faults:
             self.report.faults[f["fault"] + (f"-{f['kind']}" if f.get("kind") else "")] += 1
         for spec in self.specs.values():
@@ -584,7 +615,7 @@ class Checker:
             if spec is None:
                 continue
             key = (op.ds, op.ref)
-            if op.kind in ("partial", "whole", "bwrite"):
+            if op.kind in WRITES:
                 idx = box_indices(op.args["sel"], spec.shape)
                 value = op.args["value"]
                 self.by_value[value] = op
@@ -633,11 +664,9 @@ class Checker:
                 ok[e.idx] |= (obs[e.idx] == e.vals) & (e.end >= latest[e.idx])
         self.report.checked[f"{invariant} elements"] += obs.size
         bad = np.flatnonzero(~ok)
-        for flat in bad[:3]:
+        for i, flat in enumerate(bad[:3]):
             self.report.add(self._explain(ds, ref, spec, int(flat), int(obs[flat]), latest[flat], r0, r1,
-                                          invariant, what), n=0)
-        if bad.size:
-            self.report.counts[invariant] += int(bad.size)
+                                          invariant, what), n=int(bad.size) if i == 0 else 0, event=i == 0)
         return int(bad.size)
 
     def _explain(self, ds: str, ref: str, spec: DatasetSpec, flat: int, found: int, latest: float, r0: float,
@@ -778,8 +807,9 @@ def check(history: History, storage: StorageView, specs: Iterable[DatasetSpec], 
 class Controller:
     """Starts the workers, injects faults, stops everything; see `run`."""
 
-    def __init__(self, cfg: Config, out: Path, proxy: Any = None, echo: Callable[[str], None] = print) -> None:
-        self.cfg, self.out, self.proxy, self.echo = cfg, out, proxy, echo
+    def __init__(self, cfg: Config, out: Path, proxy: Any = None, echo: Callable[[str], None] = print,
+                 cluster: Any = None) -> None:
+        self.cfg, self.out, self.proxy, self.echo, self.cluster = cfg, out, proxy, echo, cluster
         self.rng = random.Random(cfg.seed)
         self.next_uid = 1
         self.procs: dict[int, subprocess.Popen] = {}  # uid -> process
@@ -813,7 +843,10 @@ class Controller:
         return [u for u, p in self.procs.items() if p.poll() is None]
 
     def inject(self) -> None:
-        kinds = [k for k in self.cfg.faults if k != "proxy" or self.proxy is not None]
+        kinds = [k for k in self.cfg.faults if (k != "proxy" or self.proxy is not None)
+                 and (k != "kill_dask" or self.cluster is not None)]
+        if not kinds:
+            return
         kind = self.rng.choice(kinds)
         running = [u for u in self.alive() if u not in self.stopped]
         if kind == "kill" and running:
@@ -831,6 +864,14 @@ class Controller:
             self.fault(fault="stop", uid=uid, hold=round(hold, 2))
             self.procs[uid].send_signal(signal.SIGSTOP)
             self.stopped[uid] = time.monotonic() + hold
+        elif kind == "kill_dask":
+            pids = [n.process.process.pid for n in self.cluster.workers.values()
+                    if getattr(n, "process", None) is not None and n.process.process is not None]
+            pids = [p for p in pids if p]  # never 0 (os.kill(0) is the whole process group)
+            if pids:
+                pid = self.rng.choice(pids)
+                self.fault(fault="kill_dask", pid=pid)
+                os.kill(pid, signal.SIGKILL)  # its nanny starts a new worker process
         elif kind == "proxy" and self.proxy_until is None:
             faults = self.rng.choice([dict(error_rate=0.3), dict(reset_rate=0.15), dict(truncate_rate=0.15),
                                       dict(latency=0.15, jitter=0.15), dict(error_rate=0.1, reset_rate=0.1)])
@@ -905,6 +946,23 @@ def _lock_acquisitions(cluster: Any) -> int | None:
         return None
 
 
+def _close_cluster(cluster: Any, echo: Callable[[str], None]) -> None:
+    """Close the LocalCluster; if a worker process it restarted after a kill does not stop in time,
+    SIGKILL the worker processes this run started (by pid) so that none is left behind."""
+    pids = [n.process.process.pid for n in cluster.workers.values()
+            if getattr(n, "process", None) is not None and n.process.process is not None]
+    try:
+        cluster.close(timeout=30)
+    except Exception as exc:  # distributed raises TimeoutError from a nanny's kill
+        echo(f"torture: closing the dask cluster failed ({type(exc).__name__}); killing its workers")
+    for pid in pids:
+        if pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 def run(cfg: Config, out: Path, proxy: Any = None, echo: Callable[[str], None] = print) -> Report:
     """One torture run in the empty folder ``out``: datasets, workers and faults, then the check.
 
@@ -921,10 +979,11 @@ def run(cfg: Config, out: Path, proxy: Any = None, echo: Callable[[str], None] =
         interval = f"{max(cfg.lease_timeout / 4, 0.1)}s"
         with dask.config.set({"distributed.scheduler.locks.lease-validation-interval": interval,
                               "distributed.scheduler.locks.lease-timeout": f"{cfg.lease_timeout}s"}):
-            cluster = distributed.LocalCluster(n_workers=0, dashboard_address=":0", processes=True)
+            cluster = distributed.LocalCluster(n_workers=cfg.dask_workers, threads_per_worker=2,
+                                               dashboard_address=":0", processes=True)
         os.environ["TORTURE_SCHEDULER"] = cluster.scheduler_address
     try:
-        ctl = Controller(cfg, out, proxy, echo)
+        ctl = Controller(cfg, out, proxy, echo, cluster)
         if cluster is not None:
             ctl.env["TORTURE_SCHEDULER"] = cluster.scheduler_address
         started = time.monotonic()
@@ -933,7 +992,7 @@ def run(cfg: Config, out: Path, proxy: Any = None, echo: Callable[[str], None] =
     finally:
         if cluster is not None:
             locks = _lock_acquisitions(cluster)
-            cluster.close()
+            _close_cluster(cluster, echo)
             os.environ.pop("TORTURE_SCHEDULER", None)
     history = load_history(out)
     report = check(history, HubStorage(cfg.root), cfg.datasets, cfg.late_landing)
