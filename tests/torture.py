@@ -593,6 +593,7 @@ class Checker:
         self.created: dict[tuple[str, str], Op] = {}   # private branches whose creation returned
         self.deleting: set[tuple[str, str]] = set()    # branches some delete was tried on
         self.merges: list[tuple[Op, np.ndarray, np.ndarray]] = []
+        self._indexes: dict[tuple[str, str], tuple] = {}
         for op in history.ops:
             outcome = "died" if op.t1 is None else op.status if op.status == "ok" else f"error:{op.error_type}"
             self.report.ops[f"{op.kind} {outcome}"] += 1
@@ -647,21 +648,39 @@ class Checker:
             self.merges.append((op, idx, t[idx]))
 
     # .. judging one read
+    def _index(self, key: tuple[str, str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, list[Effect]]]:
+        """Per branch, built once: every cover's (element, invocation, return) sorted by return, and the
+        effects that may have produced each value."""
+        if key not in self._indexes:
+            covers = self.covers.get(key, [])
+            idx = np.concatenate([c.idx for c in covers]) if covers else np.zeros(0, np.int64)
+            t0 = np.concatenate([np.full(c.idx.size, c.t0) for c in covers]) if covers else np.zeros(0)
+            t1 = np.concatenate([np.full(c.idx.size, c.t1) for c in covers]) if covers else np.zeros(0)
+            order = np.argsort(t1, kind="stable")
+            by_value: dict[int, list[Effect]] = collections.defaultdict(list)
+            for e in self.effects.get(key, ()):
+                for value in np.unique(e.vals):
+                    by_value[int(value)].append(e)
+            self._indexes[key] = (idx[order], t0[order], t1[order], by_value)
+        return self._indexes[key]
+
     def judge(self, ds: str, ref: str, obs: np.ndarray, r0: float, r1: float, invariant: str,
               what: str) -> int:
         """Report every element of ``obs`` (branch ``ref`` read at ``[r0, r1]``) no allowed write produced."""
         spec = self.specs[ds]
         obs = np.asarray(obs).ravel().astype(np.int64)
         key = (ds, ref)
+        cidx, ct0, ct1, by_value = self._index(key)
         latest = np.full(obs.size, -math.inf)  # per element: the last invocation of a write that returned before r0
-        for c in self.covers.get(key, ()):
-            if c.t1 < r0:
-                np.maximum.at(latest, c.idx, c.t0)
+        done = int(np.searchsorted(ct1, r0, side="left"))
+        np.maximum.at(latest, cidx[:done], ct0[:done])
         initial = self.initial.get(key)
         ok = latest == -math.inf if initial is None else (latest == -math.inf) & (obs == initial)
-        for e in self.effects.get(key, ()):
-            if e.t0 < r1:
-                ok[e.idx] |= (obs[e.idx] == e.vals) & (e.end >= latest[e.idx])
+        for value in np.unique(obs[~ok]):
+            for e in by_value.get(int(value), ()):
+                if e.t0 < r1:
+                    idx = e.idx[e.vals == value]
+                    ok[idx] |= (obs[idx] == value) & (e.end >= latest[idx])
         self.report.checked[f"{invariant} elements"] += obs.size
         bad = np.flatnonzero(~ok)
         for i, flat in enumerate(bad[:3]):
@@ -691,6 +710,9 @@ class Checker:
             kind = "a value that no write produced"
         elif any(d["value"] == decode(found) for d in dominated):
             kind = "lost write: an overwritten (dominated) value is back"
+        elif producer is not None and producer.ref != ref:
+            kind = (f"a value written on branch {producer.ref!r} that no merge which returned (or may have been "
+                    "applied) brought here")
         else:
             kind = "a value that no write of this branch put at this element"
         detail = dict(element=element, found=decode(found), read_window=[round(r0, 3), round(r1, 3)],
@@ -952,7 +974,7 @@ def _close_cluster(cluster: Any, echo: Callable[[str], None]) -> None:
     pids = [n.process.process.pid for n in cluster.workers.values()
             if getattr(n, "process", None) is not None and n.process.process is not None]
     try:
-        cluster.close(timeout=30)
+        cluster.close(timeout=10)
     except Exception as exc:  # distributed raises TimeoutError from a nanny's kill
         echo(f"torture: closing the dask cluster failed ({type(exc).__name__}); killing its workers")
     for pid in pids:
