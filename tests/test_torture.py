@@ -1,13 +1,13 @@
 """The randomized concurrent-history checker (tests/torture.py): proof that it fails on bad histories,
 then bounded torture runs on a local root and on moto S3 (through the fault proxy).
 
-CI runs the local torture for 20 s and the S3 one for 30 s; a long run of both on demand:
+CI runs the local torture for 20 s, the S3 one for 30 s and the one with a dask scheduler for 15 s;
+a long run of all three on demand:
 ``HUBDASK_TORTURE_MINUTES=10 python -m pytest -s tests/test_torture.py`` (``-s`` prints the figures).
 """
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from torture import Config, DatasetSpec, History, Op
 MINUTES = float(os.environ.get("HUBDASK_TORTURE_MINUTES", "0") or 0)
 TORTURE_SECONDS = MINUTES * 60 if MINUTES else 20.0
 S3_SECONDS = MINUTES * 60 if MINUTES else 30.0  # S3 operations are slower: more time for as many
+DASK_SECONDS = MINUTES * 60 if MINUTES else 15.0
 RUN_TIMEOUT = int(S3_SECONDS * 2 + 240)  # start, drain, check
 LINE = DatasetSpec("t/line", (8,), (4,))
 
@@ -219,4 +220,17 @@ def test_torture_s3_through_the_fault_proxy(tmp_path: Path, s3_root_faulty: str,
                  faults=("kill", "stop", "proxy"), fault_interval=3.0, late_landing=2.0)
     report = torture.run(cfg, tmp_path / "run", proxy=fault_proxy)
     assert sum(report.ops.values()) > 0 and report.checked["commits"] > 0
+    assert report.ok, report.summary()
+
+
+@pytest.mark.timeout(RUN_TIMEOUT)
+def test_torture_dask_scheduler(tmp_path: Path, cache_env: None) -> None:
+    """The workers are clients of one dask scheduler (chunk locks through it, leases of 2 s) and also run
+    ``hd.store`` jobs on a LocalCluster worker; SIGSTOP holds a worker past its lease, SIGKILL hits workers
+    and the dask worker process."""
+    distributed = pytest.importorskip("distributed")  # noqa: F841
+    cfg = Config(root=str(tmp_path / "root"), workers=3, seconds=DASK_SECONDS, seed=13, scheduler=True,
+                 faults=("kill", "stop", "kill_dask"), fault_interval=3.0)
+    report = torture.run(cfg, tmp_path / "run")
+    assert report.checked["scheduler lock acquisitions"] > 0  # the writes did go through the scheduler
     assert report.ok, report.summary()

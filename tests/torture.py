@@ -917,10 +917,20 @@ class Controller:
                 del self.procs[uid]
                 self.spawn()
 
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """Wait until every first worker has started its history (imports done): the run's clock and the
+        faults start then, so a slow machine does not eat the run's time."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not all((self.out / f"history-{u}.jsonl").exists() for u in self.procs):
+            if any(p.poll() is not None for p in self.procs.values()):
+                break  # one died at start: tick() replaces it, its log says why
+            time.sleep(0.05)
+
     def run(self) -> None:
         cfg = self.cfg
         for _ in range(cfg.workers):
             self.spawn()
+        self.wait_ready()
         deadline = time.monotonic() + cfg.seconds
         next_fault = time.monotonic() + self.rng.expovariate(1 / cfg.fault_interval)
         try:
