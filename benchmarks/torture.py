@@ -5,7 +5,7 @@
     HUBDASK_TORTURE_MINUTES=10 python benchmarks/torture.py  # the same variable the pytest run reads
 
 Prints, per run, the operations (by kind and outcome), the faults injected and the anomalies found by
-invariant (see tests/torture.py), and writes benchmarks/results/torture.{json,md}. Not a speed benchmark:
+invariant (see tests/torture.py), and writes benchmarks/results/torture-ROOTS[-scheduler].{json,md}. Not a speed benchmark:
 the figures are counts. The engine and the checker live in tests/torture.py.
 """
 
@@ -92,7 +92,8 @@ def main() -> None:
     print("\n" + table)
     meta = dict(machine=machine(), workers=args.workers, seed=args.seed, scheduler=args.scheduler,
                 minutes=args.minutes)
-    write_results("torture", dict(meta=meta, runs=runs),
+    stem = "torture-" + "-".join(args.roots.split(",")) + ("-scheduler" if args.scheduler else "")
+    write_results(stem, dict(meta=meta, runs=runs),
                   f"# Torture run\n\n`python benchmarks/torture.py --minutes {args.minutes:g} --roots {args.roots}"
                   f"{' --scheduler' if args.scheduler else ''} --seed {args.seed}` ({meta['machine']['time']})\n\n"
                   + table + "\n")

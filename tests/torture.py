@@ -31,6 +31,7 @@ import collections
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
 import random
@@ -1008,6 +1009,9 @@ def run(cfg: Config, out: Path, proxy: Any = None, echo: Callable[[str], None] =
         import dask
         import distributed
 
+        # killed dask workers and clients make distributed log tracebacks by design: keep errors only
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
+        logging.getLogger("distributed").setLevel(logging.ERROR)
         interval = f"{max(cfg.lease_timeout / 4, 0.1)}s"
         with dask.config.set({"distributed.scheduler.locks.lease-validation-interval": interval,
                               "distributed.scheduler.locks.lease-timeout": f"{cfg.lease_timeout}s"}):
