@@ -98,7 +98,7 @@ class Config:
     lease_timeout: float = 2.0           # distributed lock lease (with ``scheduler``)
     dask_workers: int = 1                # with ``scheduler``: worker processes that run ``hd.store`` tasks
     late_landing: float = 1.0            # a killed worker's write may still land this long after the kill
-    drain: float = 20.0                  # at the end, wait this long for workers to finish their op
+    drain: float = 10.0                  # at the end, wait this long for workers to finish their op
     weights: tuple[tuple[str, float], ...] = (
         ("partial", 30), ("whole", 14), ("read", 6), ("commit", 7), ("tag", 3), ("branch", 3),
         ("bwrite", 14), ("bcommit", 5), ("merge", 5), ("delete_branch", 2), ("gc", 2), ("store", 6))
