@@ -34,7 +34,7 @@ def recorded_dims(array: Any) -> list[str] | None:
     """The zarr ``dimension_names`` of the view's axes, or None where any is unnamed."""
     from hubdask import grid
 
-    names = getattr(array._meta, "dimension_names", None)
+    names = getattr(array.metadata, "dimension_names", None)
     if not names:
         return None
     kept = [n for n, a in zip(names, array._axes) if isinstance(a, grid.Span)]

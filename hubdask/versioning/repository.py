@@ -280,6 +280,11 @@ class Repository:
         if merge is not None and not ours:
             raise ConflictError(f"dataset {self.ds!r}: a commit of branch {branch!r} was already in progress; "
                                 "merge again")
+        if not ours and seal.get("merge"):
+            # a merge is committing this node: its commit holds everything written here; wait for it
+            # (wait_for_new_head finishes it as a plain commit only if the merger stalls)
+            self.wait_for_new_head(branch, head.node)
+            return seal["commit"]
         return self._finish(branch, head, seal, merge)
 
     def _seal(self, head: refs.Head, message: str, merge: MergeSpec | None) -> tuple[dict, bool]:
@@ -318,6 +323,10 @@ class Repository:
             if conflict is not None:
                 self._move(branch, head, rec)
                 raise conflict
+            if merge is not None and merge.theirs not in rec.parents:  # another process finished it plainly
+                self._move(branch, head, rec)
+                raise ConflictError(f"dataset {self.ds!r}: the merge into {branch!r} stalled and its node was "
+                                    "committed without it; merge again")
         elif merge is not None and merge.theirs not in rec.parents:
             self._move(branch, head, rec)
             raise ConflictError(f"dataset {self.ds!r}: the merge into {branch!r} was interrupted and its node was "
