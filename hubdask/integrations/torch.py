@@ -165,6 +165,11 @@ class StreamDataset(_TorchIterable):
         return item
 
 
+def _as_made(item: Any) -> Any:
+    """The items are tensors already, built in the workers: pass them on as they are."""
+    return item
+
+
 class StreamLoader(DataLoader):
     """A DataLoader over a StreamDataset: ``len()`` is this rank's batches per epoch, and
     ``state_dict()``/``load_state_dict()`` stop and resume an epoch mid-way."""
@@ -172,6 +177,7 @@ class StreamLoader(DataLoader):
     dataset: StreamDataset
 
     def __init__(self, dataset: StreamDataset, **kwargs: Any) -> None:
+        kwargs.setdefault("collate_fn", _as_made)  # torch's default would turn tuples into lists
         super().__init__(dataset, batch_size=None, **kwargs)
         self._progress: dict[str, Any] | None = None
 
