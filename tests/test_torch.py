@@ -6,6 +6,8 @@ import collections
 import itertools
 import os
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -92,9 +94,13 @@ def test_spawned_workers(s3_root):
 
 
 def test_forked_child_reopens_storage(s3_root):
-    """A child forked after the parent used the S3 client reads through a fresh store (no hang)."""
+    """A child forked after the parent used the S3 client reads through a fresh store (no hang), and
+    that store is obstore's (a fresh copy of its runtime), not the s3fs fallback."""
+    from hubdask.storage import open_root
+
     ds = make(s3_root)
     np.testing.assert_array_equal(ds["labels"][:3].read(), [0, 1, 2])
+    assert type(open_root(s3_root).store).__name__ == "ObjectStore"
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: bounded by an alarm, reports through the pipe
@@ -103,14 +109,32 @@ def test_forked_child_reopens_storage(s3_root):
         signal.alarm(60)
         try:
             value = hd.load("ml/train", storage=s3_root)["labels"][N - 3:].read().tolist()
-            os.write(write, repr(value).encode())
+            os.write(write, repr((value, type(open_root(s3_root).store).__name__)).encode())
         finally:
             os._exit(0)
     os.close(write)
     with os.fdopen(read) as f:
         got = f.read()
     os.waitpid(pid, 0)
-    assert got == repr([N - 3, N - 2, N - 1])
+    assert got == repr(([N - 3, N - 2, N - 1], "ObjectStore"))
+    np.testing.assert_array_equal(ds["labels"][N - 3:].read(), [N - 3, N - 2, N - 1])  # the parent's still works
+
+
+def _client_of_worker(root_url: str, out: str) -> Any:
+    def init(worker_id: int) -> None:
+        from hubdask.storage import open_root
+
+        with open(f"{out}-{worker_id}", "w") as f:
+            f.write(type(open_root(root_url).store).__name__)
+    return init
+
+
+def test_forked_loader_workers_keep_obstore(s3_root, tmp_path):
+    ds = make(s3_root)
+    loader = ds.pytorch(batch_size=50, num_workers=2, return_index=True,
+                        worker_init_fn=_client_of_worker(s3_root, str(tmp_path / "client")))
+    assert sorted(indices(loader)) == list(range(N))
+    assert [(tmp_path / f"client-{w}").read_text() for w in range(2)] == ["ObjectStore", "ObjectStore"]
 
 
 def test_bad_arguments(s3_root):
