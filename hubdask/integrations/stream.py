@@ -24,7 +24,7 @@ import dataclasses
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -279,9 +279,13 @@ def read_block(plan: Plan, b: int) -> dict[str, np.ndarray]:
     return out
 
 
-def serve(plan: Plan, todo: Iterable[Draw], prefetch: int = 2, return_index: bool = False) -> Iterator[dict[str, np.ndarray]]:
+def serve(plan: Plan, todo: Iterable[Draw], prefetch: int = 2, return_index: bool = False,
+          alloc: Callable[[tuple[int, ...], np.dtype], tuple[np.ndarray, Any]] | None = None) -> Iterator[dict[str, Any]]:
     """The data of each draw (a dict of new, writable arrays), reading the blocks the coming draws need
-    ahead in threads (``prefetch`` reads in flight) and holding a block until its last draw."""
+    ahead in threads (``prefetch`` reads in flight) and holding a block until its last draw. With
+    ``alloc(shape, dtype) -> (array, handle)`` the rows are gathered into ``array`` (e.g. a tensor's
+    shared memory, so that handing the batch to another process copies nothing) and the dict holds the
+    handles."""
     pool = ThreadPoolExecutor(max(prefetch, 1), thread_name_prefix="hubdask-prefetch")
     held: dict[int, Future] = {}
     needed: dict[int, int] = {}  # block -> draws read ahead that use it
@@ -312,7 +316,7 @@ def serve(plan: Plan, todo: Iterable[Draw], prefetch: int = 2, return_index: boo
                 return
             ids, released, blocks, started = ahead.popleft()
             fresh -= started
-            out = _gather(plan, {b: held[b].result() for b in blocks}, ids)
+            out = _gather(plan, {b: held[b].result() for b in blocks}, ids, alloc)
             if return_index:
                 out[INDEX_KEY] = ids.copy()
             for b in blocks:
@@ -329,18 +333,27 @@ def serve(plan: Plan, todo: Iterable[Draw], prefetch: int = 2, return_index: boo
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _gather(plan: Plan, data: dict[int, dict[str, np.ndarray]], ids: np.ndarray) -> dict[str, np.ndarray]:
-    """Rows ``ids`` of the held blocks, stacked in order into new arrays."""
+def _gather(plan: Plan, data: dict[int, dict[str, np.ndarray]], ids: np.ndarray,
+            alloc: Callable[[tuple[int, ...], np.dtype], tuple[np.ndarray, Any]] | None = None) -> dict[str, Any]:
+    """Rows ``ids`` of the held blocks, stacked in order into new arrays (from ``alloc`` when given)."""
     rows = plan.block_rows
     first = next(iter(data.values()))
+    out, handles = {}, {}
+    for key, v in first.items():
+        shape = (len(ids),) + v.shape[1:]
+        out[key], handles[key] = alloc(shape, v.dtype) if alloc is not None else (np.empty(shape, v.dtype),) * 2
     if len(data) == 1 and len(ids) and ids[-1] - ids[0] == len(ids) - 1 and np.all(np.diff(ids) == 1):
         lo = int(ids[0]) - next(iter(data)) * rows
-        return {key: v[lo:lo + len(ids)].copy() for key, v in first.items()}
-    out = {key: np.empty((len(ids),) + v.shape[1:], v.dtype) for key, v in first.items()}
+        for key, v in first.items():
+            out[key][...] = v[lo:lo + len(ids)]
+        return handles
     blk = ids // rows
     for b, block in data.items():
         where = np.nonzero(blk == b)[0]
         local = ids[where] - b * rows
         for key, v in block.items():
-            out[key][where] = v[local]
-    return out
+            if len(where) == len(ids):
+                np.take(v, local, axis=0, out=out[key])
+            else:
+                out[key][where] = v[local]
+    return handles

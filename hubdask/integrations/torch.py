@@ -34,7 +34,17 @@ STATE_VERSION = 1
 _SAME = ("length", "world_size", "rank", "batch_size", "shuffle", "seed", "buffer_size", "drop_last", "block_rows")
 
 
+def _shared(shape: tuple[int, ...], dtype: np.dtype) -> tuple[np.ndarray, torch.Tensor]:
+    """A tensor in shared memory (as torch's default_collate makes in a worker) and its numpy view."""
+    t = torch.empty(0, dtype=torch.from_numpy(np.empty(0, dtype)).dtype)
+    storage = t._typed_storage()._new_shared(int(np.prod(shape)), device=t.device)
+    out = t.new(storage).resize_(*shape)
+    return out.numpy(), out
+
+
 def _tensor(v: Any) -> torch.Tensor:
+    if isinstance(v, torch.Tensor):
+        return v
     if isinstance(v, np.ndarray):
         if not v.flags.writeable:
             v = v.copy()
@@ -141,7 +151,10 @@ class StreamDataset(_TorchIterable):
 
     def _generate(self, todo: Any):
         keys = list(self.plan.sources) + ([INDEX_KEY] if self.return_index else [])
-        data = serve(self.plan, todo, self.prefetch, self.return_index)
+        batched = self.transform is None and self.batch_size is not None
+        # a worker's batches go to the loader's process: gather them straight into shared memory
+        alloc = _shared if batched and get_worker_info() is not None else None
+        data = serve(self.plan, todo, self.prefetch, self.return_index, alloc)
         if self.transform is None:
             for item in data:
                 if self.batch_size is not None:
