@@ -108,8 +108,9 @@ def hubdask_loader(work: Path, s3: dict, args):
     hd, _ = import_hubdask(("dataset",))
     os.environ["HUBDASK_CACHE"] = str(work / "hub-cache")  # empty: the first epoch is cold
     ds = hd.load("bench/train:v1", storage=f"s3://{s3['bucket']}/hub")
+    extra = {} if args.prefetch is None else {"prefetch": args.prefetch}
     return ds.pytorch(batch_size=args.batch, shuffle=True, seed=0, num_workers=args.workers,
-                      persistent_workers=args.workers > 0)
+                      persistent_workers=args.workers > 0, **extra)
 
 
 _X: np.ndarray | None = None
@@ -206,7 +207,7 @@ def webdataset_loader(work: Path, s3: dict, args):
 
     out = work / "wds-out"
     (work / "wds-cache").mkdir(exist_ok=True)
-    urls = [f"pipe:curl -s {s3['endpoint']}/{s3['bucket']}/wds/{p.name}" for p in sorted(out.iterdir())]
+    urls = [f"pipe:curl -sf --retry 5 {s3['endpoint']}/{s3['bucket']}/wds/{p.name}" for p in sorted(out.iterdir())]
     ds = (wds.WebDataset(urls, shardshuffle=len(urls), cache_dir=str(work / "wds-cache"), nodesplitter=None,
                          empty_check=False)
           .shuffle(1000).decode().to_tuple("images.npy", "labels.cls").batched(args.batch))
@@ -272,6 +273,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2, help="warm epochs measured (best is kept)")
     ap.add_argument("--only", default=",".join(PEERS), help="comma-separated subset of " + ",".join(PEERS))
     ap.add_argument("--codecs", default=None, help="hubdask's images codecs (default: hubdask's default)")
+    ap.add_argument("--prefetch", type=int, default=None, help="hubdask's blocks read ahead per worker")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--work", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--endpoint", default=None, help=argparse.SUPPRESS)
@@ -297,6 +299,7 @@ def main() -> None:
             for peer in [p for p in PEERS if p in only]:
                 cmd = [sys.executable, __file__, "--child", peer, "--work", str(work), "--endpoint", s3["endpoint"],
                        "--batch", str(args.batch), "--workers", str(args.workers), "--epochs", str(args.epochs)]
+                cmd += ["--prefetch", str(args.prefetch)] if args.prefetch is not None else []
                 run = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
                 lines = [ln for ln in run.stdout.splitlines() if ln.startswith("RESULT ")]
                 if run.returncode or not lines:

@@ -20,7 +20,7 @@ from hubdask.integrations.stream import INDEX_KEY, Share, make_plan, serve, work
 
 
 def tf_dataset(ds: Any, batch_size: int | None = None, shuffle: bool = False, seed: int | None = None, *,
-               keys: Any = None, buffer_size: int = 2048, prefetch: int = 2, return_index: bool = False,
+               keys: Any = None, buffer_size: int = 2048, prefetch: int = 4, return_index: bool = False,
                drop_last: bool = False, shard: tuple[int, int] = (0, 1), block_rows: int | None = None) -> tf.data.Dataset:
     """A tf.data.Dataset over ``ds`` (an hd.Dataset) at its current state (pinned: later writes are not seen)."""
     plan = make_plan(ds, keys, block_rows)

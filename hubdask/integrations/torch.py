@@ -57,7 +57,7 @@ class StreamDataset(_TorchIterable):
     ``batch_size``, whole batches. ``len()`` is the samples this rank yields per epoch."""
 
     def __init__(self, plan: Plan, batch_size: int | None = None, shuffle: bool = False, seed: int | None = None,
-                 transform: Callable | None = None, buffer_size: int = 2048, prefetch: int = 2,
+                 transform: Callable | None = None, buffer_size: int = 2048, prefetch: int = 4,
                  return_index: bool = False, drop_last: bool = False, output: str = "dict",
                  rank: int | None = None, world_size: int | None = None) -> None:
         if output not in ("dict", "tuple"):
@@ -249,7 +249,7 @@ class StreamLoader(DataLoader):
 
 def torch_dataset(ds: Any, batch_size: int | None = None, shuffle: bool = False, seed: int | None = None,
                   transform: Callable | None = None, *, keys: Any = None, buffer_size: int = 2048,
-                  prefetch: int = 2, return_index: bool = False, drop_last: bool = False,
+                  prefetch: int = 4, return_index: bool = False, drop_last: bool = False,
                   output: str = "dict", block_rows: int | None = None, rank: int | None = None,
                   world_size: int | None = None) -> StreamDataset:
     """The IterableDataset over ``ds`` (an hd.Dataset) at its current state, for your own DataLoader.
@@ -263,7 +263,7 @@ def torch_dataset(ds: Any, batch_size: int | None = None, shuffle: bool = False,
 
 def dataloader(ds: Any, batch_size: int | None = None, shuffle: bool = False, seed: int | None = None,
                transform: Callable | None = None, num_workers: int = 0, *, keys: Any = None,
-               buffer_size: int = 2048, prefetch: int = 2, return_index: bool = False, drop_last: bool = False,
+               buffer_size: int = 2048, prefetch: int = 4, return_index: bool = False, drop_last: bool = False,
                output: str = "dict", block_rows: int | None = None, rank: int | None = None,
                world_size: int | None = None, **loader_kwargs: Any) -> StreamLoader:
     """A StreamLoader streaming ``ds``: batches are built in the workers (``loader.dataset`` is the
