@@ -321,3 +321,12 @@ def test_batches_are_writable_tensors_and_tuples(s3_root, workers, recwarn):
     assert torch.equal(torch.sort(again).values, torch.arange(N))
     sample = next(iter(ds.pytorch(output="tuple", keys=["labels", "images"], return_index=True)))
     assert isinstance(sample, tuple) and len(sample) == 3 and int(sample[0]) == int(sample[2]) == 0
+
+
+def test_dataset_arrays_default_to_a_codec_for_training_reads(tmp_path):
+    ds = hd.dataset("ml/codec", images=np.zeros((8, 4, 4), np.uint8), labels=np.arange(8), storage=str(tmp_path))
+    names = [[type(c).__name__ for c in a._source.zarr().metadata.codecs] for a in ds.arrays.values()]
+    assert names == [["BytesCodec", "BloscCodec", "Crc32cCodec"]] * 2
+    assert ds["images"]._source.zarr().metadata.codecs[1].cname.value == "lz4"
+    z = hd.dataset("ml/zstd", images=dict(data=np.zeros((8, 4), np.uint8), codecs="zstd"), storage=str(tmp_path))
+    assert type(z["images"]._source.zarr().metadata.codecs[1]).__name__ == "ZstdCodec"
