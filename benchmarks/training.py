@@ -7,7 +7,8 @@ batches of 256, 2 DataLoader workers, persistent; the loop only touches each bat
   (a) hubdask: a tagged dataset on S3 with hubdask's default codecs, ``ds.pytorch(...)``;
   (b) litdata: ``optimize``d chunks uploaded to S3, ``StreamingDataset`` + ``StreamingDataLoader``;
   (c) mosaicml-streaming: MDS shards (no compression) uploaded to S3, ``StreamingDataset``;
-  (d) webdataset: tar shards of .npy samples uploaded to S3, read over HTTP (curl), shard cache on disk;
+  (d) webdataset: tar shards of .npy samples uploaded to S3, read by presigned HTTP GETs (curl), shard
+      cache on disk;
   (e) local .npy files, memory-mapped, a map-style Dataset indexed per sample (DataLoader shuffle).
 
 "Cold" is the first epoch with an empty local cache (it includes starting the workers); "warm" the best
@@ -207,7 +208,11 @@ def webdataset_loader(work: Path, s3: dict, args):
 
     out = work / "wds-out"
     (work / "wds-cache").mkdir(exist_ok=True)
-    urls = [f"pipe:curl -sf --retry 5 {s3['endpoint']}/{s3['bucket']}/wds/{p.name}" for p in sorted(out.iterdir())]
+    import boto3
+
+    sign = boto3.client("s3").generate_presigned_url  # private objects over plain HTTP: presigned GETs
+    urls = [f"pipe:curl -sf --retry 5 '{sign('get_object', Params={'Bucket': s3['bucket'], 'Key': f'wds/{p.name}'}, ExpiresIn=7200)}'"
+            for p in sorted(out.iterdir())]
     ds = (wds.WebDataset(urls, shardshuffle=len(urls), cache_dir=str(work / "wds-cache"), nodesplitter=None,
                          empty_check=False)
           .shuffle(1000).decode().to_tuple("images.npy", "labels.cls").batched(args.batch))
