@@ -172,13 +172,16 @@ def draws(plan: Plan, parts: Iterable[tuple[int, int, int]], take: int, shuffle:
           rng: np.random.Generator) -> Iterator[Draw]:
     """The draws of ``take`` samples (the last may be short) over ``parts`` read in order: in order, or
     drawn at random from a pool refilled to at least ``buffer_size`` samples (all that is left at the
-    end). A pure function of sizes and ``rng``: no data is read."""
-    low = max(buffer_size, take) if shuffle else take
+    end; at the start the bound grows with the samples loaded so far, so the first batch waits for one
+    block only). A pure function of sizes and ``rng``: no data is read."""
+    full = max(buffer_size, take) if shuffle else take
     pool = np.empty(0, np.int64)
     left: dict[int, int] = {}
     todo = iter(parts)
     rows = plan.block_rows
+    loaded = 0
     while True:
+        low = min(full, max(take, loaded))  # ramps up: the first draw waits for one block, not a full buffer
         if len(pool) < low:
             grow = [pool]
             m = len(pool)
@@ -186,6 +189,7 @@ def draws(plan: Plan, parts: Iterable[tuple[int, int, int]], take: int, shuffle:
                 grow.append(np.arange(lo, hi, dtype=np.int64))
                 left[b] = left.get(b, 0) + hi - lo
                 m += hi - lo
+                loaded += hi - lo
                 if m >= low:
                     break
             pool = np.concatenate(grow) if len(grow) > 1 else pool
