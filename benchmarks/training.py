@@ -4,7 +4,7 @@ on the same data from the same server, and vs local .npy files.
 The same samples (uint8 images, 64x64x3 by default, and int64 labels) feed the same loop (shuffled
 batches of 256, 2 DataLoader workers, persistent; the loop only touches each batch), from:
 
-  (a) hubdask: a tagged dataset on S3 with hubdask's default codecs, ``ds.pytorch(...)``;
+  (a) hubdask: a tagged dataset on S3 with a dataset's default codecs, ``ds.pytorch(...)``;
   (b) litdata: ``optimize``d chunks uploaded to S3, ``StreamingDataset`` + ``StreamingDataLoader``;
   (c) mosaicml-streaming: MDS shards (no compression) uploaded to S3, ``StreamingDataset``;
   (d) webdataset: tar shards of .npy samples uploaded to S3, read by presigned HTTP GETs (curl), shard
@@ -18,6 +18,10 @@ hubdask's ratio to each peer; writes results/training.{json,md}.
     python benchmarks/training.py [--n 20000] [--size 64] [--batch 256] [--workers 2] [--epochs 2]
                                   [--only hubdask,litdata,mosaic,webdataset,npy] [--codecs zstd]
 
+The peers are in the ``bench`` extra. Installed with their dependencies they replace the CPU torch with a
+CUDA build and mosaicml-streaming pins numpy<2.2, so next to ``torch==2.13.0`` (CPU) install them as
+``pip install --no-deps litdata mosaicml-streaming webdataset`` plus ``pip install lightning-utilities
+braceexpand catalogue "xxhash<4" zstd brotli python-snappy transformers boto3`` (what they import).
 mosaicml-streaming imports torchvision for its vision datasets only; where torchvision is missing (the
 CPU-only torch build has none that matches) a stub stands in for those two names.
 """
