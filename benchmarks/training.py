@@ -1,28 +1,40 @@
-"""Training data loop: hubdask streaming from S3 (moto's server) vs image files on local disk vs a .npy memmap.
+"""Training input: hubdask streaming from S3 (moto's server) vs litdata, mosaicml-streaming, webdataset
+on the same data from the same server, and vs local .npy files.
 
-Hub's headline claim was that streaming a dataset while training is as fast as reading it from the local
-file system. Each source feeds the same PyTorch loop (DataLoader, shuffled batches, optionally one SGD step
-of a tiny CNN per batch) over the same CIFAR-like images (uint8 32x32x3, 10 classes):
+The same samples (uint8 images, 64x64x3 by default, and int64 labels) feed the same loop (shuffled
+batches of 256, 2 DataLoader workers, persistent; the loop only touches each batch), from:
 
-  (a) hubdask: a tagged dataset on the moto S3 server, ``ds.pytorch``: cold (empty disk cache), warm
-      (second epoch: committed chunks come from the local disk cache), and with the cache off;
-      with forked workers (the Linux default: S3 through s3fs in the child, see storage/root.py) and
-      forkserver workers (obstore in the child);
-  (b) ImageFolder-style PNG files in a local folder, decoded with Pillow per sample (torchvision's way);
-  (c) a local .npy file opened as a memmap, indexed per sample.
+  (a) hubdask: a tagged dataset on S3 with a dataset's default codecs, ``ds.pytorch(...)``;
+  (b) litdata: ``optimize``d chunks uploaded to S3, ``StreamingDataset`` + ``StreamingDataLoader``;
+  (c) mosaicml-streaming: MDS shards (no compression) uploaded to S3, ``StreamingDataset``;
+  (d) webdataset: tar shards of .npy samples uploaded to S3, read by presigned HTTP GETs (curl), shard
+      cache on disk;
+  (e) local .npy files, memory-mapped, a map-style Dataset indexed per sample (DataLoader shuffle).
 
-Prints samples/s per source and the ratios to (b); writes results/training.{json,md}.
+"Cold" is the first epoch with an empty local cache (it includes starting the workers); "warm" the best
+of the next ``--epochs`` epochs (chunks or shards from each library's local cache). Prints samples/s and
+hubdask's ratio to each peer; writes results/training.{json,md}.
 
-    python benchmarks/training.py [--n 10000] [--batch 256] [--workers 2] [--model] [--epochs 2]
+    python benchmarks/training.py [--n 20000] [--size 64] [--batch 256] [--workers 2] [--epochs 2]
+                                  [--only hubdask,litdata,mosaic,webdataset,npy] [--codecs zstd]
+
+The peers are in the ``bench`` extra. Installed with their dependencies they replace the CPU torch with a
+CUDA build and mosaicml-streaming pins numpy<2.2, so next to ``torch==2.13.0`` (CPU) install them as
+``pip install --no-deps litdata mosaicml-streaming webdataset`` plus ``pip install lightning-utilities
+braceexpand catalogue "xxhash<4" zstd brotli python-snappy transformers boto3`` (what they import).
+mosaicml-streaming imports torchvision for its vision datasets only; where torchvision is missing (the
+CPU-only torch build has none that matches) a stub stands in for those two names.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -30,76 +42,190 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import fmt, import_hubdask, machine, markdown_table, moto_s3, rmtree, versions, write_results  # noqa: E402
 
-SHAPE = (32, 32, 3)
+PEERS = ("hubdask", "litdata", "mosaic", "webdataset", "npy")
 
 
-def make_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def make_data(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Photo-ish images: a smooth template per class plus noise (compresses a little, as photos do)."""
     rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 10, n)
-    base = rng.integers(0, 255, (10,) + SHAPE, dtype=np.uint8)  # one smooth-ish template per class + noise,
-    noise = rng.integers(0, 40, (n,) + SHAPE, dtype=np.uint8)  # so PNG compresses like a photo-ish image
+    labels = rng.integers(0, 10, n).astype(np.int64)
+    yy, xx = np.mgrid[0:size, 0:size]
+    base = np.stack([(np.sin(xx / (3 + c) + c) * 60 + np.cos(yy / (5 + c)) * 60 + 128) for c in range(10)])
+    base = np.repeat(base[..., None], 3, axis=-1).astype(np.uint8)
+    noise = rng.integers(0, 32, (n, size, size, 3), dtype=np.uint8)
     return (base[labels] // 2 + noise).astype(np.uint8), labels
 
 
-# --- the consumers ------------------------------------------------------------------------------------
+def cpu_seconds() -> float:
+    """CPU time of this process and its live children (the loader's workers)."""
+    import psutil
+
+    me = psutil.Process()
+    total = 0.0
+    for p in [me] + me.children(recursive=True):
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
 
 
-class TinyCNN:
-    def __init__(self):
-        import torch
-
-        self.net = torch.nn.Sequential(
-            torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-            torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-            torch.nn.Flatten(), torch.nn.Linear(32 * 8 * 8, 10))
-        self.opt = torch.optim.SGD(self.net.parameters(), lr=0.01)
-
-    def step(self, x, y):
-        import torch
-
-        x = x.permute(0, 3, 1, 2).float() / 255.0
-        loss = torch.nn.functional.cross_entropy(self.net(x), y.long())
-        self.opt.zero_grad()
-        loss.backward()
-        self.opt.step()
+LAST_CPU: list[float] = []
 
 
-def run_epoch(loader, model, key_x="images", key_y="labels") -> tuple[int, float]:
-    t0 = time.perf_counter()
+def run_epoch(loader) -> tuple[int, float]:
+    """(samples, seconds) of one pass; each batch is touched (a strided sum), as a training step reads it.
+    The CPU seconds of the pass (loop and workers) go to LAST_CPU."""
+    c0, t0 = cpu_seconds(), time.perf_counter()
     n = 0
     for batch in loader:
-        x, y = (batch[key_x], batch[key_y]) if isinstance(batch, dict) else batch
-        if model is not None:
-            model.step(x, y)
-        else:
-            x.float().mean()  # touch the data
+        x, y = (batch["images"], batch["labels"]) if isinstance(batch, dict) else batch[:2]
+        x.reshape(-1)[::4096].sum()
         n += len(y)
-    return n, time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    LAST_CPU.append(cpu_seconds() - c0)
+    return n, seconds
 
 
-# --- (b) and (c): the local peers -----------------------------------------------------------------------
+def upload(folder: Path, bucket: str, prefix: str) -> None:
+    """Every file under ``folder`` to ``s3://bucket/prefix/`` (boto3, as the peers' own tools would)."""
+    import boto3
+
+    s3 = boto3.client("s3")
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            s3.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(folder).as_posix()}")
 
 
-class PngFolder:
-    """torchvision.datasets.ImageFolder's reading path without torchvision: PIL decode per sample."""
-
-    def __init__(self, root: Path):
-        classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-        self.items = [(str(f), i) for i, c in enumerate(classes) for f in sorted((root / c).iterdir())]
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        import torch
-        from PIL import Image
-
-        path, label = self.items[i]
-        with Image.open(path) as img:
-            return torch.from_numpy(np.array(img.convert("RGB"))), label
+# --- the peers ------------------------------------------------------------------------------------------
 
 
-class NpyMemmap:
+def hubdask_prepare(x, y, work: Path, s3: dict, codecs: str | None = None) -> None:
+    hd, _ = import_hubdask(("dataset",))
+    spec = dict(data=x) if codecs is None else dict(data=x, codecs=codecs)
+    ds = hd.dataset("bench/train", images=spec, labels=y, storage=f"s3://{s3['bucket']}/hub")
+    ds.tag("v1")
+    print(f"  hubdask images chunks {ds['images'].chunks}, codecs {codecs or 'default'}", flush=True)
+
+
+def hubdask_loader(work: Path, s3: dict, args):
+    hd, _ = import_hubdask(("dataset",))
+    os.environ["HUBDASK_CACHE"] = str(work / "hub-cache")  # empty: the first epoch is cold
+    ds = hd.load("bench/train:v1", storage=f"s3://{s3['bucket']}/hub")
+    extra = {} if args.prefetch is None else {"prefetch": args.prefetch}
+    return ds.pytorch(batch_size=args.batch, shuffle=True, seed=0, num_workers=args.workers,
+                      persistent_workers=args.workers > 0, **extra)
+
+
+_X: np.ndarray | None = None
+_Y: np.ndarray | None = None
+
+
+def _lit_sample(i: int) -> dict:
+    return {"images": _X[i], "labels": int(_Y[i])}
+
+
+def litdata_prepare(x, y, work: Path, s3: dict) -> None:
+    global _X, _Y
+    from litdata import optimize
+
+    out = work / "litdata-out"
+    _X, _Y = x, y
+    optimize(fn=_lit_sample, inputs=list(range(len(y))), output_dir=str(out), chunk_bytes="8MB", num_workers=1,
+             verbose=False, start_method="fork")
+    upload(out, s3["bucket"], "litdata")
+
+
+def litdata_loader(work: Path, s3: dict, args):
+    from litdata import StreamingDataLoader, StreamingDataset
+    from litdata.streaming import downloader
+
+    downloader._OBSTORE_CLIENT_OPTIONS["allow_http"] = True  # moto speaks plain HTTP (AWS: HTTPS)
+    ds = StreamingDataset(f"s3://{s3['bucket']}/litdata", cache_dir=str(work / "litdata-cache"), shuffle=True,
+                          seed=0, storage_options={"endpoint_url": s3["endpoint"]})
+    return StreamingDataLoader(ds, batch_size=args.batch, num_workers=args.workers,
+                               persistent_workers=args.workers > 0)
+
+
+def _stub_torchvision() -> None:
+    try:
+        import torchvision  # noqa: F401
+    except Exception:
+        try:
+            import transformers.feature_extraction_utils  # noqa: F401  (it probes for torchvision: before the stub)
+        except Exception:
+            pass
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        tv = types.ModuleType("torchvision")
+        datasets = types.ModuleType("torchvision.datasets")
+        datasets.VisionDataset = type("VisionDataset", (), {})
+        datasets.CIFAR10 = type("CIFAR10", (), {})
+        transforms = types.ModuleType("torchvision.transforms")
+        functional = types.ModuleType("torchvision.transforms.functional")
+        functional.to_tensor = lambda pic: pic
+        tv.datasets, tv.transforms, transforms.functional = datasets, transforms, functional
+        sys.modules.update({"torchvision": tv, "torchvision.datasets": datasets,
+                            "torchvision.transforms": transforms, "torchvision.transforms.functional": functional})
+
+
+def mosaic_prepare(x, y, work: Path, s3: dict) -> None:
+    _stub_torchvision()
+    from streaming import MDSWriter
+
+    out = work / "mds-out"
+    shape = ",".join(map(str, x.shape[1:]))
+    with MDSWriter(out=str(out), columns={"images": f"ndarray:uint8:{shape}", "labels": "int64"},
+                   compression=None, size_limit="8mb") as w:
+        for img, label in zip(x, y):
+            w.write({"images": img, "labels": np.int64(label)})
+    upload(out, s3["bucket"], "mds")
+
+
+def mosaic_loader(work: Path, s3: dict, args):
+    _stub_torchvision()
+    from streaming import StreamingDataset
+    from streaming.base.util import clean_stale_shared_memory
+    from torch.utils.data import DataLoader
+
+    clean_stale_shared_memory()
+    os.environ["S3_ENDPOINT_URL"] = s3["endpoint"]
+    ds = StreamingDataset(remote=f"s3://{s3['bucket']}/mds", local=str(work / "mds-cache"), shuffle=True,
+                          shuffle_seed=0, batch_size=args.batch)
+    return DataLoader(ds, batch_size=args.batch, num_workers=args.workers, persistent_workers=args.workers > 0)
+
+
+def webdataset_prepare(x, y, work: Path, s3: dict) -> None:
+    import webdataset as wds
+
+    out = work / "wds-out"
+    out.mkdir()
+    with wds.ShardWriter(str(out / "shard-%04d.tar"), maxcount=682, verbose=0) as sink:
+        for i, (img, label) in enumerate(zip(x, y)):
+            sink.write({"__key__": f"{i:07d}", "images.npy": img, "labels.cls": int(label)})
+    upload(out, s3["bucket"], "wds")
+
+
+def webdataset_loader(work: Path, s3: dict, args):
+    import webdataset as wds
+
+    out = work / "wds-out"
+    (work / "wds-cache").mkdir(exist_ok=True)
+    import boto3
+
+    sign = boto3.client("s3").generate_presigned_url  # private objects over plain HTTP: presigned GETs
+    urls = [f"pipe:curl -sf --retry 5 '{sign('get_object', Params={'Bucket': s3['bucket'], 'Key': f'wds/{p.name}'}, ExpiresIn=7200)}'"
+            for p in sorted(out.iterdir())]
+    ds = (wds.WebDataset(urls, shardshuffle=len(urls), cache_dir=str(work / "wds-cache"), nodesplitter=None,
+                         empty_check=False)
+          .shuffle(1000).decode().to_tuple("images.npy", "labels.cls").batched(args.batch))
+    return wds.WebLoader(ds, batch_size=None, num_workers=args.workers, persistent_workers=args.workers > 0)
+
+
+class NpyFiles:
+    """The same decoded arrays in local .npy files, memory-mapped, indexed per sample."""
+
     def __init__(self, x_path: str, y_path: str):
         self.x_path, self.y = x_path, np.load(y_path)
         self._x = None
@@ -108,104 +234,109 @@ class NpyMemmap:
         return len(self.y)
 
     def __getitem__(self, i):
-        import torch
-
         if self._x is None:
             self._x = np.load(self.x_path, mmap_mode="r")
-        return torch.from_numpy(np.array(self._x[i])), int(self.y[i])
+        return {"images": np.array(self._x[i]), "labels": self.y[i]}
 
 
-def write_pngs(root: Path, x: np.ndarray, y: np.ndarray) -> None:
-    from PIL import Image
+def npy_prepare(x, y, work: Path, s3: dict) -> None:
+    np.save(work / "x.npy", x)
+    np.save(work / "y.npy", y)
 
-    for c in range(10):
-        (root / f"class{c}").mkdir(parents=True, exist_ok=True)
-    for i, (img, label) in enumerate(zip(x, y)):
-        Image.fromarray(img).save(root / f"class{label}" / f"{i:06d}.png")
+
+def npy_loader(work: Path, s3: dict, args):
+    from torch.utils.data import DataLoader
+
+    return DataLoader(NpyFiles(str(work / "x.npy"), str(work / "y.npy")), batch_size=args.batch, shuffle=True,
+                      num_workers=args.workers, persistent_workers=args.workers > 0)
 
 
 # --- main ---------------------------------------------------------------------------------------------
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n", type=int, default=10000, help="samples")
-    ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--chunk", type=int, default=512, help="hubdask rows per storage chunk")
-    ap.add_argument("--model", action="store_true", help="one SGD step of a tiny CNN per batch")
-    ap.add_argument("--epochs", type=int, default=2, help="warm epochs measured (best is kept)")
-    args = ap.parse_args()
+def child(peer: str, work: Path, s3: dict, args) -> None:
+    """Measure one peer in this fresh process: print its cold and warm rates as JSON."""
+    import json
 
     import torch
-    from torch.utils.data import DataLoader
 
     torch.set_num_threads(1)
-    hd, why = import_hubdask(("dataset",))
-    if hd is None:
-        sys.exit(f"hubdask unavailable: {why}")
+    loader = globals()[f"{peer}_loader"](work, s3, args)
+    out = {}
+    n, s = run_epoch(loader)
+    out["cold"] = n / s
+    out["cold cpu-s"] = LAST_CPU[-1]
+    runs = [run_epoch(loader) for _ in range(args.epochs)]
+    best = min(range(len(runs)), key=lambda i: runs[i][1])
+    out["warm"] = runs[best][0] / runs[best][1]
+    out["warm cpu-s"] = LAST_CPU[1 + best]
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=20000, help="samples")
+    ap.add_argument("--size", type=int, default=64, help="images are size x size x 3 uint8")
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=2, help="warm epochs measured (best is kept)")
+    ap.add_argument("--only", default=",".join(PEERS), help="comma-separated subset of " + ",".join(PEERS))
+    ap.add_argument("--codecs", default=None, help="hubdask's images codecs (default: hubdask's default)")
+    ap.add_argument("--prefetch", type=int, default=None, help="hubdask's blocks read ahead per worker")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--work", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--endpoint", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
     os.environ.setdefault("HUBDASK_PROGRESS", "off")
-    model = TinyCNN() if args.model else None
-    x, y = make_data(args.n)
+    if args.child:
+        child(args.child, Path(args.work), {"endpoint": args.endpoint, "bucket": "train"}, args)
+        return
+    import json
+
+    only = args.only.split(",")
+    x, y = make_data(args.n, args.size)
     work = Path(tempfile.mkdtemp(prefix="hubdask-bench-train-"))
-    rows: list[tuple[str, float]] = []
-
-    def report(label: str, n: int, seconds: float) -> None:
-        rows.append((label, n / seconds))
-        print(f"  {label:55} {n / seconds:10.0f} samples/s   ({n} in {seconds:.2f} s)", flush=True)
-
-    def best(loader, epochs) -> tuple[int, float]:
-        runs = [run_epoch(loader, model) for _ in range(epochs)]
-        return min(runs, key=lambda r: r[1])
-
+    rates: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     try:
-        print(f"{args.n} samples {SHAPE} uint8, batch {args.batch}, {args.workers} workers, "
-              f"{'tiny CNN step' if model else 'data loop only'}", flush=True)
-        # (b) PNG folder
-        write_pngs(work / "png", x, y)
-        png = DataLoader(PngFolder(work / "png"), batch_size=args.batch, shuffle=True, num_workers=args.workers,
-                         persistent_workers=args.workers > 0)
-        report("(b) PNG files, local folder (PIL per sample)", *best(png, args.epochs))
-        # (c) npy memmap
-        np.save(work / "x.npy", x)
-        np.save(work / "y.npy", y)
-        mm = DataLoader(NpyMemmap(str(work / "x.npy"), str(work / "y.npy")), batch_size=args.batch, shuffle=True,
-                        num_workers=args.workers, persistent_workers=args.workers > 0)
-        report("(c) .npy memmap, local (per sample)", *best(mm, args.epochs))
-        # (a) hubdask on the S3 server
+        print(f"{args.n} samples uint8 {args.size}x{args.size}x3 + int64 labels, batch {args.batch}, "
+              f"{args.workers} workers, shuffled; each source measured in a fresh process", flush=True)
         with moto_s3("train") as s3:
-            root = f"s3://{s3['bucket']}/hub"
-            ds = hd.dataset("bench/cifarish", images=dict(data=x, chunks=(args.chunk,) + SHAPE), labels=y,
-                            storage=root)
-            ds.tag("v1")
-            for context in ("fork", "forkserver"):
-                os.environ["HUBDASK_CACHE"] = str(work / f"cache-{context}")  # empty: cold
-                tagged = hd.load("bench/cifarish:v1", storage=root)
-                kw = dict(batch_size=args.batch, shuffle=True, num_workers=args.workers)
-                if args.workers:
-                    kw.update(multiprocessing_context=context, persistent_workers=True)  # as the peers
-                loader = tagged.pytorch(**kw)
-                report(f"(a) hubdask S3, cold cache, {context} workers", *run_epoch(loader, model))
-                report(f"(a) hubdask S3, warm cache, {context} workers", *best(loader, args.epochs))
-                if not args.workers:
-                    break
-            os.environ["HUBDASK_CACHE_SIZE"] = "0"
-            nocache = hd.load("bench/cifarish:v1", storage=root)
-            loader = nocache.pytorch(batch_size=args.batch, shuffle=True, num_workers=args.workers,
-                                     persistent_workers=args.workers > 0)
-            run_epoch(loader, model)  # starts the workers
-            report("(a) hubdask S3, cache off, fork workers", *best(loader, 1))
-            os.environ.pop("HUBDASK_CACHE_SIZE")
+            for peer in [p for p in PEERS if p in only]:
+                prepare = globals()[f"{peer}_prepare"]
+                prepare(x, y, work, s3, args.codecs) if peer == "hubdask" else prepare(x, y, work, s3)
+            for peer in [p for p in PEERS if p in only]:
+                cmd = [sys.executable, __file__, "--child", peer, "--work", str(work), "--endpoint", s3["endpoint"],
+                       "--batch", str(args.batch), "--workers", str(args.workers), "--epochs", str(args.epochs)]
+                cmd += ["--prefetch", str(args.prefetch)] if args.prefetch is not None else []
+                run = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+                lines = [ln for ln in run.stdout.splitlines() if ln.startswith("RESULT ")]
+                if run.returncode or not lines:
+                    print(f"  {peer}: failed\n{run.stderr[-3000:]}", flush=True)
+                    continue
+                got = json.loads(lines[-1][len("RESULT "):])
+                for phase in ("cold", "warm"):
+                    rates[f"{peer} {phase}"] = got[phase]
+                    cpu[f"{peer} {phase}"] = got[f"{phase} cpu-s"]
+                    print(f"  {peer + ' ' + phase:24} {got[phase]:10.0f} samples/s   "
+                          f"{got[f'{phase} cpu-s']:6.2f} CPU s (loop + workers)", flush=True)
     finally:
         rmtree(work)
 
-    ref = dict(rows)["(b) PNG files, local folder (PIL per sample)"]
-    table = [[label, fmt(rate, ".0f"), fmt(rate / ref, ".2f")] for label, rate in rows]
-    md = markdown_table(["source", "samples/s", "x (b) PNG folder"], table)
-    print("\n" + md)
-    payload = {"args": vars(args), "machine": machine(), "versions": versions("torch", "zarr", "obstore", "s3fs"),
-               "rows": [{"source": label, "samples_per_s": rate, "ratio_to_png": rate / ref} for label, rate in rows]}
-    write_results("training", payload, f"# Training data loop\n\n{vars(args)}\n\n{md}\n")
+    rows = [[name, fmt(rate, ".0f"), fmt(cpu[name], ".2f")] for name, rate in rates.items()]
+    md = markdown_table(["source", "samples/s", "CPU s per epoch (loop + workers)"], rows)
+    ratios = []
+    for peer in ("litdata", "mosaic", "webdataset", "npy"):
+        for phase in ("cold", "warm"):
+            ours, theirs = rates.get(f"hubdask {phase}"), rates.get(f"{peer} {phase}")
+            if ours and theirs:
+                ratios.append([f"hubdask / {peer}", phase, fmt(ours / theirs, ".2f")])
+    md_ratios = markdown_table(["ratio", "epoch", "x"], ratios) if ratios else ""
+    print("\n" + md + "\n\n" + md_ratios)
+    payload = {"args": vars(args), "machine": machine(),
+               "versions": versions("torch", "zarr", "obstore", "litdata", "mosaicml-streaming", "webdataset"),
+               "samples_per_s": rates, "cpu_seconds": cpu, "ratios": {f"{r[0]} {r[1]}": float(r[2]) for r in ratios}}
+    write_results("training", payload, f"# Training input\n\n{vars(args)}\n\n{md}\n\n{md_ratios}\n")
 
 
 if __name__ == "__main__":

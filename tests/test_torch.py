@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import collections
+import itertools
 import os
+
+from typing import Any
 
 import numpy as np
 import pytest
@@ -37,8 +40,8 @@ def test_two_workers_yield_every_index_once(s3_root, shuffle):
     loader = ds.pytorch(batch_size=16, shuffle=shuffle, num_workers=2, return_index=True, buffer_size=64)
     seen = indices(loader)
     assert sorted(seen) == list(range(N)) and len(seen) == N
-    if not shuffle:  # each worker reads its blocks in order; the loader alternates workers' batches
-        assert seen[:16] == list(range(16)) and seen[16:32] == list(range(32, 48))
+    if not shuffle:  # worker 0 holds the rank's batches 0, 2, .., 18 (the short one): rows 0..155; worker 1 the rest
+        assert seen[:16] == list(range(16)) and seen[16:32] == list(range(156, 172))
     else:
         assert seen != sorted(seen)
     again = indices(loader)  # a second epoch: again every sample exactly once
@@ -91,9 +94,13 @@ def test_spawned_workers(s3_root):
 
 
 def test_forked_child_reopens_storage(s3_root):
-    """A child forked after the parent used the S3 client reads through a fresh store (no hang)."""
+    """A child forked after the parent used the S3 client reads through a fresh store (no hang), and
+    that store is obstore's (a fresh copy of its runtime), not the s3fs fallback."""
+    from hubdask.storage import open_root
+
     ds = make(s3_root)
     np.testing.assert_array_equal(ds["labels"][:3].read(), [0, 1, 2])
+    assert type(open_root(s3_root).store).__name__ == "ObjectStore"
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: bounded by an alarm, reports through the pipe
@@ -102,14 +109,32 @@ def test_forked_child_reopens_storage(s3_root):
         signal.alarm(60)
         try:
             value = hd.load("ml/train", storage=s3_root)["labels"][N - 3:].read().tolist()
-            os.write(write, repr(value).encode())
+            os.write(write, repr((value, type(open_root(s3_root).store).__name__)).encode())
         finally:
             os._exit(0)
     os.close(write)
     with os.fdopen(read) as f:
         got = f.read()
     os.waitpid(pid, 0)
-    assert got == repr([N - 3, N - 2, N - 1])
+    assert got == repr(([N - 3, N - 2, N - 1], "ObjectStore"))
+    np.testing.assert_array_equal(ds["labels"][N - 3:].read(), [N - 3, N - 2, N - 1])  # the parent's still works
+
+
+def _client_of_worker(root_url: str, out: str) -> Any:
+    def init(worker_id: int) -> None:
+        from hubdask.storage import open_root
+
+        with open(f"{out}-{worker_id}", "w") as f:
+            f.write(type(open_root(root_url).store).__name__)
+    return init
+
+
+def test_forked_loader_workers_keep_obstore(s3_root, tmp_path):
+    ds = make(s3_root)
+    loader = ds.pytorch(batch_size=50, num_workers=2, return_index=True,
+                        worker_init_fn=_client_of_worker(s3_root, str(tmp_path / "client")))
+    assert sorted(indices(loader)) == list(range(N))
+    assert [(tmp_path / f"client-{w}").read_text() for w in range(2)] == ["ObjectStore", "ObjectStore"]
 
 
 def test_bad_arguments(s3_root):
@@ -121,3 +146,187 @@ def test_bad_arguments(s3_root):
         ds.pytorch(keys=["images", "nope"])
     with pytest.raises(TypeError, match="set by ds.pytorch"):
         ds.pytorch(keys=["images"], sampler=None)
+
+
+# --- ranks, lengths, resume, tensors ----------------------------------------------------------------------
+
+M = 280  # 7 blocks of 40 rows: over 2 ranks round-robin blocks gave 4 and 3 batches (a hang at the last step)
+
+
+def seven_blocks(root: str) -> hd.Dataset:
+    images = np.arange(M * 12, dtype=np.float32).reshape(M, 3, 4)
+    return hd.dataset("ml/seven", images=dict(data=images, chunks=(40, 3, 4)), labels=dict(data=np.arange(M), chunks=(40,)),
+                      storage=root)
+
+
+def batches_of(loader) -> list[list[int]]:
+    out = []
+    for batch in loader:
+        idx = batch["index"]
+        assert torch.equal(batch["labels"], idx) and torch.equal(batch["images"][:, 0, 0], (idx * 12).float())
+        out.append(idx.tolist())
+    return out
+
+
+@pytest.mark.parametrize("world, drop_last, per_rank, sizes", [
+    (2, False, 140, [40, 40, 40, 20]),
+    (2, True, 120, [40, 40, 40]),
+    (3, False, 94, [40, 40, 14]),  # 282 samples: the epoch's first two come twice, as DistributedSampler pads
+    (3, True, 80, [40, 40]),
+])
+def test_every_rank_gets_the_same_batches(s3_root, world, drop_last, per_rank, sizes):
+    ds = seven_blocks(s3_root)
+    seen = []
+    for rank in range(world):
+        loader = ds.pytorch(batch_size=40, shuffle=True, seed=3, rank=rank, world_size=world, drop_last=drop_last,
+                            return_index=True, num_workers=2 if rank == 0 else 0)
+        got = batches_of(loader)
+        assert [len(b) for b in got] == sizes
+        assert len(loader) == len(sizes) and len(loader.dataset) == per_rank == sum(sizes)
+        seen += [i for b in got for i in b]
+    counts = collections.Counter(seen)
+    if drop_last:
+        assert len(seen) == world * per_rank and set(counts.values()) == {1}  # each sample at most once
+    else:
+        assert sorted(counts) == list(range(M)) and sum(counts.values()) - M == world * per_rank - M
+
+
+def test_ranks_come_from_torch_distributed(s3_root, tmp_path):
+    """Two real gloo processes: ranks from torch.distributed, equal batch counts (an all_reduce per batch
+    would hang otherwise), every sample exactly once over both."""
+    ds = seven_blocks(s3_root)
+    ds.tag("v1")
+    code = f"""
+        import json, sys
+        import torch, torch.distributed as dist
+        import hubdask as hd
+        rank = int(sys.argv[1])
+        dist.init_process_group("gloo", init_method="file://{tmp_path}/rendezvous", rank=rank, world_size=2)
+        loader = hd.load("ml/seven:v1", storage="{s3_root}").pytorch(batch_size=40, shuffle=True, seed=5,
+                                                                    return_index=True)
+        got = [b["index"].tolist() for b in loader]
+        dist.barrier()
+        print(json.dumps({{"len": len(loader), "batches": got}}))
+        dist.destroy_process_group()
+    """
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
+    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), str(r)], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for r in range(2)]
+    outs = []
+    for p in procs:
+        try:
+            out, err = p.communicate(timeout=180)
+        finally:
+            p.kill()
+        assert p.returncode == 0, err[-2000:]
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    assert [len(o["batches"]) for o in outs] == [4, 4] and [o["len"] for o in outs] == [4, 4]
+    both = [i for o in outs for b in o["batches"] for i in b]
+    assert sorted(both) == list(range(M))
+
+
+@pytest.mark.parametrize("kw, n_items, n_samples", [
+    (dict(batch_size=16), 19, N),
+    (dict(batch_size=16, drop_last=True), 18, 288),
+    (dict(), N, N),
+    (dict(batch_size=50, shuffle=True, seed=1, rank=1, world_size=4), 2, 75),
+])
+def test_len_of_loader_and_dataset(s3_root, kw, n_items, n_samples):
+    ds = make(s3_root)
+    loader = ds.pytorch(num_workers=2, return_index=True, **kw)
+    assert len(loader) == n_items and len(loader.dataset) == n_samples
+    items = list(loader)
+    assert len(items) == n_items
+    assert sum(int(b["index"].numel()) for b in items) == n_samples
+
+
+@pytest.mark.parametrize("first, then", [(0, 0), (2, 2), (2, 0), (0, 3), (2, 3)])
+@pytest.mark.parametrize("seeded", [True, False])
+def test_resume_mid_epoch_yields_the_rest_in_order(s3_root, first, then, seeded):
+    ds = make(s3_root)
+    kw = dict(batch_size=16, shuffle=True, return_index=True, buffer_size=64)
+    if seeded:
+        kw["seed"] = 11
+
+    def loader(workers):
+        return ds.pytorch(num_workers=workers, **kw)
+
+    torch.manual_seed(0)
+    a = loader(first)
+    a.dataset.set_epoch(2)
+    full = [b["index"].tolist() for b in a]
+    torch.manual_seed(0)
+    b = loader(first)
+    b.dataset.set_epoch(2)
+    taken = []
+    for batch in b:
+        taken.append(batch["index"].tolist())
+        if len(taken) == 7:
+            break
+    state = b.state_dict()
+    assert state["epoch"] == 2 and state["batches"] == 7
+    torch.manual_seed(123)  # another process: another RNG state, the order still comes from the state
+    c = loader(then)
+    c.load_state_dict(state)
+    rest = [x["index"].tolist() for x in c]
+    assert taken + rest == full
+    assert sorted(i for bt in taken + rest for i in bt) == list(range(N))
+    assert c.state_dict()["batches"] == len(c) == 19
+    c.dataset.set_epoch(3)  # the next epoch is whole again
+    assert sorted(i for x in c for i in x["index"].tolist()) == list(range(N))
+
+
+def test_resume_of_single_samples_and_persistent_workers(s3_root):
+    ds = make(s3_root)
+    kw = dict(shuffle=True, seed=2, return_index=True, num_workers=2, persistent_workers=True)
+    full = [int(s["index"]) for s in ds.pytorch(**kw)]
+    loader = ds.pytorch(**kw)
+    taken = [int(s["index"]) for s in itertools.islice(loader, 101)]
+    state = loader.state_dict()
+    again = [int(s["index"]) for s in ds.pytorch(**kw)]  # its workers are running: the state restarts them
+    assert again == full
+    loader.load_state_dict(state)
+    assert taken + [int(s["index"]) for s in loader] == full
+    assert sorted(int(s["index"]) for s in loader) == list(range(N))  # then whole epochs
+
+
+def test_bad_state_is_refused(s3_root):
+    ds = make(s3_root)
+    state = ds.pytorch(batch_size=16, shuffle=True, seed=1).state_dict()
+    with pytest.raises(ValueError, match="ml/train.*batch_size"):
+        ds.pytorch(batch_size=32, shuffle=True, seed=1).load_state_dict(state)
+    with pytest.raises(ValueError, match="ml/train.*not a hubdask loader state"):
+        ds.pytorch(batch_size=16).load_state_dict({"epoch": 0})
+    with pytest.raises(ValueError, match="rank=.*world_size="):
+        ds.pytorch(rank=1)
+    with pytest.raises(ValueError, match="0 <= rank < world_size"):
+        ds.pytorch(rank=2, world_size=2)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_are_writable_tensors_and_tuples(s3_root, workers, recwarn):
+    ds = make(s3_root)
+    loader = ds.pytorch(batch_size=50, num_workers=workers, output="tuple")
+    for images, labels in loader:
+        assert isinstance(images, torch.Tensor) and images.shape[1:] == (3, 4) and labels.dtype == torch.int64
+        images.add_(1)
+        labels.mul_(-1)  # in place: the batch owns its memory
+    assert not [w for w in recwarn.list if "writable" in str(w.message) or "writeable" in str(w.message)]
+    again = torch.cat([y for _, y in loader])  # the in-place edits touched no shared block
+    assert torch.equal(torch.sort(again).values, torch.arange(N))
+    sample = next(iter(ds.pytorch(output="tuple", keys=["labels", "images"], return_index=True)))
+    assert isinstance(sample, tuple) and len(sample) == 3 and int(sample[0]) == int(sample[2]) == 0
+
+
+def test_dataset_arrays_default_to_a_codec_for_training_reads(tmp_path):
+    ds = hd.dataset("ml/codec", images=np.zeros((8, 4, 4), np.uint8), labels=np.arange(8), storage=str(tmp_path))
+    names = [[type(c).__name__ for c in a._source.zarr().metadata.codecs] for a in ds.arrays.values()]
+    assert names == [["BytesCodec", "BloscCodec", "Crc32cCodec"]] * 2
+    assert ds["images"]._source.zarr().metadata.codecs[1].cname.value == "lz4"
+    z = hd.dataset("ml/zstd", images=dict(data=np.zeros((8, 4), np.uint8), codecs="zstd"), storage=str(tmp_path))
+    assert type(z["images"]._source.zarr().metadata.codecs[1]).__name__ == "ZstdCodec"

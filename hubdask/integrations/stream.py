@@ -1,24 +1,30 @@
 """Sample streams over a dataset, the engine under the PyTorch and TensorFlow faces (framework-free).
 
 A dataset's samples are rows along axis 0. The rows are cut into *blocks* aligned to the storage chunks
-of the heaviest array (most bytes per row), so a block read fetches whole chunks and no chunk is read
-by two workers. An epoch is a block order (the same in every worker: shuffled by a seed shared for the
-epoch, or in sequence), split among the workers (and the ranks of a distributed job) round-robin, so
-every sample comes exactly once. Each worker reads its blocks ahead in threads (``prefetch`` blocks in
-flight), and shuffles by a bounded buffer of samples drawn at random from the blocks it holds. Small
-arrays (labels: at most ``preload_bytes`` together) are read whole once per process instead.
+of the heaviest array (most bytes per row), so a block read fetches whole chunks. An epoch is a block
+order (the same everywhere: shuffled by a seed shared for the epoch, or in sequence), read as one
+sequence of sample positions. That sequence is split exactly, as ``DistributedSampler`` does: each rank
+of a distributed job gets one contiguous share of the same size (padded by wrapping to the start, or
+cut with ``drop_last``), so every rank yields the same number of batches; inside a rank, worker *w*
+of *W* gets the contiguous part that holds the rank's batches *w, w+W, ...*, which is the order in
+which a DataLoader takes its workers' batches. Each worker shuffles its part through a bounded buffer
+of samples drawn at random from the blocks it holds (a pure function of seeds and sizes: the *draws*),
+and reads the blocks that the draws need ahead in threads (``prefetch`` blocks in flight). Small arrays
+(labels: at most ``preload_bytes`` together) are read whole once per process instead.
 
-The plan pins the dataset's state (a branch is read at its head when the plan was made), so a stream
-over a tag or commit reads the same data forever.
+Because the draws depend on seeds and sizes only, an interrupted epoch can be rebuilt without reading
+data: ``resume_draws`` gives the items left after the first ``done`` in the rank's order, for any number
+of workers. The plan pins the dataset's state (a branch is read at its head when the plan was made), so
+a stream over a tag or commit reads the same data forever.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -26,6 +32,9 @@ from hubdask.source import Source
 
 PRELOAD_BYTES = 64 * 2**20
 INDEX_KEY = "index"
+SAMPLE_DRAW = 64  # samples per draw of a shuffled per-sample stream
+
+Draw = tuple[np.ndarray, list[int]]  # (sample ids, blocks whose last use this draw is)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,22 +89,165 @@ def make_plan(ds: Any, keys: Any = None, block_rows: int | None = None,
                 {k: a.dtype for k, a in chosen.items()}, lengths[heaviest], int(rows), frozenset(preload))
 
 
-# --- which blocks, in which order, for whom ---------------------------------------------------------
+# --- who gets which samples, in which order -----------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Share:
+    """One rank's epoch: the block order's seed, the rank among ``world``, the loader's ``workers``,
+    ``batch`` samples per item (None: an item is one sample), the shuffle buffer and ``drop_last``."""
+
+    seed: tuple[int, ...] | None
+    shuffle: bool
+    rank: int
+    world: int
+    workers: int
+    batch: int | None
+    buffer_size: int
+    drop_last: bool
+
+    @property
+    def item_size(self) -> int:
+        return self.batch or 1
+
+    def rank_samples(self, n: int) -> int:
+        """Samples of the rank's share: ``n / world`` rounded down with drop_last, else up (padded)."""
+        return n // self.world if self.drop_last else -(-n // self.world)
+
+    def items(self, n: int) -> int:
+        """Items (batches, or samples) the rank yields in the epoch: the same on every rank."""
+        s, b = self.rank_samples(n), self.item_size
+        return s // b if self.drop_last else -(-s // b)
+
+    def samples(self, n: int) -> int:
+        """Samples the rank yields in the epoch (a drop_last short batch is left out)."""
+        return self.items(n) * self.item_size if self.drop_last else self.rank_samples(n)
+
+    def worker_part(self, n: int, w: int) -> tuple[int, int]:
+        """(first position, samples) of worker ``w``'s part of the epoch's sequence: the rank's items
+        ``w, w+W, ...``, the short last one included."""
+        items, b, total = self.items(n), self.item_size, self.samples(n)
+        counts = [len(range(v, items, self.workers)) * b for v in range(self.workers)]
+        if items and total < items * b:
+            counts[(items - 1) % self.workers] -= items * b - total
+        return self.rank * self.rank_samples(n) + sum(counts[:w]), counts[w]
+
+    def take(self, plan: Plan) -> int:
+        """Samples per draw: a batch, else a small draw (shuffled) or a block (in order)."""
+        return self.batch or (SAMPLE_DRAW if self.shuffle else plan.block_rows)
 
 
 def block_order(plan: Plan, shuffle: bool, seed: Any) -> np.ndarray:
-    """The epoch's block order: the same in every worker given the same ``seed``."""
+    """The epoch's block order: the same in every worker and rank given the same ``seed``."""
     order = np.arange(plan.n_blocks)
     if shuffle:
-        np.random.default_rng(seed).shuffle(order)
+        np.random.default_rng(list(seed) if isinstance(seed, tuple) else seed).shuffle(order)
     return order
 
 
-def my_blocks(order: np.ndarray, shard: int, n_shards: int) -> np.ndarray:
-    """This shard's blocks: round-robin over the epoch's order, so every block goes to exactly one shard."""
-    if not 0 <= shard < n_shards:
-        raise ValueError(f"shard {shard} is not in 0..{n_shards - 1}")
-    return order[shard::n_shards]
+def units(plan: Plan, order: np.ndarray, start: int, count: int) -> list[tuple[int, int, int]]:
+    """(block, first row, stop row) runs covering positions ``start .. start+count`` of the epoch's
+    sequence (``order``'s blocks, rows in order); positions past the end wrap to the start (padding)."""
+    n = plan.length
+    if n == 0 or count <= 0:
+        return []
+    sizes = np.full(plan.n_blocks, plan.block_rows, np.int64)
+    sizes[-1] = n - (plan.n_blocks - 1) * plan.block_rows
+    sizes = sizes[order]
+    ends = np.cumsum(sizes)
+    out, p, stop = [], start, start + count
+    while p < stop:
+        q = p % n
+        i = int(np.searchsorted(ends, q, side="right"))
+        b = int(order[i])
+        lo = q - int(ends[i] - sizes[i])
+        k = min(int(sizes[i]) - lo, stop - p)
+        first = plan.block(b)[0] + lo
+        out.append((b, first, first + k))
+        p += k
+    return out
+
+
+def draws(plan: Plan, parts: Iterable[tuple[int, int, int]], take: int, shuffle: bool, buffer_size: int,
+          rng: np.random.Generator) -> Iterator[Draw]:
+    """The draws of ``take`` samples (the last may be short) over ``parts`` read in order: in order, or
+    drawn at random from a pool refilled to at least ``buffer_size`` samples (all that is left at the
+    end; at the start the bound grows with the samples loaded so far, so the first batch waits for one
+    block only). A pure function of sizes and ``rng``: no data is read."""
+    full = max(buffer_size, take) if shuffle else take
+    pool = np.empty(0, np.int64)
+    left: dict[int, int] = {}
+    todo = iter(parts)
+    rows = plan.block_rows
+    loaded = 0
+    while True:
+        low = min(full, max(take, loaded))  # ramps up: the first draw waits for one block, not a full buffer
+        if len(pool) < low:
+            grow = [pool]
+            m = len(pool)
+            for b, lo, hi in todo:
+                grow.append(np.arange(lo, hi, dtype=np.int64))
+                left[b] = left.get(b, 0) + hi - lo
+                m += hi - lo
+                loaded += hi - lo
+                if m >= low:
+                    break
+            pool = np.concatenate(grow) if len(grow) > 1 else pool
+        m = len(pool)
+        if m == 0:
+            return
+        k = min(take, m)
+        if shuffle:
+            picks = rng.choice(m, size=k, replace=False)
+            keep = np.ones(m, bool)
+            keep[picks] = False
+            ids, pool = pool[picks], pool[keep]
+        else:
+            ids, pool = pool[:k], pool[k:]
+        released = []
+        for b, c in zip(*np.unique(ids // rows, return_counts=True)):
+            b = int(b)
+            left[b] -= int(c)
+            if not left[b]:
+                del left[b]
+                released.append(b)
+        yield ids, released
+
+
+def worker_draws(plan: Plan, share: Share, w: int) -> Iterator[Draw]:
+    """Worker ``w``'s draws for its part of the rank's epoch."""
+    start, count = share.worker_part(plan.length, w)
+    order = block_order(plan, share.shuffle, share.seed)
+    rng = np.random.default_rng(list(share.seed or ()) + [share.rank, w])
+    return draws(plan, units(plan, order, start, count), share.take(plan), share.shuffle, share.buffer_size, rng)
+
+
+def _worker_items(plan: Plan, share: Share, w: int) -> list[np.ndarray]:
+    ids = [d[0] for d in worker_draws(plan, share, w)]
+    if share.batch is not None:
+        return ids
+    flat = np.concatenate(ids) if ids else np.empty(0, np.int64)
+    return [flat[i:i + 1] for i in range(len(flat))]
+
+
+def resume_draws(plan: Plan, share: Share, done: int, workers: int, w: int) -> list[Draw]:
+    """Worker ``w`` of ``workers``'s draws for the items of ``share``'s epoch after its first ``done``:
+    the rank's remaining items in their original order, every ``workers``-th one from ``w`` on."""
+    per = [_worker_items(plan, share, v) for v in range(share.workers)]
+    total = share.items(plan.length)
+    mine = [per[i % share.workers][i // share.workers] for i in range(done + w, total, workers)]
+    if share.batch is None:  # single samples: read them in draws, as a stream does
+        flat = np.concatenate(mine) if mine else np.empty(0, np.int64)
+        size = share.take(plan)
+        mine = [flat[i:i + size] for i in range(0, len(flat), size)]
+    last: dict[int, int] = {}
+    for i, ids in enumerate(mine):
+        for b in np.unique(ids // plan.block_rows):
+            last[int(b)] = i
+    released: list[list[int]] = [[] for _ in mine]
+    for b, i in last.items():
+        released[i].append(b)
+    return list(zip(mine, released))
 
 
 # --- reading ------------------------------------------------------------------------------------------
@@ -124,110 +276,88 @@ def read_block(plan: Plan, b: int) -> dict[str, np.ndarray]:
     for k, src in plan.sources.items():
         shape = plan.shapes[k]
         if k in plan.preload:
-            out[k] = _whole(src, shape, f"{plan.name}[{k}]")[start:stop].copy()  # callers may write to it
+            out[k] = _whole(src, shape, f"{plan.name}[{k}]")[start:stop]
         else:
             sel = (slice(start, stop, 1),) + tuple(slice(0, n, 1) for n in shape[1:])
             out[k] = read_selection(src, sel, f"{plan.name}[{k}]")
     return out
 
 
-def read_ahead(plan: Plan, blocks: np.ndarray, prefetch: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-    """(block, data) for ``blocks`` in order, with up to ``prefetch`` block reads in flight in threads."""
-    if prefetch <= 0:
-        for b in blocks:
-            yield int(b), read_block(plan, int(b))
-        return
-    pool = ThreadPoolExecutor(prefetch, thread_name_prefix="hubdask-prefetch")
-    pending: deque[tuple[int, Future]] = deque()
-    todo = iter(int(b) for b in blocks)
+def serve(plan: Plan, todo: Iterable[Draw], prefetch: int = 2, return_index: bool = False,
+          alloc: Callable[[tuple[int, ...], np.dtype], tuple[np.ndarray, Any]] | None = None) -> Iterator[dict[str, Any]]:
+    """The data of each draw (a dict of new, writable arrays), reading the blocks the coming draws need
+    ahead in threads (``prefetch`` reads in flight) and holding a block until its last draw. With
+    ``alloc(shape, dtype) -> (array, handle)`` the rows are gathered into ``array`` (e.g. a tensor's
+    shared memory, so that handing the batch to another process copies nothing) and the dict holds the
+    handles."""
+    pool = ThreadPoolExecutor(max(prefetch, 1), thread_name_prefix="hubdask-prefetch")
+    held: dict[int, Future] = {}
+    needed: dict[int, int] = {}  # block -> draws read ahead that use it
+    dead: set[int] = set()  # blocks past their last draw, kept while a draw read ahead needs them
+    ahead: deque[tuple[np.ndarray, list[int], list[int], int]] = deque()
+    fresh = 0  # blocks whose reads the draws ahead started: the read-ahead bound
+    source = iter(todo)
+    exhausted = False
     try:
-        for b in todo:
-            pending.append((b, pool.submit(read_block, plan, b)))
-            if len(pending) >= prefetch:
-                break
-        while pending:
-            b, fut = pending.popleft()
-            nxt = next(todo, None)
-            if nxt is not None:
-                pending.append((nxt, pool.submit(read_block, plan, nxt)))
-            yield b, fut.result()
+        while True:
+            while not exhausted and (not ahead or fresh < prefetch):
+                nxt = next(source, None)
+                if nxt is None:
+                    exhausted = True
+                    break
+                ids, released = nxt
+                blocks = np.unique(ids // plan.block_rows).tolist()
+                started = 0
+                for b in blocks:
+                    needed[b] = needed.get(b, 0) + 1
+                    dead.discard(b)
+                    if b not in held:
+                        held[b] = pool.submit(read_block, plan, b)
+                        started += 1
+                ahead.append((ids, released, blocks, started))
+                fresh += started
+            if not ahead:
+                return
+            ids, released, blocks, started = ahead.popleft()
+            fresh -= started
+            out = _gather(plan, {b: held[b].result() for b in blocks}, ids, alloc)
+            if return_index:
+                out[INDEX_KEY] = ids.copy()
+            for b in blocks:
+                needed[b] -= 1
+            dead.update(released)
+            for b in [b for b in dead if not needed.get(b)]:
+                dead.discard(b)
+                needed.pop(b, None)
+                held.pop(b, None)
+            yield out
     finally:
-        for _, fut in pending:
-            fut.cancel()
+        for f in held.values():
+            f.cancel()
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-# --- the sample stream ------------------------------------------------------------------------------
-
-
-def stream(plan: Plan, blocks: np.ndarray, *, batch_size: int | None = None, shuffle: bool = False,
-           buffer_size: int = 2048, rng: np.random.Generator | None = None, prefetch: int = 2,
-           return_index: bool = False, drop_last: bool = False) -> Iterator[dict[str, Any]]:
-    """Samples (``batch_size=None``: dicts of rows) or batches (dicts of stacked rows) of ``blocks``.
-
-    Without shuffle the samples come in block order, rows in order. With shuffle each output is drawn at
-    random from a pool that holds at least ``buffer_size`` samples (all remaining ones at the end).
-    ``return_index`` adds the sample's row number as ``"index"``.
-    """
-    rng = rng if rng is not None else np.random.default_rng()
-    take = batch_size or (64 if shuffle else plan.block_rows)
-    low = max(buffer_size, take) if shuffle else take
-    held: dict[int, dict[str, np.ndarray]] = {}  # block -> its rows (index included)
-    left: dict[int, int] = {}
-    pool_block = np.empty(0, np.int64)
-    pool_row = np.empty(0, np.int64)
-    source = read_ahead(plan, blocks, prefetch)
-    exhausted = False
-    while True:
-        while not exhausted and len(pool_row) < low:
-            nxt = next(source, None)
-            if nxt is None:
-                exhausted = True
-                break
-            b, data = nxt
-            start, stop = plan.block(b)
-            if return_index:
-                data[INDEX_KEY] = np.arange(start, stop, dtype=np.int64)
-            held[b], left[b] = data, stop - start
-            pool_block = np.concatenate([pool_block, np.full(stop - start, b, np.int64)])
-            pool_row = np.concatenate([pool_row, np.arange(stop - start, dtype=np.int64)])
-        m = len(pool_row)
-        if m == 0:
-            break
-        k = min(take, m)
-        if shuffle:
-            picks = rng.choice(m, size=k, replace=False)
-            keep = np.ones(m, bool)
-            keep[picks] = False
-        else:
-            picks = np.arange(k)
-            keep = slice(k, None)
-        pb, pr = pool_block[picks], pool_row[picks]
-        pool_block, pool_row = pool_block[keep], pool_row[keep]
-        out = _gather(held, pb, pr)
-        for b, c in zip(*np.unique(pb, return_counts=True)):
-            left[b] -= int(c)
-            if not left[b]:
-                del held[b], left[b]
-        if batch_size is None:
-            for i in range(k):
-                yield {key: v[i] for key, v in out.items()}
-            continue
-        if k < batch_size and drop_last:  # only the last draw can be short: the pool refills to >= take
-            break
-        yield out
-
-
-def _gather(held: dict[int, dict[str, np.ndarray]], pb: np.ndarray, pr: np.ndarray) -> dict[str, np.ndarray]:
-    """Rows ``pr`` of blocks ``pb``, stacked in pick order (a plain slice when they are consecutive)."""
-    blocks = np.unique(pb)
-    first = held[int(pb[0])]
-    if len(blocks) == 1 and len(pr) and pr[-1] - pr[0] == len(pr) - 1 and np.all(np.diff(pr) == 1):
-        return {key: v[pr[0]:pr[-1] + 1] for key, v in first.items()}
-    out = {key: np.empty((len(pb),) + v.shape[1:], v.dtype) for key, v in first.items()}
-    for b in blocks:
-        where = np.nonzero(pb == b)[0]
-        data = held[int(b)]
-        for key, v in data.items():
-            out[key][where] = v[pr[where]]
-    return out
+def _gather(plan: Plan, data: dict[int, dict[str, np.ndarray]], ids: np.ndarray,
+            alloc: Callable[[tuple[int, ...], np.dtype], tuple[np.ndarray, Any]] | None = None) -> dict[str, Any]:
+    """Rows ``ids`` of the held blocks, stacked in order into new arrays (from ``alloc`` when given)."""
+    rows = plan.block_rows
+    first = next(iter(data.values()))
+    out, handles = {}, {}
+    for key, v in first.items():
+        shape = (len(ids),) + v.shape[1:]
+        out[key], handles[key] = alloc(shape, v.dtype) if alloc is not None else (np.empty(shape, v.dtype),) * 2
+    if len(data) == 1 and len(ids) and ids[-1] - ids[0] == len(ids) - 1 and np.all(np.diff(ids) == 1):
+        lo = int(ids[0]) - next(iter(data)) * rows
+        for key, v in first.items():
+            out[key][...] = v[lo:lo + len(ids)]
+        return handles
+    blk = ids // rows
+    for b, block in data.items():
+        where = np.nonzero(blk == b)[0]
+        local = ids[where] - b * rows
+        for key, v in block.items():
+            if len(where) == len(ids):
+                np.take(v, local, axis=0, out=out[key])
+            else:
+                out[key][where] = v[local]
+    return handles

@@ -21,6 +21,7 @@ from zarr.storage import FsspecStore, LocalStore, MemoryStore
 
 from hubdask import config
 from hubdask.names import safe_url
+from hubdask.storage import forked
 from hubdask.storage.retry import Policy, retrying
 
 T = TypeVar("T")
@@ -341,19 +342,12 @@ def _warn_not_atomic(root: "Root") -> None:
         "cluster (chunk locks), or use a local folder, memory or S3 root", RuntimeWarning, stacklevel=3)
 
 
-_FORKED_FROM_OBSTORE = False  # set in a forked child whose parent had started obstore (see below)
-
-
 def _reopen_after_fork() -> None:
     """In a forked child (a DataLoader worker, multiprocessing): drop every open store, whose connections
-    belong to the parent, so each reopens lazily. obstore cannot run at all in a child forked after the
-    parent used it (its tokio runtime's threads do not survive fork: calls hang), so such a child reaches
-    S3 through s3fs, the fallback client. Spawned or forkserver children use obstore as usual."""
-    global _FORKED_FROM_OBSTORE, _OPEN_LOCK
+    belong to the parent, so each reopens lazily; an S3 root reopens over a fresh obstore (forked.py)."""
+    global _OPEN_LOCK
     _OPEN_LOCK = threading.Lock()
     for root in _OPEN.values():
-        if type(root._store).__name__ == "ObjectStore":
-            _FORKED_FROM_OBSTORE = True
         root._store = None
         root._lock = threading.Lock()
 
@@ -374,12 +368,13 @@ def _open_store(url: str, options: dict[str, Any]) -> Store:
         return LocalStore(url)
     if scheme == "memory":
         return MemoryStore(_MEMORY.setdefault(url, {}))
-    if scheme in ("s3", "s3a") and config.s3_client() == "obstore" and not _FORKED_FROM_OBSTORE:
+    if scheme in ("s3", "s3a") and config.s3_client() == "obstore":
         if not _has_credentials(options):
             from hubdask.errors import StorageError
             from hubdask.storage.retry import CREDENTIALS_HELP
 
             raise StorageError(f"storage {safe_url(url)}: no S3 credentials found: {CREDENTIALS_HELP}")
+        forked.reload_obstore()  # a forked child's inherited obstore has no live runtime
         return _obstore_s3(url, options)
     store = FsspecStore.from_url(url, storage_options=_fsspec_options(scheme, options))
     if scheme in ("s3", "s3a"):
