@@ -229,6 +229,14 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    import hubdask as hd
+
+    n = hd.upgrade(args.name, storage=_storage(args))
+    print(f"{args.name} is in the current format" + (f" ({n} objects converted)" if n else " already"))
+    return 0
+
+
 def cmd_commit(args: argparse.Namespace) -> int:
     import inspect
 
@@ -656,6 +664,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-n", "--dry-run", action="store_true", help="only count what would be deleted (the default)")
     sp.add_argument("--grace", type=float, default=3600.0, help="spare objects younger than this (s)")
     sp.add_argument("-v", "--verbose", action="store_true", help="list the objects")
+    sp = add("upgrade", cmd_upgrade, "convert a dataset of an older format (hubdask/1 or /2) in place; "
+                                     "run it while nothing writes to the dataset")
+    sp.add_argument("name")
     sp = add("commit", cmd_commit, "commit a branch's writes; prints the commit id")
     sp.add_argument("name", help="owner/dataset[:BRANCH]")
     sp.add_argument("-m", "--message", default="", help="commit message")

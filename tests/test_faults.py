@@ -182,7 +182,7 @@ def test_write_fault_past_budget_leaves_no_bad_chunk(s3_root_faulty, fault_proxy
 
 STEPS = {  # the requests of each commit step (see versioning/repository.py), by the proxy's regex
     "seal": r"^PUT /[^?]*/seals/",
-    "list node": r"^GET /[^?]*\?list-type=2&prefix=[^&]*nodes",
+    "list heads and marks": r"^GET /[^?]*\?list-type=2&prefix=[^&]*refs",  # the node needs no LIST: one writer
     "commit record": r"^PUT /[^?]*/commits/",
     "head": r"^PUT /[^?]*/refs/heads/",
 }

@@ -407,3 +407,73 @@ def test_a_format_2_dataset_is_refused_with_advice_then_upgraded(tmp_path):
     np.testing.assert_array_equal(hd.load(f"old/ds:{cid}", storage=root).read(), uncommitted)
     assert hd.upgrade("old/ds", storage=root) == 0  # already current
     assert not [k for k in open_root(root).list_prefix("old/ds/") if "/@hub/" not in k]
+
+
+def test_the_cli_upgrades_a_format_2_dataset(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    root = str(tmp_path / "root")
+    shutil.copytree(os.path.join(os.path.dirname(__file__), "data", "format2"), root)
+    cli = [sys.executable, "-m", "hubdask.cli", "--storage", root]
+    before = subprocess.run(cli + ["info", "old/ds"], capture_output=True, text=True)
+    assert before.returncode == 1 and "hubdask upgrade old/ds" in before.stderr, before.stderr
+    done = subprocess.run(cli + ["upgrade", "old/ds"], capture_output=True, text=True)
+    assert done.returncode == 0 and "objects converted" in done.stdout, done.stderr
+    assert hd.load("old/ds:v1", storage=root).read()[0, 0] == 0
+
+
+def test_commit_id_prefixes_resolve_and_ambiguity_lists_candidates(tmp_path):
+    """Any unique prefix of at least 7 characters of a commit id is a ref; an ambiguous one names the
+    candidates; shorter ones are not taken as prefixes."""
+    root = str(tmp_path / "root")
+    a = hd.array((4,), name="p/ids", dtype="int32", storage=root)
+    ids = []
+    for i in range(3):
+        a[0] = i + 1
+        ids.append(a.commit(f"c{i}"))
+    for i, cid in enumerate(ids):
+        j = next(n for n in range(7, len(cid) + 1) if sum(c.startswith(cid[:n]) for c in ids) == 1)
+        assert hd.load(f"p/ids:{cid[:j]}", storage=root).read()[0] == i + 1
+    common = os.path.commonprefix(ids)
+    if len(common) >= 7:
+        with pytest.raises(hd.NotFoundError, match="ambiguous") as err:
+            hd.load(f"p/ids:{common}", storage=root)
+        assert all(c in str(err.value) for c in ids)
+    with pytest.raises(hd.NotFoundError, match="p/ids"):
+        hd.load(f"p/ids:{ids[0][:6]}", storage=root)
+
+
+def test_the_default_branch_cannot_be_deleted(tmp_path):
+    root = str(tmp_path / "root")
+    a = hd.array((4,), name="p/default", dtype="int32", storage=root)
+    a.branch("other")
+    with pytest.raises(hd.ConflictError, match="p/default.*default branch"):
+        a.delete_branch("main")
+    assert hd.load("p/default", storage=root).branch_name == "main"
+    hd.load("p/default:other", storage=root).delete_branch("other")
+
+
+@pytest.mark.parametrize("damaged", ["marker", "commit", "tag", "head"])
+def test_damaged_records_raise_a_corruption_error_naming_the_dataset(tmp_path, damaged):
+    root = str(tmp_path / "root")
+    a = hd.array((4,), name="p/rec", dtype="int32", storage=root)
+    a[0] = 1
+    cid = a.commit("one")
+    a.tag("v1")
+    r = open_root(root)
+    base = layout.base("p/rec")
+    key = {"marker": layout.marker_key("p/rec"), "commit": layout.commit_key("p/rec", cid),
+           "tag": layout.tag_key("p/rec", "v1"),
+           "head": sorted(k for k in r.list_prefix(base + "refs/heads/main/") if k.rsplit("/", 1)[1].isdigit())[-1]}[damaged]
+    r.put(key, b"\xff{not json")
+    for k in r.list_prefix(base + "refs/heads/main/"):
+        if damaged == "head" and "." in k.rsplit("/", 1)[1] and k.rsplit("/", 1)[1][0].isdigit():
+            r.delete(k)  # no name copy: the head must be read from its damaged record
+    from hubdask.versioning.repository import forget
+    forget(r, "p/rec")
+    ref = {"marker": "main", "commit": cid, "tag": "v1", "head": "main"}[damaged]
+    with pytest.raises(hd.CorruptionError, match="p/rec") as err:
+        hd.load(f"p/rec:{ref}", storage=root).read()
+    assert "damaged" in str(err.value) and key.rsplit("/", 1)[1] in str(err.value)

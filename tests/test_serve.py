@@ -135,10 +135,11 @@ def test_host_header_must_name_the_bound_address(tag_server):
 
 
 def test_nothing_outside_the_dataset_is_reachable(root, tag_server):
-    assert Path(root, "t", "a", "hubdask.json").exists()  # files next to the keys exist, but are not keys
+    assert Path(root, "t", "a", "@hub", "hubdask.json").exists()  # files next to the keys exist, but are not keys
     for path in ("/../hubdask.json", "/..%2fhubdask.json", "/%2e%2e/%2e%2e/t/a/hubdask.json", "/c/../../zarr.json",
                  "/./zarr.json", "/hubdask.json", "/c/0/0?x=1", "/c\\0\\0", "/zarr.json%00",
-                 "http://127.0.0.1/zarr.json", "*", "/refs/tags/v1", "/commits"):
+                 "http://127.0.0.1/zarr.json", "*", "/refs/tags/v1", "/commits", "/@hub/hubdask.json",
+                 "/%40hub/refs/tags/v1"):
         code, _, body = request(tag_server, "GET", path)
         assert code == 404, (path, code, body[:100])
     # (Python's http.server itself turns a leading '//' into '/', so '//zarr.json' is the root's zarr.json.)

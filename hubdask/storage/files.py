@@ -52,16 +52,25 @@ def read(path: str | Path, *, scratch: bool = False) -> bytes | memoryview | Non
         os.close(fd)
 
 
-def write_atomic(path: str | Path, *parts: bytes | memoryview) -> None:
-    """Write the buffers ``parts``, one after the other, to ``path`` so readers see the old file or the
-    whole new one, never a part."""
-    path = Path(path)
+def _temp_beside(path: Path, parts: tuple) -> Path:
+    """A complete temp file beside ``path`` holding ``parts`` (named ``NAME.RANDOM.partial``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}{TEMP_SUFFIX}")
     try:
         with open(tmp, "wb") as f:
             for part in parts:
                 f.write(part)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def write_atomic(path: str | Path, *parts: bytes | memoryview) -> None:
+    """Write the buffers ``parts``, one after the other, to ``path`` so readers see the old file or the
+    whole new one, never a part."""
+    tmp = _temp_beside(Path(path), parts)
+    try:
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -72,18 +81,12 @@ def create_exclusive(path: str | Path, *parts: bytes | memoryview) -> bool:
     """Write ``parts`` to ``path`` only if nothing is there yet: True if this call created it. Readers
     see no file or the whole file (a complete temp file is hard-linked into place, which fails if the
     name exists); a crash leaves at most a temp file, which listings ignore."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}{TEMP_SUFFIX}")
+    tmp = _temp_beside(Path(path), parts)
     try:
-        with open(tmp, "wb") as f:
-            for part in parts:
-                f.write(part)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
+        os.link(tmp, path)
         return True
+    except FileExistsError:
+        return False
     finally:
         tmp.unlink(missing_ok=True)
 
