@@ -140,14 +140,14 @@ def write_head(root: Root, ds: str, branch: str, seq: int, node: str, base: str 
     if listing.seqs and listing.seqs[-1] > seq:
         root.delete(key)
         return False
-    name_head(root, ds, branch, seq, node, base)
-    _prune(root, ds, branch, seq, node, listing)
+    _prune(root, ds, branch, seq, node, listing, also_put=_pointer_key(ds, branch, seq, node, base))
     return True
 
 
-def _prune(root: Root, ds: str, branch: str, seq: int, node: str, listing: _Listing) -> None:
-    """Delete the records older than the last ``KEEP`` with their name copies, and written marks of nodes
-    that no kept record names (best effort: a failure leaves a longer listing, nothing worse)."""
+def _prune(root: Root, ds: str, branch: str, seq: int, node: str, listing: _Listing, also_put: str) -> None:
+    """Create the name copy ``also_put`` of the new record and, in the same round trip, delete the records
+    older than the last ``KEEP`` with their name copies, and written marks of nodes that no kept record
+    names (best effort: a failure leaves a longer listing, nothing worse)."""
     cut = seq - KEEP + 1
     kept_nodes = {node} | {n for s, named in listing.pointers.items() if s >= cut for n, _ in named}
     prefix = head_prefix(ds, branch)
@@ -159,10 +159,17 @@ def _prune(root: Root, ds: str, branch: str, seq: int, node: str, listing: _List
             gone.append(k)
         elif name.startswith("written-") and _marked_node(name) not in kept_nodes:
             gone.append(k)
-    try:
-        root.delete_many(gone)
-    except Exception:
-        pass
+    import asyncio
+
+    from hubdask.storage import sync
+
+    async def run() -> None:
+        done = await asyncio.gather(root.put_async(also_put, b""), *(root.delete_async(k) for k in gone),
+                                    return_exceptions=True)
+        if isinstance(done[0], BaseException):
+            raise done[0]  # the name copy matters (a missing one costs readers a GET); deletes may fail
+
+    sync(run())
 
 
 def start_branch(root: Root, ds: str, branch: str, node: str, base: str | None) -> bool:
