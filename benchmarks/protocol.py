@@ -150,8 +150,8 @@ print(time.perf_counter() - t)
 
 def bench_writes(updates: int) -> tuple[list[list[str]], list[dict]]:
     rows, raw = [], []
-    env0 = {**os.environ, "PYTHONPATH": str(REPO)}
     with tempfile.TemporaryDirectory() as tmp, moto_s3() as s3:
+        env0 = {**os.environ, "PYTHONPATH": str(REPO)}  # with moto's AWS_* variables
         for where in ("moto S3", "local"):
             rates = {}
             for workers in (1, 2):
@@ -165,7 +165,8 @@ def bench_writes(updates: int) -> tuple[list[list[str]], list[dict]]:
                                                str((k + 1) * per)], env=env, stdout=subprocess.PIPE, text=True)
                              for k in range(workers)]
                     for p in procs:
-                        p.wait()
+                        if p.wait() != 0:
+                            raise SystemExit(f"a writer failed ({where}, {workers} processes, locks {mode})")
                     wall = time.perf_counter() - t
                     got = np.asarray(hd.load("bench/rmw", storage=root).read())
                     lost = sum(1 for i in range(per * workers) if got[i % 64, i // 64] != i)

@@ -575,13 +575,18 @@ def write(source: Source, sel: tuple[int | slice, ...], data: np.ndarray, name: 
     async def one(part: ChunkPart, loop: asyncio.AbstractEventLoop) -> None:
         key = lay.logical_key(part.coords)
         based: int | None = None if part.covers else store_module.known_version(root, ds, node, key)
+        missing = 0
         while True:
             old = None
             if based:
                 old = await fetch(store.version_key(key, based))
-                if old is None:
-                    raise CorruptChunkError(f"dataset {name!r}: version {based} of chunk {key!r} is missing "
-                                            "from the open node; the store was modified outside hubdask")
+                if old is None:  # a node sealed and collected under a late writer: look again (the seal
+                    missing += 1  # check after the write sends it to the next open node)
+                    if missing > 3:
+                        raise CorruptChunkError(f"dataset {name!r}: version {based} of chunk {key!r} is missing "
+                                                "from storage; the store was modified outside hubdask")
+                    based = await store_module.newest_version(root, ds, node, key)
+                    continue
             elif based == 0:
                 committed = store.committed_key(key)
                 old = await fetch(committed) if committed else None

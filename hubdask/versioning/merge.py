@@ -51,8 +51,8 @@ def merge(repo: Repository, branch: str, ref: str, *, strategy: str | None = Non
     base = repo.graph.merge_base(ours, theirs)
     if base is None:
         raise ConflictError(f"{what}: {branch!r} and {ref!r} have unrelated histories; cannot merge")
-    if base == theirs:
-        return ours  # already contains everything of theirs
+    if base == theirs:  # already holds everything of theirs: what the branch holds now is the answer
+        return repo.commit(branch, message or f"commit before merging {ref}", allow_empty=False)
     plan = _Plan(repo, what, branch, ref, strategy, base, ours, theirs)
     plan.changes(_open_changes(repo, head.node), None)  # conflicts are found before anything is sealed
     return repo.commit(branch, message or f"merge {ref} into {branch}", merge=MergeSpec(theirs, plan.changes),
