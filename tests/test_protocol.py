@@ -477,3 +477,28 @@ def test_damaged_records_raise_a_corruption_error_naming_the_dataset(tmp_path, d
     with pytest.raises(hd.CorruptionError, match="p/rec") as err:
         hd.load(f"p/rec:{ref}", storage=root).read()
     assert "damaged" in str(err.value) and key.rsplit("/", 1)[1] in str(err.value)
+
+
+def test_merge_base_is_a_best_common_ancestor_after_criss_cross_merges(tmp_path):
+    """main merges an old branch (whose history is older than another branch's fork point): merging the
+    newer branch must use its fork point as base, so that what it only inherited from main is not taken
+    as its change (found by the torture test with strategy='theirs')."""
+    root = str(tmp_path / "root")
+    a = hd.array((4,), name="p/base", dtype="int32", chunks=(4,), storage=root)
+    a[0] = 1
+    a.commit("one")
+    old = a.branch("old")  # forks at "one"
+    old[3] = 9
+    old.commit("old branch")
+    a[1] = 2
+    a.commit("two")
+    new = a.branch("new")  # forks at "two"
+    new[2] = 3
+    new.commit("new branch")
+    a[1] = 5  # main changes element 1 after the fork of "new"...
+    for i in range(4):
+        a._repo.commit("main", f"more {i}")  # commits of main between the fork and the merge
+    a = hd.load("p/base", storage=root)
+    a.merge("old")  # ...and then reaches "one" through a short path (merge -> old -> one)
+    a.merge("new", strategy="theirs")
+    np.testing.assert_array_equal(hd.load("p/base", storage=root).read(), [1, 5, 3, 9])

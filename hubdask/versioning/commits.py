@@ -183,4 +183,19 @@ class CommitGraph:
         """The nearest common ancestor of two commits, or None for unrelated histories."""
         da, db = self.ancestors(a), self.ancestors(b)
         common = set(da) & set(db)
-        return min(common, key=lambda c: (da[c] + db[c], c)) if common else None
+        if not common:
+            return None
+        # the best common ancestors: those that are no ancestor of another common one (git's rule).
+        # The nearest by distance alone can be an older one after criss-cross merges, which would make
+        # the other side look as if it had changed what it only inherited.
+        below: set[str] = set()
+        frontier = [p for c in common for p in (self.get(c).parents if self.get(c) else ())]
+        while frontier:
+            cid = frontier.pop()
+            if cid in below:
+                continue
+            below.add(cid)
+            rec = self.get(cid)
+            frontier.extend(rec.parents if rec else ())
+        best = common - below or common
+        return min(best, key=lambda c: (da[c] + db[c], c))
