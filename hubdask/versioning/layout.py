@@ -84,22 +84,12 @@ def object_key(ds: str, key: str, held_by: str) -> str:
 
 def parse_version(name: str) -> tuple[str, int] | None:
     """``'c/0/1@00000003'`` -> ``('c/0/1', 3)``; None for anything else (temp files, legacy objects)."""
-    if name.endswith(PARTIAL_SUFFIX):
+    if is_temp(name):
         return None
     key, sep, seq = name.rpartition("@")
     if not sep or not key or not seq.isdigit():
         return None
     return key, int(seq)
-
-
-def newest_versions(names: list[str]) -> dict[str, int]:
-    """Logical key -> its newest version, from object names relative to a node's prefix."""
-    out: dict[str, int] = {}
-    for n in names:
-        parsed = parse_version(n)
-        if parsed is not None and parsed[1] > out.get(parsed[0], 0):
-            out[parsed[0]] = parsed[1]
-    return out
 
 
 def is_temp(name: str) -> bool:

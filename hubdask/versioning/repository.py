@@ -16,14 +16,13 @@ writer finishes what a crashed one began):
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from hubdask.errors import AlreadyExistsError, ConflictError, CorruptionError, NotFoundError, ReadOnlyError
+from hubdask.errors import AlreadyExistsError, ConflictError, NotFoundError, ReadOnlyError
 from hubdask.names import check_part
 from hubdask.storage import Root, sync
 from hubdask.versioning import layout, refs
@@ -239,9 +238,6 @@ class Repository:
         if raw == b"":  # a hubdask/2 seal: a commit started, its id unknown
             return {"commit": None}
         return refs.parse_record(raw, self.ds, key, ())
-
-    def is_sealed(self, node: str) -> bool:
-        return self.seal(node) is not None
 
     def uncommitted(self, branch: str) -> list[str]:
         """Logical keys written on ``branch`` since its last commit."""

@@ -30,7 +30,6 @@ from hubdask.storage import Root
 from hubdask.storage import retry
 from hubdask.versioning import layout, refs
 
-PARTIAL_SUFFIX = layout.PARTIAL_SUFFIX
 TOMBSTONE = layout.TOMBSTONE
 
 # (root token, dataset, node) of open nodes this process writes into (its own reads look there) and of
