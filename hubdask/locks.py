@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import sys
 import threading
 import weakref
 from collections.abc import Iterator
@@ -37,6 +36,7 @@ from typing import Any
 from pathlib import Path
 
 from hubdask import config
+from hubdask.scheduler import distributed_active, distributed_owner
 
 LOCK_FOLDER = "@locks"  # beside a local root's datasets; '@' is in no dataset name
 
@@ -57,27 +57,6 @@ def stripe(name: str, stripes: int | None = None) -> str:
     n = stripes or config.lock_stripes()
     digest = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big")
     return f"hubdask-lock-{digest % n:05d}"
-
-
-def distributed_active() -> bool:
-    """True inside a dask.distributed worker or with a current distributed Client."""
-    return _distributed_owner() is not None
-
-
-def _distributed_owner() -> Any:
-    """The Worker this code runs in, else the current Client, else None (no import of distributed)."""
-    if "distributed" not in sys.modules:
-        return None
-    import distributed
-
-    try:
-        return distributed.get_worker()
-    except ValueError:
-        pass
-    try:
-        return distributed.default_client()
-    except ValueError:
-        return None
 
 
 def resolve_mode(lock: bool | str | None) -> str:
@@ -128,7 +107,7 @@ def _distributed_lock(name: str) -> tuple[Any, bool]:
     inside a task (else to the current client's), created once and reused; and whether it is a worker's."""
     import distributed
 
-    owner = _distributed_owner()
+    owner = distributed_owner()
     if owner is None:
         raise RuntimeError("chunk locks in 'distributed' mode need a dask.distributed Client or worker; "
                            "none is active (set HUBDASK_LOCKS=auto or local)")

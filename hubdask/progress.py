@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from hubdask import config
+from hubdask.scheduler import distributed_active
 
 
 def enabled(progress: bool | None) -> bool:
@@ -21,8 +22,6 @@ def enabled(progress: bool | None) -> bool:
 def compute(collection: Any, progress: bool | None = None, **kwargs: Any) -> Any:
     """``dask.compute(collection)[0]`` with a progress bar when enabled."""
     import dask
-
-    from hubdask.locks import distributed_active
 
     show = enabled(progress)
     if distributed_active() and show:
