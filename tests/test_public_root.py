@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 import hubdask as hd
-from hubdask.storage.public import INDEX, write_index
+from hubdask.storage.public import INDEX
+from hubdask.storage.publish import write_index
 from helpers import run_python, snapshot
 
 DATA = np.arange(60, dtype="int32").reshape(10, 6)

@@ -5,8 +5,8 @@ Both are wrapped in ``ReadOnlyStore``: reads go to the real store (fsspec's HTTP
 without signing), and any write raises ``ReadOnlyError`` naming the root, before a request is sent.
 A static server cannot LIST. Everything that needs no listing works by GET alone: a dataset's marker,
 tags, commit ids and their chunks. A listing (what resolving a *branch* needs) is answered from a key
-index, ``hubdask-keys.txt``, that the publisher writes beside the files (``write_index``, or
-``python -m hubdask.storage.public FOLDER``): every key under its folder, one per line. An index in the
+index, ``hubdask-keys.txt``, that the publisher writes beside the files (``storage.publish.write_index``,
+or ``python -m hubdask.storage.publish FOLDER``): every key under its folder, one per line. An index in the
 root's folder, in any folder above it or in a folder of the listed prefix serves; with none, a listing
 is empty, so a branch is not found and only tags and commit ids resolve. Anonymous S3 lists as usual.
 """
@@ -165,7 +165,7 @@ def listing_note(store: Store) -> str:
         return ""
     return (f" (the root {store.url} is a static web server without a key index ({INDEX}), so it cannot list:"
             " branches do not resolve there, tags and commit ids do; publish the index with "
-            "'python -m hubdask.storage.public FOLDER')")
+            "'python -m hubdask.storage.publish FOLDER')")
 
 
 def _parse_index(raw: bytes) -> list[str]:
@@ -177,23 +177,3 @@ def _rebase(key: str, rel: str) -> str | None:
     if rel.startswith("+"):
         return rel[1:] + key
     return key[len(rel):] if key.startswith(rel) else None
-
-
-def write_index(folder: str, storage_options: dict | None = None) -> int:
-    """Write ``FOLDER/hubdask-keys.txt`` listing every key under ``folder`` (a root or a dataset folder
-    about to be copied to a static host), so branches resolve there too; returns the number of keys."""
-    from hubdask.storage import open_root
-
-    root = open_root(folder, storage_options)
-    keys = sorted(k for k in root.list_prefix("") if k != INDEX and not k.endswith(".partial"))
-    root.put(INDEX, ("\n".join(keys) + "\n").encode())
-    return len(keys)
-
-
-if __name__ == "__main__":
-    import sys
-
-    if len(sys.argv) != 2:
-        print("usage: python -m hubdask.storage.public FOLDER   (writes FOLDER/hubdask-keys.txt)", file=sys.stderr)
-        sys.exit(2)
-    print(f"{write_index(sys.argv[1])} keys listed in {sys.argv[1].rstrip('/')}/{INDEX}")
