@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from hubdask.chunkio import read_selection
 from hubdask.source import Source
 
 PRELOAD_BYTES = 64 * 2**20
@@ -85,7 +86,7 @@ def make_plan(ds: Any, keys: Any = None, block_rows: int | None = None,
         if k != heaviest and chosen[k].nbytes <= budget:
             preload.add(k)
             budget -= chosen[k].nbytes
-    return Plan(ds.name, {k: a._source for k, a in chosen.items()}, {k: a.shape for k, a in chosen.items()},
+    return Plan(ds.name, {k: a.frozen_view.source for k, a in chosen.items()}, {k: a.shape for k, a in chosen.items()},
                 {k: a.dtype for k, a in chosen.items()}, lengths[heaviest], int(rows), frozenset(preload))
 
 
@@ -259,8 +260,6 @@ def _whole(src: Source, shape: tuple[int, ...], name: str) -> np.ndarray:
     key = src.key
     arr = _PRELOADED.get(key)
     if arr is None:
-        from hubdask.array import read_selection
-
         arr = _PRELOADED[key] = read_selection(src, tuple(slice(0, n, 1) for n in shape), name)
         while len(_PRELOADED) > 16:
             _PRELOADED.pop(next(iter(_PRELOADED)))
@@ -269,8 +268,6 @@ def _whole(src: Source, shape: tuple[int, ...], name: str) -> np.ndarray:
 
 def read_block(plan: Plan, b: int) -> dict[str, np.ndarray]:
     """Rows of block ``b`` of every array: whole chunks through the chunk engine, small arrays from memory."""
-    from hubdask.array import read_selection
-
     start, stop = plan.block(b)
     out = {}
     for k, src in plan.sources.items():

@@ -1,8 +1,6 @@
-"""xarray: an array as an ``xarray.DataArray`` and a dataset as an ``xarray.Dataset``, lazy (dask-backed).
+"""xarray's ``engine="hubdask"``: a named version opened as a lazy ``xarray.Dataset`` (the conversions of
+opened arrays and datasets are ``integrations.xarray_view``).
 
-Nothing is read until the xarray object is computed; each dask task reads one storage chunk. The
-dataset's name, ref and commit travel in ``attrs`` so results can say which version they came from.
-Dimension names default to the zarr ``dimension_names`` recorded at creation (``hd.array(..., dims=)``).
 ``HubdaskBackend`` is xarray's ``engine="hubdask"`` (an entry point of the installed package):
 ``xr.open_dataset("owner/ds:REF", engine="hubdask")`` and ``xr.open_datatree(...)`` at any ref.
 """
@@ -15,63 +13,9 @@ from typing import Any
 import xarray as xr
 from xarray.backends import BackendEntrypoint
 
-
-def _attrs(obj: Any) -> dict[str, Any]:
-    src = obj._source
-    return {"hubdask_name": obj.name, "hubdask_ref": obj.ref, "hubdask_commit": src.commit or ""}
-
-
-def _dims(what: str, ndim: int, dims: Any, default: list[str]) -> tuple[str, ...]:
-    if dims is None:
-        return tuple(default)
-    dims = (dims,) if isinstance(dims, str) else tuple(dims)
-    if len(dims) != ndim:
-        raise ValueError(f"{what}: dims {dims} name {len(dims)} axes but the array has {ndim}")
-    return dims
-
-
-def recorded_dims(array: Any) -> list[str] | None:
-    """The zarr ``dimension_names`` of the view's axes, or None where any is unnamed."""
-    from hubdask import grid
-
-    names = getattr(array.metadata, "dimension_names", None)
-    if not names:
-        return None
-    kept = [n for n, a in zip(names, array._axes) if isinstance(a, grid.Span)]
-    return kept if all(kept) else None
-
-
-def to_xarray(array: Any, dims: Any = None, name: str | None = None, coords: Any = None,
-              attrs: dict[str, Any] | None = None) -> xr.DataArray:
-    """``array`` (an hd.Array or a view of one) as a lazy DataArray; ``dims`` default to the recorded
-    dimension names, else dim_0, dim_1..."""
-    default = recorded_dims(array) or [f"dim_{i}" for i in range(array.ndim)]
-    dims = _dims(f"dataset {array.name!r}", array.ndim, dims, default)
-    if name is None:
-        name = array._source.path or array._source.ds.rsplit("/", 1)[-1]
-    return xr.DataArray(array.to_dask(), dims=dims, coords=coords, name=name,
-                        attrs={**_attrs(array), **(attrs or {})})
-
-
-def dataset_to_xarray(ds: Any, dims: dict[str, Any] | None = None) -> xr.Dataset:
-    """Every array of ``ds`` as a variable of one lazy xarray.Dataset.
-
-    ``dims`` maps an array name to its dimension names. By default axis 0 is ``"sample"`` when every
-    array has the same length along it, and the other axes are ``NAME_dim_1``, ``NAME_dim_2``...
-    """
-    dims = dict(dims or {})
-    arrays = ds.arrays
-    unknown = set(dims) - set(arrays)
-    if unknown:
-        raise KeyError(f"dataset {ds.name!r} has no arrays {sorted(unknown)}; arrays: {', '.join(arrays)}")
-    lengths = {a.shape[0] for a in arrays.values() if a.ndim}
-    shared = len(lengths) == 1 and all(a.ndim for a in arrays.values())
-    variables = {}
-    for key, a in arrays.items():
-        default = recorded_dims(a) or [("sample" if shared and i == 0 else f"{key}_dim_{i}") for i in range(a.ndim)]
-        names = _dims(f"dataset {ds.name!r}, array {key!r}", a.ndim, dims.get(key), default)
-        variables[key] = to_xarray(a, names, name=key)
-    return xr.Dataset(variables, attrs=_attrs(ds))
+from hubdask.api import load
+from hubdask.dataset import Dataset
+from hubdask.integrations.xarray_view import attrs_of, dataset_to_xarray, to_xarray  # noqa: F401 (also found here)
 
 
 class HubdaskBackend(BackendEntrypoint):
@@ -83,15 +27,12 @@ class HubdaskBackend(BackendEntrypoint):
 
     def open_dataset(self, filename_or_obj: Any, *, drop_variables: Any = None, storage: Any = None,
                      storage_options: dict | None = None, cache: bool = True) -> xr.Dataset:
-        from hubdask.api import load
-        from hubdask.dataset import Dataset
-
         obj = load(os.fspath(filename_or_obj), storage=storage, storage_options=storage_options, cache=cache)
         if isinstance(obj, Dataset):
             out = dataset_to_xarray(obj)
         else:
             out = to_xarray(obj).to_dataset()
-            out.attrs.update(_attrs(obj))
+            out.attrs.update(attrs_of(obj))
         if drop_variables:
             out = out.drop_vars([drop_variables] if isinstance(drop_variables, str) else list(drop_variables),
                                 errors="ignore")

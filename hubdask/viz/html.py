@@ -4,25 +4,23 @@ from __future__ import annotations
 
 import base64
 import html
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from hubdask import grid
+from hubdask.view import view_of
 from hubdask.viz import png, render
 from hubdask.viz.summary import Summary, human_bytes, summarize
-
-if TYPE_CHECKING:
-    from hubdask.array import Array
 
 THUMB_SIDE = 128
 REPR_MAX_SIZED = 1000  # chunks whose stored size the repr asks for; beyond, "not counted"
 
 
-def _first_chunk_view(view: "Array") -> "Array":
+def _first_chunk_view(view: Any) -> Any:
     """The part of ``view`` that lies in the storage chunk holding its first element."""
     index = []
-    for a, c in zip((a for a in view._axes if isinstance(a, grid.Span)), view.chunks):
+    for a, c in zip((a for a in view_of(view).axes if isinstance(a, grid.Span)), view.chunks):
         if a.n == 0:
             index.append(slice(0, 0))
             continue
@@ -32,7 +30,7 @@ def _first_chunk_view(view: "Array") -> "Array":
     return view[tuple(index)]
 
 
-def thumbnail(array: "Array", side: int = THUMB_SIDE) -> np.ndarray | None:
+def thumbnail(array: Any, side: int = THUMB_SIDE) -> np.ndarray | None:
     """A uint8 picture of the array's first slice (first index of the leading axes), read from at most
     one storage chunk and strided to at most ``side`` pixels; None if the array is not picture-like."""
     if array.ndim < 2 or min(array.shape, default=0) == 0:
@@ -61,7 +59,7 @@ def _fmt_shape(shape: tuple[int, ...]) -> str:
     return " × ".join(f"{s:,}" for s in shape) if shape else "()"
 
 
-def _thumb_html(array: "Array") -> str:
+def _thumb_html(array: Any) -> str:
     try:
         thumb = thumbnail(array)
     except Exception as exc:  # a repr must never fail: say why there is no picture

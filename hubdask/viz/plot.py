@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from hubdask.viz import png, render
-
-if TYPE_CHECKING:
-    from hubdask.array import Array
 
 MAX_SIDE = 2048  # pixels per side read for a picture; larger slices are strided down before reading
 MIN_SIDE = 256  # `hubdask show` enlarges smaller pictures (nearest neighbour) to about this many pixels
@@ -84,7 +81,7 @@ def _draw(ax: Any, data: np.ndarray, title: str, vmin: Any, vmax: Any, cmap: Any
     return ax
 
 
-def show(array: "Array", index: Any = (), ax: Any = None, *, vmin: float | None = None, vmax: float | None = None,
+def show(array: Any, index: Any = (), ax: Any = None, *, vmin: float | None = None, vmax: float | None = None,
          cmap: str | None = None, max_side: int = MAX_SIDE, **kwargs: Any) -> Any:
     """Draw ``array[index]`` with matplotlib: a line for 1-D, an image for 2-D (with a colorbar) or
     (H, W, 1|3|4) slices. Returns the matplotlib Axes."""

@@ -12,15 +12,14 @@ import json
 import threading
 from collections import OrderedDict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from hubdask import grid
+from hubdask.view import view_of
 from hubdask.viz import png, render
 from hubdask.viz.page import PAGE
 from hubdask.viz.summary import safe_url, written_chunks
-
-if TYPE_CHECKING:
-    from hubdask.array import Array
 
 HOST = "127.0.0.1"
 MAX_WRITTEN_RANGES = 10_000
@@ -29,7 +28,7 @@ MAX_WRITTEN_RANGES = 10_000
 class Viewer:
     """The data behind the page: pictures and stats of slices along axis 0, with a small cache."""
 
-    def __init__(self, array: "Array", max_side: int = 1024, bins: int = 64, keep: int = 16) -> None:
+    def __init__(self, array: Any, max_side: int = 1024, bins: int = 64, keep: int = 16) -> None:
         if array.ndim == 0:
             raise ValueError(f"dataset {array.name!r} is 0-dimensional: there is nothing to view")
         self.array, self.max_side, self.bins, self.keep = array, max_side, bins, keep
@@ -47,7 +46,7 @@ class Viewer:
     def meta(self) -> dict:
         a = self.array
         return {
-            "name": a.name, "root": safe_url(a._source.root.url), "shape": list(a.shape), "dtype": str(a.dtype),
+            "name": a.name, "root": safe_url(view_of(a).source.root.url), "shape": list(a.shape), "dtype": str(a.dtype),
             "chunks": list(a.chunks), "sliced": self.sliced, "length": self.length,
             "chunk0": a.chunks[0] if self.sliced else self.length, "fixed_axes": len(self._lead),
             "written": self.written_ranges(),
@@ -69,7 +68,7 @@ class Viewer:
                 out.append([lo, hi])
         return out
 
-    def picture_view(self, i: int) -> "Array":
+    def picture_view(self, i: int) -> Any:
         if not 0 <= i < self.length:
             raise IndexError(f"index {i} is out of range 0..{self.length - 1} along axis 0 of {self.array.name!r}")
         view = self.array[(i, *self._lead)] if self.sliced else self.array[self._lead] if self._lead else self.array
@@ -79,7 +78,7 @@ class Viewer:
 
     def picture(self, i: int) -> tuple[bytes, dict]:
         """PNG bytes and stats of slice ``i`` (cached per state of the array)."""
-        key = (self.array._fresh_source().key, i)
+        key = (view_of(self.array).source.current().key, i)
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
@@ -96,10 +95,8 @@ class Viewer:
             return out
 
 
-def _step(view: "Array") -> int:
-    from hubdask import grid
-
-    steps = [abs(a.step) for a in view._axes if isinstance(a, grid.Span)]
+def _step(view: Any) -> int:
+    steps = [abs(a.step) for a in view_of(view).axes if isinstance(a, grid.Span)]
     return steps[0] if steps else 1
 
 
@@ -150,7 +147,7 @@ class ViewerServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, array: "Array", port: int = 0, **viewer_kw: Any) -> None:
+    def __init__(self, array: Any, port: int = 0, **viewer_kw: Any) -> None:
         self.viewer = Viewer(array, **viewer_kw)
         super().__init__((HOST, port), _Handler)
 
@@ -174,6 +171,6 @@ class ViewerServer(ThreadingHTTPServer):
         self.server_close()
 
 
-def serve(array: "Array", port: int = 0, **viewer_kw: Any) -> ViewerServer:
+def serve(array: Any, port: int = 0, **viewer_kw: Any) -> ViewerServer:
     """Start the viewer of ``array`` in the background; returns the server (``.url``, ``.close()``)."""
     return ViewerServer(array, port, **viewer_kw).start()

@@ -10,21 +10,20 @@ from __future__ import annotations
 import asyncio
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hubdask.names import safe_url  # noqa: F401  (shown roots: credentials left out)
 from hubdask.storage import sync
+from hubdask.versioning import repository
 from hubdask.versioning.commits import Commit
-
-if TYPE_CHECKING:
-    from hubdask.array import Array
+from hubdask.view import view_of
 
 
-def written_chunks(array: "Array") -> dict[tuple[int, ...], str]:
+def written_chunks(array: Any) -> dict[tuple[int, ...], str]:
     """Chunk coordinates -> physical object key, for every chunk of the array written in its state
     (committed ones from the chunk map, a branch's uncommitted ones from its open node)."""
-    src = array._fresh_source()
-    repo = array._repo
+    src = view_of(array).source.current()
+    repo = repository(src.root, src.ds)
     prefix = f"{src.path}/c" if src.path else "c"
     ndim = len(array.storage_shape)
     out: dict[tuple[int, ...], str] = {}
@@ -39,11 +38,11 @@ def written_chunks(array: "Array") -> dict[tuple[int, ...], str]:
     return out
 
 
-def stored_bytes(array: "Array", keys: list[str], concurrency: int = 32) -> int:
+def stored_bytes(array: Any, keys: list[str], concurrency: int = 32) -> int:
     """The total size in storage of the objects ``keys`` (one size request each, ``concurrency`` at once)."""
     from hubdask.storage import retry
 
-    root = array._source.root
+    root = view_of(array).source.root
     store = root.store
     local = root.is_local or root.scheme == "memory"
 
@@ -101,13 +100,13 @@ class Summary:
         }
 
 
-def summarize(array: "Array", max_sized: int | None = 2000) -> Summary:
+def summarize(array: Any, max_sized: int | None = 2000) -> Summary:
     """The summary of the whole stored array behind ``array`` (a view is summarized as its array).
 
     ``max_sized`` bounds how many chunks get a size request; beyond it ``stored_bytes`` is None.
     """
-    src = array._fresh_source()
-    repo = array._repo
+    src = view_of(array).source.current()
+    repo = repository(src.root, src.ds)
     shape, chunks = array.storage_shape, array.storage_chunks
     written = written_chunks(array)
     keys = list(written.values())
