@@ -11,10 +11,13 @@ from typing import Any
 import numpy as np
 
 from hubdask.array import Array
+from hubdask.dataset import Dataset, write_data
+from hubdask.history import resolve
 from hubdask.errors import AlreadyExistsError, InvalidNameError, NotFoundError
+from hubdask.export import ExportResult, write_zarr
 from hubdask.names import Name, parse
 from hubdask.source import Source
-from hubdask.spec import ArraySpec, auto_chunks  # noqa: F401  (auto_chunks: public here too)
+from hubdask.spec import ArraySpec, array_spec, auto_chunks  # noqa: F401  (auto_chunks: public here too)
 from hubdask.storage import Root, open_root
 from hubdask.versioning import repository
 from hubdask.versioning import layout
@@ -81,6 +84,53 @@ def array(shape: Any, name: str, dtype: Any = "float64", chunks: Any = None, fil
     return open_at(root, n, repo, state)
 
 
+def dataset(name: str, *, storage: Any = None, storage_options: dict | None = None, exist_ok: bool = False,
+            commit: str | bool = True, progress: bool | None = None, **arrays: Any) -> Dataset:
+    """Create the named multi-array dataset and return it opened on its branch.
+
+    Each keyword is an array: ``images=dict(shape=(n, 28, 28), dtype="uint8", chunks=...)`` (metadata
+    only), or data (numpy, dask, ``hd.Array``, anything array-like) that is written in parallel and
+    committed (``commit=`` the message, or False to leave it uncommitted). With ``exist_ok=True`` an
+    existing dataset is returned after checking that it has these arrays with these shapes and dtypes
+    (its data is not rewritten).
+    """
+    import zarr
+
+    root, n = locate(name, storage, storage_options)
+    what = f"dataset {str(n)!r}"
+    if not arrays:
+        raise TypeError(f"{what}: name at least one array, e.g. hd.dataset(name, images=dict(shape=..., "
+                        "dtype=...), labels=...)")
+    specs = [array_spec(what, key, spec) for key, spec in arrays.items()]
+    repo = repository(root, n.path)
+    if repo.exists(refresh=True):
+        if not exist_ok:
+            raise AlreadyExistsError(f"{what} already exists in {root.url}; pass exist_ok=True to open it")
+        existing = load(name, storage=root)
+        if not isinstance(existing, Dataset):
+            raise ValueError(f"{what} exists as a single array, not a dataset of {sorted(arrays)}")
+        have = existing.arrays
+        for s in specs:
+            a = have.get(s.key)
+            if a is None or a.shape != s.shape or a.dtype != s.dtype:
+                found = "no such array" if a is None else f"shape {a.shape} and dtype {a.dtype}"
+                raise ValueError(f"{what} exists, and its array {s.key!r} has {found}, not {s.shape} {s.dtype}")
+        return existing
+
+    def write_group(store: Any) -> None:
+        group = zarr.create_group(store=store, zarr_format=3)
+        for s in specs:
+            s.create_in(group)
+
+    with creating(root, what):
+        state = repo.create(n.ref or DEFAULT_BRANCH, write_group)
+    ds = open_at(root, n, repo, state)
+    if write_data(ds, specs, progress) and commit:
+        keys = ", ".join(s.key for s in specs if s.data is not None)
+        ds.commit(commit if isinstance(commit, str) else f"ingest {keys}")
+    return ds
+
+
 def load(name: str, storage: Storage = None, storage_options: dict | None = None, *, _path: str = "",
          cache: bool = True) -> Any:
     """Open a named array or dataset lazily (metadata only) at a branch (default) , tag or commit.
@@ -89,15 +139,7 @@ def load(name: str, storage: Storage = None, storage_options: dict | None = None
     repo = repository(root, n.path)
     if not repo.exists():
         _not_found(repo, n.base)
-    try:
-        state = repo.resolve(n.ref or repo.default_branch())
-    except NotFoundError as exc:
-        from hubdask.storage.public import listing_note
-
-        note = listing_note(root.store)
-        if not note:
-            raise
-        raise NotFoundError(f"{exc}{note}") from None
+    state = resolve(repo, n.ref)
     return open_at(root, n, repo, state, _path, cache)
 
 
@@ -116,8 +158,6 @@ def open_at(root: Root, n: Name, repo, state, path: str = "", cache: bool = True
     meta = _node_metadata(repo, state, path, display, cache)
     src = Source.at(root, n.path, path, state.commit, state.head, cache=cache)
     if meta.get("node_type") == "group":
-        from hubdask.dataset import Dataset
-
         return Dataset(src, display)
     return Array(src, display, meta=src.zarr(meta).metadata)  # the metadata read above: no second GET
 
@@ -240,3 +280,18 @@ def store(source: Any, target: str | Array, region: Any = None, *, storage: Stor
         return job
     _progress.compute(job, progress)
     return target
+
+
+def export(obj: Any, url: str | os.PathLike, *, group: bool | str = False, storage: Storage = None,
+           storage_options: dict | None = None, target_options: dict | None = None,
+           progress: bool | None = None) -> ExportResult:
+    """Write ``obj`` (a name ``owner/ds:REF``, an ``hd.Array`` or a view of one, or an ``hd.Dataset``)
+    as a plain zarr v3 array or group at ``url``; a branch is exported at its state when this starts.
+
+    ``group=True`` (or a name) puts a single array inside a group, as the array of that name (default:
+    the dataset's last name part), so xarray can open it. ``target_options``: fsspec/s3fs options of
+    ``url``. Returns what was written, already equal and deleted (see hubdask.export).
+    """
+    if isinstance(obj, str):
+        obj = load(obj, storage=storage, storage_options=storage_options)
+    return write_zarr(obj, url, group=group, target_options=target_options, progress=progress)

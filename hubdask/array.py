@@ -52,6 +52,9 @@ class Array(Versioned):
     def __reduce__(self) -> tuple:
         return (Array.from_view, (self._view,))
 
+    def _opened(self, source: Source, name: str) -> "Array":
+        return Array(source, name)  # history.Versioned.checkout: the whole array at another state
+
     @property
     def frozen_view(self) -> View:
         """The frozen value of what this handle shows now (what the write path, compute and viz take)."""
@@ -190,8 +193,8 @@ class Array(Versioned):
     to_dask_array = to_dask  # what dask.array.asarray looks for
 
     def to_xarray(self, dims: Any = None, **kwargs: Any) -> Any:
-        """A lazy (dask-backed) ``xarray.DataArray`` of the view (see integrations.xarray)."""
-        from hubdask.integrations.xarray import to_xarray
+        """A lazy (dask-backed) ``xarray.DataArray`` of the view (see integrations.xarray_view)."""
+        from hubdask.integrations.xarray_view import to_xarray
 
         return to_xarray(self, dims, **kwargs)
 

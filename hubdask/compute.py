@@ -20,16 +20,13 @@ import math
 import sys
 from collections.abc import Callable
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from hubdask import chunkio, grid, progress
 from hubdask.source import Source
-from hubdask.view import View, view_of
-
-if TYPE_CHECKING:
-    from hubdask.array import Array
+from hubdask.view import View, Viewable, view_of
 
 TASK_BYTES = 64 * 2**20  # about this many (uncompressed) bytes of chunks per task
 TASKS_PER_WAVE = 512
@@ -260,7 +257,7 @@ def _fill_stats(fill: Any, n: int, dtype: np.dtype) -> _Stats:
     return st
 
 
-def stats(view: "View | Array", *, need_moments: bool = True, scheduler: Any = None,
+def stats(view: "Viewable", *, need_moments: bool = True, scheduler: Any = None,
           show_progress: bool | None = None, tasks_per_wave: int = TASKS_PER_WAVE) -> _Stats:
     """Merged statistics of every element of ``view`` at its branch's head now, unwritten chunks counted
     from the fill value."""
@@ -292,7 +289,7 @@ def _result_dtype(op: str, dtype: np.dtype) -> np.dtype:
     return np.dtype(getattr(np, op)(sample).dtype)
 
 
-def reduce(view: "View | Array", op: str, *, ddof: int = 0, scheduler: Any = None, show_progress: bool | None = None,
+def reduce(view: "Viewable", op: str, *, ddof: int = 0, scheduler: Any = None, show_progress: bool | None = None,
            tasks_per_wave: int = TASKS_PER_WAVE) -> Any:
     """The whole-view reduction ``op`` (sum, mean, min, max, std, var), computed exactly in waves."""
     view = view_of(view)
@@ -321,7 +318,7 @@ def reduce(view: "View | Array", op: str, *, ddof: int = 0, scheduler: Any = Non
     return dtype.type(float(var) if op == "var" else math.sqrt(float(var)))
 
 
-def lazy_reduce(view: "View | Array", op: str, **kwargs: Any):
+def lazy_reduce(view: "Viewable", op: str, **kwargs: Any):
     """The reduction as a 0-d dask array (one task that runs the waves), so it composes with dask."""
     import dask
     import dask.array as da

@@ -21,7 +21,7 @@ from hubdask.array import Array
 from hubdask.history import Versioned
 from hubdask.source import Source
 from hubdask.spec import ArraySpec, array_spec
-from hubdask.errors import AlreadyExistsError
+from hubdask.errors import AlreadyExistsError, NotFoundError
 
 
 class Dataset(Versioned):
@@ -39,13 +39,12 @@ class Dataset(Versioned):
     def name(self) -> str:
         return self._name
 
+    def _opened(self, source: Source, name: str) -> "Dataset":
+        return Dataset(source, name)  # history.Versioned.checkout: the dataset at another state
+
     def _fresh_source(self) -> Source:
         """The state to read now: a branch follows its head (so it sees every returned write and new arrays)."""
-        src = self._source
-        if src.branch is None:
-            return src
-        head = self._repo.resolve(src.branch).head
-        return dataclasses.replace(src, commit=head.base, node=head.node, node_written=head.written)
+        return self._source.current()
 
     def _group(self, src: Source) -> Any:
         import zarr
@@ -85,8 +84,6 @@ class Dataset(Versioned):
         except Exception as exc:  # zarr raises different errors for a missing node across versions
             if "not found" not in str(exc).lower() and "no array" not in str(exc).lower():
                 raise
-        from hubdask.errors import NotFoundError
-
         raise NotFoundError(f"dataset {self._name!r} has no array {key!r}; arrays: {', '.join(self.keys()) or 'none'}")
 
     @property
@@ -124,7 +121,7 @@ class Dataset(Versioned):
         if key in self:
             raise AlreadyExistsError(f"dataset {self._name!r} already has an array {key!r}")
         parsed.create_in(self._group(self._fresh_source()))
-        _write_data(self, [parsed], progress)
+        write_data(self, [parsed], progress)
         return self[key]
 
     # --- other faces -------------------------------------------------------------------------------
@@ -145,8 +142,8 @@ class Dataset(Versioned):
         return tf_dataset(self, batch_size=batch_size, shuffle=shuffle, seed=seed, **kwargs)
 
     def to_xarray(self, dims: dict[str, tuple[str, ...]] | None = None) -> Any:
-        """An ``xarray.Dataset`` backed lazily by dask (see integrations.xarray)."""
-        from hubdask.integrations.xarray import dataset_to_xarray
+        """An ``xarray.Dataset`` backed lazily by dask (see integrations.xarray_view)."""
+        from hubdask.integrations.xarray_view import dataset_to_xarray
 
         return dataset_to_xarray(self, dims)
 
@@ -155,13 +152,13 @@ class Dataset(Versioned):
         return {k: np.asarray(a) for k, a in self.arrays.items() if keys is None or k in keys}
 
     def to_zarr(self, url: str | os.PathLike, progress: bool | None = None, **kwargs: Any) -> None:
-        """Export the dataset's state as a plain zarr v3 group at ``url`` (see integrations.ingest)."""
-        from hubdask.integrations.ingest import to_zarr
+        """Export the dataset's state as a plain zarr v3 group at ``url`` (see hubdask.export)."""
+        from hubdask.export import to_zarr
 
         to_zarr(self, url, progress=progress, **kwargs)
 
 
-def _write_data(ds: Dataset, specs: list[ArraySpec], progress: bool | None) -> bool:
+def write_data(ds: Dataset, specs: list[ArraySpec], progress: bool | None) -> bool:
     """Write the data of ``specs`` that carry some into ``ds``'s branch, in parallel; True if any did."""
     import dask.array as da
 
@@ -181,53 +178,3 @@ def _write_data(ds: Dataset, specs: list[ArraySpec], progress: bool | None) -> b
     if jobs:
         _progress.compute(jobs, progress)
     return bool(jobs)
-
-
-def dataset(name: str, *, storage: Any = None, storage_options: dict | None = None, exist_ok: bool = False,
-            commit: str | bool = True, progress: bool | None = None, **arrays: Any) -> Dataset:
-    """Create the named multi-array dataset and return it opened on its branch.
-
-    Each keyword is an array: ``images=dict(shape=(n, 28, 28), dtype="uint8", chunks=...)`` (metadata
-    only), or data (numpy, dask, ``hd.Array``, anything array-like) that is written in parallel and
-    committed (``commit=`` the message, or False to leave it uncommitted). With ``exist_ok=True`` an
-    existing dataset is returned after checking that it has these arrays with these shapes and dtypes
-    (its data is not rewritten).
-    """
-    import zarr
-
-    from hubdask.api import DEFAULT_BRANCH, creating, load, locate, open_at
-    from hubdask.versioning import repository
-
-    root, n = locate(name, storage, storage_options)
-    what = f"dataset {str(n)!r}"
-    if not arrays:
-        raise TypeError(f"{what}: name at least one array, e.g. hd.dataset(name, images=dict(shape=..., "
-                        "dtype=...), labels=...)")
-    specs = [array_spec(what, key, spec) for key, spec in arrays.items()]
-    repo = repository(root, n.path)
-    if repo.exists(refresh=True):
-        if not exist_ok:
-            raise AlreadyExistsError(f"{what} already exists in {root.url}; pass exist_ok=True to open it")
-        existing = load(name, storage=root)
-        if not isinstance(existing, Dataset):
-            raise ValueError(f"{what} exists as a single array, not a dataset of {sorted(arrays)}")
-        have = existing.arrays
-        for s in specs:
-            a = have.get(s.key)
-            if a is None or a.shape != s.shape or a.dtype != s.dtype:
-                found = "no such array" if a is None else f"shape {a.shape} and dtype {a.dtype}"
-                raise ValueError(f"{what} exists, and its array {s.key!r} has {found}, not {s.shape} {s.dtype}")
-        return existing
-
-    def write_group(store: Any) -> None:
-        group = zarr.create_group(store=store, zarr_format=3)
-        for s in specs:
-            s.create_in(group)
-
-    with creating(root, what):
-        state = repo.create(n.ref or DEFAULT_BRANCH, write_group)
-    ds = open_at(root, n, repo, state)
-    if _write_data(ds, specs, progress) and commit:
-        keys = ", ".join(s.key for s in specs if s.data is not None)
-        ds.commit(commit if isinstance(commit, str) else f"ingest {keys}")
-    return ds

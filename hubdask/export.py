@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from hubdask.array import Array
+from hubdask.errors import AlreadyExistsError
 from hubdask.source import Source
 from hubdask.storage import Root, open_root, sync
 
@@ -46,22 +48,15 @@ class ExportResult:
                             self.deleted + other.deleted, self.bytes_written + other.bytes_written)
 
 
-def export(obj: Any, url: str | os.PathLike, *, group: bool | str = False, storage: Any = None,
-           storage_options: dict | None = None, target_options: dict | None = None,
-           progress: bool | None = None) -> ExportResult:
-    """Write ``obj`` (a name ``owner/ds:REF``, an ``hd.Array`` or a view of one, or an ``hd.Dataset``)
-    as a plain zarr v3 array or group at ``url``; a branch is exported at its state when this starts.
+def write_zarr(obj: Any, url: str | os.PathLike, *, group: bool | str = False, target_options: dict | None = None,
+               progress: bool | None = None) -> ExportResult:
+    """Write ``obj`` (an ``hd.Array`` or a view of one, or an ``hd.Dataset``) as a plain zarr v3 array
+    or group at ``url``; a branch is exported at its state when this starts (``hd.export`` also takes names).
 
     ``group=True`` (or a name) puts a single array inside a group, as the array of that name (default:
     the dataset's last name part), so xarray can open it. ``target_options``: fsspec/s3fs options of
     ``url``. Returns what was written, already equal and deleted.
     """
-    from hubdask.array import Array
-
-    if isinstance(obj, str):
-        from hubdask.api import load
-
-        obj = load(obj, storage=storage, storage_options=storage_options)
     src: Source = obj._fresh_source()  # a branch: pinned to its state now
     target = open_root(url, target_options)
     what = f"export of {obj.name!r} to {target.url}"
@@ -254,8 +249,6 @@ class _ViewRef:
     meta: Any
 
     def array(self) -> Any:
-        from hubdask.array import Array
-
         return Array(self.source, self.name, self.axes, self.meta)
 
 
@@ -291,3 +284,14 @@ def _all_fill(data: np.ndarray, fill: Any) -> bool:
     if data.dtype.kind in "fc" and np.isnan(fill):
         return bool(np.isnan(data).all())
     return bool((data == fill).all())
+
+
+def to_zarr(obj: Any, url: str | os.PathLike, progress: bool | None = None,
+            storage_options: dict | None = None, overwrite: bool = False) -> None:
+    """Write an hd.Array, or every array of a Dataset, as a plain zarr v3 array/group at ``url``, in
+    parallel (``write_zarr``), refusing an existing hierarchy unless ``overwrite``."""
+    url = os.fspath(url)
+    if not overwrite and open_root(url, storage_options).get("zarr.json") is not None:
+        raise AlreadyExistsError(f"export of {obj.name!r}: {url} already holds a zarr hierarchy; pass "
+                                 "overwrite=True to replace it")
+    write_zarr(obj, url, target_options=storage_options, progress=progress)

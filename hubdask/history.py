@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from hubdask.errors import ReadOnlyError, refusing_read_only
+from hubdask.errors import NotFoundError, ReadOnlyError, refusing_read_only
+from hubdask.names import parse
+from hubdask.source import Source
+from hubdask.storage.public import listing_note
 from hubdask.versioning import Repository, repository
+from hubdask.versioning.repository import State
 from hubdask.versioning.commits import Commit
+from hubdask.versioning.diff import Change, diff
+from hubdask.versioning.merge import merge
 
 
-@dataclass(frozen=True)
-class Change:
-    """One logical object that differs between two states: a chunk (with the region it covers) or metadata."""
-
-    key: str
-    array: str
-    chunk: tuple[int, ...] | None
-    region: tuple[slice, ...] | None
-    kind: str  # "added", "modified" or "deleted"
+def resolve(repo: Repository, ref: str | None) -> State:
+    """The state of ``ref`` (None: the default branch) in ``repo``; when missing on a static host
+    without a key index, the NotFoundError says how to publish one."""
+    try:
+        return repo.resolve(ref or repo.default_branch())
+    except NotFoundError as exc:
+        note = listing_note(repo.root.store)
+        if not note:
+            raise
+        raise NotFoundError(f"{exc}{note}") from None
 
 
 class Versioned:
@@ -112,10 +118,14 @@ class Versioned:
 
     def checkout(self, ref: str):
         """This dataset at another branch, tag or commit."""
-        from hubdask.api import load
+        state = resolve(self._repo, ref)
+        src = self._source
+        return self._opened(Source.at(src.root, src.ds, src.path, state.commit, state.head, cache=src.cache),
+                            parse(self.dataset_name).with_ref(state.ref))
 
-        return load(f"{self.dataset_name}:{ref}", storage=self._source.root, _path=self._source.path,
-                    cache=self._source.cache)
+    def _opened(self, source: Source, name: str) -> "Versioned":
+        """An object of this kind (array or dataset) reading ``source``, displayed as ``name``."""
+        raise NotImplementedError
 
     def delete_branch(self, name: str) -> None:
         self._repo.delete_branch(name)
@@ -125,8 +135,6 @@ class Versioned:
 
     def merge(self, ref: str, strategy: str | None = None, message: str | None = None) -> str:
         """Three-way merge of ``ref`` into this branch; returns the merge commit id (see versioning.merge)."""
-        from hubdask.versioning.merge import merge
-
         branch = self._writable_branch(f"merge {ref!r} into it")
         cid = merge(self._repo, branch, ref, strategy=strategy, message=message, name=self._name)
         self._follow(branch)
@@ -134,6 +142,4 @@ class Versioned:
 
     def diff(self, other: str | None = None) -> list[Change]:
         """What differs between ``other`` (default: this branch's last commit) and this state."""
-        from hubdask.versioning.diff import diff
-
         return diff(self._repo, other, self.ref)

@@ -24,6 +24,7 @@ import numpy as np
 from hubdask import config
 from hubdask.errors import InvalidNameError
 from hubdask.names import check_part
+from hubdask.view import HasView
 
 SUPPORTED_DTYPES = ("bool, int8, int16, int32, int64, uint8, uint16, uint32, uint64, float16, float32, float64, "
                     "complex64, complex128, datetime64[UNIT], timedelta64[UNIT]")
@@ -235,8 +236,6 @@ def check_dims(what: str, dims: Any, ndim: int) -> tuple[str, ...] | None:
 def array_spec(what: str, key: str, spec: Any) -> ArraySpec:
     """One array of a dataset: ``spec`` is a dict of shape/dtype/chunks/fill_value/codecs[/data], or
     array-like data. Everything is checked here, before any storage is touched."""
-    from hubdask.array import Array
-
     try:
         check_part(key, "array name", key)
     except InvalidNameError:
@@ -261,7 +260,7 @@ def array_spec(what: str, key: str, spec: Any) -> ArraySpec:
         if not (hasattr(data, "shape") and hasattr(data, "dtype")):
             data = np.asarray(data)
         shape, dtype, fill, codecs = tuple(data.shape), data.dtype, 0, None
-        chunks = data.storage_chunks if isinstance(data, Array) and not data.is_view else None
+        chunks = data.frozen_view.storage_chunks if isinstance(data, HasView) and not data.frozen_view.is_view else None
     # a dataset's arrays feed training loops, which decode every chunk every epoch: lz4 unless told
     out = ArraySpec.make(what, key, shape, dtype, chunks, fill, "lz4" if codecs is None else codecs, dims, data)
     if data is not None and tuple(data.shape) != out.shape:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, Union, runtime_checkable
 
 import numpy as np
 
@@ -133,6 +133,17 @@ def finish(block: np.ndarray, flips: tuple[int, ...], takes: tuple = ()) -> np.n
     return block
 
 
-def view_of(x: Any) -> View:
+@runtime_checkable
+class HasView(Protocol):
+    """What shows a View (``hd.Array``): the layers below Array take it, or a View, without knowing Array."""
+
+    @property
+    def frozen_view(self) -> View: ...
+
+
+Viewable = Union[View, HasView]
+
+
+def view_of(x: Viewable) -> View:
     """The View of an ``hd.Array`` (or the View itself)."""
     return x if isinstance(x, View) else x.frozen_view

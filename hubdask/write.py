@@ -25,8 +25,7 @@ from hubdask.versioning.store import StaleRead, based_on_reads, begin_write, end
 if TYPE_CHECKING:
     import dask.array as da
 
-    from hubdask.array import Array
-    from hubdask.view import View
+    from hubdask.view import View, Viewable
 
 
 def coerce(value: Any, dtype: np.dtype, shape: tuple[int, ...], what: str) -> np.ndarray:
@@ -191,7 +190,7 @@ def block_group(source_chunks: tuple[tuple[int, ...], ...], chunks: tuple[int, .
     return tuple(max(1, round(max(sizes, default=c) / c)) for sizes, c in zip(source_chunks, chunks))
 
 
-def store(source: "da.Array", target: "Array", region: tuple[slice, ...] | None = None, *,
+def store(source: "da.Array", target: "Viewable", region: tuple[slice, ...] | None = None, *,
           lock: bool | str | None = None) -> "da.Array":
     """A lazy dask array (the count of blocks written) whose computation writes ``source`` into ``target``.
 

@@ -23,7 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from hubdask.dataset import Dataset, dataset
+from hubdask.api import dataset
+from hubdask.dataset import Dataset
+from hubdask.export import to_zarr  # noqa: F401  (where callers used to find it)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 PROBE_BATCH = 256  # images per scan task
@@ -280,21 +282,6 @@ def class_names(ds: Dataset, labels_key: str = "labels") -> list[str]:
 
 
 # --- export -------------------------------------------------------------------------------------------
-
-
-def to_zarr(obj: Any, url: str | os.PathLike, progress: bool | None = None,
-            storage_options: dict | None = None, overwrite: bool = False) -> None:
-    """Write an hd.Array, or every array of a Dataset, as a plain zarr v3 array/group at ``url``, in
-    parallel: ``hd.export`` (see hubdask.export), refusing an existing hierarchy unless ``overwrite``."""
-    from hubdask.errors import AlreadyExistsError
-    from hubdask.export import export
-    from hubdask.storage import open_root
-
-    url = os.fspath(url)
-    if not overwrite and open_root(url, storage_options).get("zarr.json") is not None:
-        raise AlreadyExistsError(f"export of {obj.name!r}: {url} already holds a zarr hierarchy; pass "
-                                 "overwrite=True to replace it")
-    export(obj, url, target_options=storage_options, progress=progress)
 
 
 def to_npy(ds: Dataset, folder: str | os.PathLike, progress: bool | None = None) -> dict[str, str]:

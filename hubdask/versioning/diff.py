@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 
 from zarr.core.buffer import default_buffer_prototype
 
 from hubdask.storage import sync
 from hubdask.versioning.commits import ChunkMap
 from hubdask.versioning.repository import Repository, State
+
+@dataclass(frozen=True)
+class Change:
+    """One logical object that differs between two states: a chunk (with the region it covers) or metadata."""
+
+    key: str
+    array: str
+    chunk: tuple[int, ...] | None
+    region: tuple[slice, ...] | None
+    kind: str  # "added", "modified" or "deleted"
+
 
 _CHUNK = re.compile(r"^(?:(.*)/)?c((?:/\d+)*)$")
 
@@ -46,10 +58,8 @@ def chunk_region(meta: dict, coords: tuple[int, ...]) -> tuple[slice, ...]:
     return tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(coords, chunks, shape))
 
 
-def diff(repo: Repository, other: str | None, ref: str):
+def diff(repo: Repository, other: str | None, ref: str) -> list[Change]:
     """Changes from ``other`` (default: the base commit of ``ref``) to ``ref``, sorted by key."""
-    from hubdask.history import Change
-
     new = repo.resolve(ref)
     old = repo.resolve(other) if other is not None else State(new.commit or "", new.commit)
     a, b = state_map(repo, old), state_map(repo, new)
