@@ -166,7 +166,7 @@ class ChunkPart:
 
 
 def _axis_parts(s: int | slice | np.ndarray, n: int, c: int) -> list[tuple[int, slice | None, Any, bool, bool]]:
-    if isinstance(s, np.ndarray):  # ascending distinct indices (reads only): their positions in each chunk
+    if isinstance(s, np.ndarray):  # ascending distinct indices: their positions in each chunk
         return [(j, slice(i0, i1), s[i0:i1] - j * c, False, False) for j, i0, i1 in grid.runs_by_chunk(s, c)]
     if isinstance(s, int):
         j = s // c
@@ -183,8 +183,8 @@ def _axis_parts(s: int | slice | np.ndarray, n: int, c: int) -> list[tuple[int, 
 
 
 def plan(sel: tuple[int | slice, ...], lay: Layout) -> tuple[tuple[int, ...], Iterator[ChunkPart], int]:
-    """(output shape, the touched chunks, how many) for an ascending selection: ints, slices, and for
-    reads ascending distinct index arrays (orthogonal)."""
+    """(output shape, the touched chunks, how many) for an ascending selection: ints, slices and
+    ascending distinct index arrays (orthogonal)."""
     axes = [_axis_parts(s, n, c) for s, n, c in zip(sel, lay.shape, lay.chunks)]
     out_shape = tuple(s.size if isinstance(s, np.ndarray) else len(range(s.start, s.stop, s.step or 1))
                       for s in sel if not isinstance(s, int))
@@ -346,6 +346,19 @@ def _pick(chunk: np.ndarray, inner: tuple) -> np.ndarray:
         if not isinstance(i, int):
             axis += 1
     return block
+
+
+def _put(chunk: np.ndarray, inner: tuple, piece: np.ndarray) -> None:
+    """``chunk[inner] = piece`` with index arrays applied orthogonally (the inverse of ``_pick``)."""
+    if not any(isinstance(i, np.ndarray) for i in inner):
+        chunk[inner] = piece
+        return
+    sub = chunk[tuple(slice(None) if isinstance(i, np.ndarray) else i for i in inner)]  # ints, slices: a view
+    arrays = [i if isinstance(i, np.ndarray) else slice(None) for i in inner if not isinstance(i, (int, np.integer))]
+    if sum(isinstance(i, np.ndarray) for i in arrays) == 1:  # one index array among slices stays in place
+        sub[tuple(arrays)] = piece
+    else:
+        sub[np.ix_(*(i if isinstance(i, np.ndarray) else np.arange(n) for i, n in zip(arrays, sub.shape)))] = piece
 
 
 def read(source: Source, sel: tuple[int | slice, ...], name: str) -> np.ndarray | None:
@@ -562,7 +575,7 @@ def write(source: Source, sel: tuple[int | slice, ...], data: np.ndarray, name: 
                 chunk[...] = lay.fill
             else:
                 _decode_into(chunk, _whole_part(part.coords, chunk.ndim), old, lay, name)
-            chunk[part.inner] = piece
+            _put(chunk, part.inner, piece)
         if _only_fill(chunk, lay.fill, is_zero_fill):
             return store_module.TOMBSTONE
         return lay.codec.encode(chunk)

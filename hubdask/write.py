@@ -60,7 +60,7 @@ def setitem(view: "View", index: Any, value: Any) -> Source:
     data = coerce(value, view.dtype, tuple(shape), what).reshape(sub.shape)
     if data.size == 0:
         return src  # an empty selection writes nothing
-    sel, out_axis, arrays = [], 0, []
+    sel, out_axis = [], 0
     for a in sub.axes:
         if isinstance(a, int):
             sel.append(a)
@@ -68,25 +68,14 @@ def setitem(view: "View", index: Any, value: Any) -> Source:
         if isinstance(a, grid.Points):
             u, last = _last_of_each(a.idx)
             data = np.take(data, last, axis=out_axis)
-            sel.append(u)
-            arrays.append(len(sel) - 1)
+            sel.append(u)  # one write for all indices: each chunk touched is read-modified-written once
         else:
             asc = a.ascending()
             if asc is not a:
                 data = np.flip(data, out_axis)
             sel.append(slice(asc.start, asc.start + (asc.n - 1) * asc.step + 1, asc.step))
         out_axis += 1
-    shape, chunks = view.storage_shape, view.storage_chunks
-    if not arrays:
-        return write_region(src, tuple(sel), data, shape, chunks)
-    out_axes = {k: sum(1 for s in sel[:k] if not isinstance(s, int)) for k in arrays}
-    for combo in itertools.product(*(grid.progressions(sel[k]) for k in arrays)):  # each a basic write
-        part, region = list(sel), [slice(None)] * data.ndim
-        for k, (i0, i1, s) in zip(arrays, combo):
-            part[k] = s
-            region[out_axes[k]] = slice(i0, i1)
-        src = write_region(src, tuple(part), np.ascontiguousarray(data[tuple(region)]), shape, chunks)
-    return src
+    return write_region(src, tuple(sel), data, view.storage_shape, view.storage_chunks)
 
 
 def _last_of_each(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -97,9 +86,13 @@ def _last_of_each(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def partial_chunks(sel: tuple[int | slice, ...], shape: tuple[int, ...], chunks: tuple[int, ...]) -> list[tuple]:
-    """Coordinates of the chunks that ``sel`` (ascending) touches without covering them whole."""
+    """Coordinates of the chunks that ``sel`` (ascending: ints, slices, distinct index arrays) touches
+    without covering them whole."""
     per_axis = []
     for s, n, c in zip(sel, shape, chunks):
+        if isinstance(s, np.ndarray):  # ascending distinct indices: a chunk is covered if all of it is listed
+            per_axis.append([(j, i1 - i0 == min(c, n - j * c)) for j, i0, i1 in grid.runs_by_chunk(s, c)])
+            continue
         if isinstance(s, int):
             per_axis.append([(s // c, c == 1 or n - (s // c) * c == 1)])
             continue
@@ -150,7 +143,11 @@ def _write_through_zarr(src: Source, sel: tuple, data: np.ndarray) -> None:
     for _ in range(1000):
         token = based_on_reads()
         try:
-            src.zarr()[sel] = data
+            arr = src.zarr()
+            if any(isinstance(s, np.ndarray) for s in sel):
+                arr.oindex[sel] = data
+            else:
+                arr[sel] = data
             return
         except StaleRead:
             continue
