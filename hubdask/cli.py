@@ -440,13 +440,13 @@ def _is_file_source(spec: str) -> bool:
 def open_input(spec: str, args: argparse.Namespace) -> Input:
     """A hub name (or URL), a .npy file, an HDF5 file (``FILE.h5:DATASET``) or a zarr array (``DIR[:PATH]``)."""
     if not _is_file_source(spec):
-        from hubdask.array import read_selection
+        from hubdask.chunkio import read_selection
         from hubdask.viz.summary import written_chunks
 
         a = _array(spec, args)
         if a.is_view:
             raise UsageError(f"cp copies whole arrays; {spec!r} is a view")
-        src = a._fresh_source()
+        src = a.frozen_view.source.current()
         chunks = a.storage_chunks
 
         def regions() -> Iterator[tuple[slice, ...]]:
@@ -516,7 +516,7 @@ def copy(inp: Input, dst: Any, jobs: int = 8, progress: bool | None = None) -> d
     are visited (a sparse hub array costs its written chunks, not its shape).
     """
     from hubdask import progress as bars
-    from hubdask.array import read_selection
+    from hubdask.chunkio import read_selection
     from hubdask.errors import ReadOnlyError
     from hubdask.write import write_region
 
@@ -524,7 +524,7 @@ def copy(inp: Input, dst: Any, jobs: int = 8, progress: bool | None = None) -> d
         raise ReadOnlyError(f"dataset {dst.name!r} is a tag or commit, which is read-only; expected a branch "
                             f"to copy into ('hubdask branch {dst.dataset_name}' lists them)")
     shape, chunks = dst.storage_shape, dst.storage_chunks
-    src_dst = dst._fresh_source()
+    src_dst = dst.frozen_view.source.current()
     present = _dst_written(dst)
     if inp.written is None:
         todo: Iterable[tuple[int, ...]] = itertools.product(*(range(-(-n // c)) for n, c in zip(shape, chunks)))

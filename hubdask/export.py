@@ -190,7 +190,7 @@ def _view_metadata(view: Any) -> dict:
     from hubdask import grid
 
     doc = view.metadata.to_dict()
-    kept = [k for k, a in enumerate(view._axes) if isinstance(a, grid.Span)]
+    kept = [k for k, a in enumerate(view.frozen_view.axes) if isinstance(a, grid.Span)]
     chunks = [max(1, min(c, s)) for c, s in zip(view.chunks, view.shape)]
     doc = json.loads(json.dumps(doc, default=_jsonable))
     doc["shape"] = list(view.shape)
@@ -226,7 +226,7 @@ def _export_view(view: Any, src: Source, target: Root, inner: str, progress: boo
     counts = [math.ceil(s / c) if s else 0 for s, c in zip(view.shape, chunks)]
     blocks = list(itertools.product(*(range(n) for n in counts)))
     # The chunks are written through a zarr Array over the new metadata; its zarr.json lands last.
-    ref = _ViewRef(src, view.name, view._axes, view.metadata)  # a plain object: dask must not compute the view
+    ref = _ViewRef(src, view.name, view.frozen_view.axes, view.metadata)  # a plain object: dask must not compute the view
     tasks = [dask.delayed(_write_blocks, pure=False)(ref, target.url, target._options, inner.rstrip("/"), doc,
                                                      blocks[i:i + BATCH]) for i in range(0, len(blocks), BATCH)]
     result = ExportResult(target.url)

@@ -21,6 +21,7 @@ from hubdask.source import Source
 from hubdask.spec import cast
 from hubdask.versioning import repository
 from hubdask.versioning.store import StaleRead, based_on_reads, begin_write, end_based_on
+from hubdask.view import view_of
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -199,7 +200,7 @@ def store(source: "da.Array", target: "Viewable", region: tuple[slice, ...] | No
     import dask.array as da
 
     what = f"dataset {target.name!r}"
-    src = target._source
+    src = view_of(target).source
     if src.branch is None:
         raise ReadOnlyError(f"{what} is opened at commit {src.commit} and is read-only; store into a branch")
     if target.is_view:

@@ -269,7 +269,7 @@ def from_image_folder(name: str, folder: str | os.PathLike, *, resize: tuple[int
     images = da.concatenate(pieces, axis=0)
     ds = dataset(name, **{images_key: dict(data=images, chunks=chunks), labels_key: labels},
                  progress=progress, commit=False, storage=storage, storage_options=storage_options)
-    ds[labels_key]._source.zarr().attrs.update({"class_names": classes})
+    ds[labels_key].frozen_view.source.zarr().attrs.update({"class_names": classes})
     if commit:
         ds.commit(commit if isinstance(commit, str) else
                   f"ingest {len(paths)} images of {len(classes)} classes from {Path(folder).name}")
@@ -278,7 +278,7 @@ def from_image_folder(name: str, folder: str | os.PathLike, *, resize: tuple[int
 
 def class_names(ds: Dataset, labels_key: str = "labels") -> list[str]:
     """The class names of a dataset ingested from an image folder, in label order."""
-    return list(ds[labels_key]._source.zarr().attrs.get("class_names", []))
+    return list(ds[labels_key].frozen_view.source.zarr().attrs.get("class_names", []))
 
 
 # --- export -------------------------------------------------------------------------------------------
