@@ -106,3 +106,24 @@ def test_export_numpy_and_zarr(root, tmp_path):
     group = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
     np.testing.assert_array_equal(group["a"][:], x)
     np.testing.assert_array_equal(group["b"][:], np.arange(6))
+
+
+def test_checkout_reopens_the_same_kind_at_the_ref(tmp_path):
+    """checkout opens through the handle itself (no api.load): a dataset's array stays that array, a
+    missing ref is a NotFoundError naming it, and the checked-out object reads the ref's values."""
+    root = str(tmp_path)
+    ds = hd.dataset("ml/k", images=dict(shape=(4, 2), dtype="int32"), labels=dict(shape=(4,), dtype="int8"),
+                    storage=root)
+    ds["labels"][...] = 1
+    ds.tag("v1")
+    ds["labels"][...] = 2
+    old = ds["labels"].checkout("v1")
+    assert isinstance(old, hd.Array) and old.name == "ml/k:v1" and old.branch_name is None
+    np.testing.assert_array_equal(np.asarray(old), np.ones(4, "int8"))
+    back = old.checkout("main")
+    assert back.branch_name == "main" and back.frozen_view.source.path == "labels"
+    np.testing.assert_array_equal(np.asarray(back), np.full(4, 2, "int8"))
+    whole = ds.checkout("v1")
+    assert isinstance(whole, hd.Dataset) and sorted(whole.keys()) == ["images", "labels"]
+    with pytest.raises(hd.NotFoundError, match="nope"):
+        ds.checkout("nope")
