@@ -252,7 +252,7 @@ def test_a_crash_between_link_and_unlink_leaves_no_false_record(tmp_path):
             real = os.link
             def link_then_die(src, dst, *args, **kw):
                 real(src, dst, *args, **kw)
-                if "/refs/" in str(dst):
+                if "/refs/" in str(dst) and "written-" not in str(dst):  # a head's claim, a tag
                     os._exit(9)
             files.os.link = link_then_die
             a = hd.load("p/crash", storage={root!r})
@@ -344,7 +344,7 @@ def test_resolving_a_branch_costs_one_short_listing_at_any_depth(s3_root, moto_s
         if i in (0, 60):
             r = open_root(s3_root)
             counts.append(len(r.list_prefix("root/p/deep/@hub/refs/heads/main/".removeprefix("root/"))))
-    assert counts[0] == counts[1] <= 6, counts
+    assert counts[1] <= counts[0] <= 6, counts  # head 0 is a record beside its name until pruned
     assert hd.load("p/deep", storage=s3_root).read()[0] == 60
     assert len(hd.load("p/deep", storage=s3_root).log()) == 62
 
