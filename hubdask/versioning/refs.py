@@ -13,7 +13,7 @@ round trip that no cache may save, since refs move):
   round trip deletes the names older than SEQ-1 (and their marks): a branch's folder holds a handful of
   objects however long its history, so resolving it is one short LIST at 10,000 commits as at 1. A
   winner that died before naming its head leaves the branch at SEQ-1 (its node sealed): the next
-  committer or writer loses the claim of SEQ, reads it and names it;
+  committer or writer loses the claim of SEQ, sees the branch still at SEQ-1 and names SEQ;
 - ``written-NODE``, created (exclusively, holding its WRITER id: random per process) by the first writer
   process of open node NODE with its first write there, and ``written-NODE.many``, put by every other
   writer process with its first write (the write returns only once its mark has landed): without
@@ -167,33 +167,43 @@ def parse_record(raw: bytes, ds: str, key: str, fields: tuple[str, ...]) -> dict
 
 
 def write_head(root: Root, ds: str, branch: str, seq: int, node: str, base: str | None,
-               prior: _Listing | None = None) -> bool:
+               prior: _Listing | None = None) -> Head | None:
     """Claim head ``seq`` (open node ``node`` on commit ``base``), then name it in the branch's folder;
-    False if another writer claimed it first (the branch moved). A claim is never deleted with the
-    branch standing, so a creator however late can never win a number twice.
+    the new head, or None if another writer claimed it first (the branch moved). A claim is never
+    deleted with the branch standing, so a creator however late can never win a number twice.
 
     ``prior``: the listing head ``seq - 1`` was read from, pruned in the round trip that names the new
-    head (without it the folder is listed first). A loser names the winner's head if it is not named
-    yet (its creator died between the claim and the name), so a branch never stays behind a claim."""
+    head (without it the folder is listed first); the new head carries what the folder then holds, as
+    far as this process knows. A loser that finds the branch still behind the claim names the winner's
+    head (``name_claim``: its creator died between the claim and the name)."""
     # head 0 is recorded in the folder itself, where listing finds it even if its creator died before
     # naming it (a half-made branch or dataset is then seen, and finished or cleared); being never moved
     # to, it needs no claim that outlives the pruning of its record
     claim = claim_key(ds, branch, seq) if seq else record_key(ds, branch, 0)
     if not root.create(claim, json.dumps({"node": node, "base": base}).encode()):
-        raw = root.get(claim)
-        if raw is not None:
-            rec = parse_record(raw, ds, claim, ("node", "base"))
-            name_head(root, ds, branch, seq, rec["node"], rec["base"])
-        return False
+        return None
     listing = prior if prior is not None else _list(root, ds, branch)
-    _prune(root, ds, branch, seq, node, listing, also_put=_pointer_key(ds, branch, seq, node, base))
+    left = _prune(root, ds, branch, seq, node, listing, also_put=_pointer_key(ds, branch, seq, node, base))
+    return Head(branch, seq, node, base, written=False, listing=_parse_listing(ds, branch, left))
+
+
+def name_claim(root: Root, ds: str, branch: str, seq: int) -> bool:
+    """Name the claimed head ``seq`` in the branch's folder (for a winner that died before naming it);
+    False if there is no such claim."""
+    key = claim_key(ds, branch, seq)
+    raw = root.get(key)
+    if raw is None:
+        return False
+    rec = parse_record(raw, ds, key, ("node", "base"))
+    name_head(root, ds, branch, seq, rec["node"], rec["base"])
     return True
 
 
-def _prune(root: Root, ds: str, branch: str, seq: int, node: str, listing: _Listing, also_put: str) -> None:
+def _prune(root: Root, ds: str, branch: str, seq: int, node: str, listing: _Listing, also_put: str) -> list[str]:
     """Create the name copy ``also_put`` of the new head and, in the same round trip, delete the names
     (and legacy records) older than the last ``KEEP`` heads, and written marks of nodes that no kept head
-    names (best effort: a failure leaves a longer listing, nothing worse)."""
+    names, listed or not (their names are fixed); best effort: a failure leaves a longer listing,
+    nothing worse. Returns the keys of ``listing`` left, with ``also_put``."""
     cut = seq - KEEP + 1
     kept_nodes = {node} | {n for s, named in listing.pointers.items() if s >= cut for n, _ in named}
     prefix = head_prefix(ds, branch)
@@ -205,6 +215,8 @@ def _prune(root: Root, ds: str, branch: str, seq: int, node: str, listing: _List
             gone.append(k)
         elif name.startswith("written-") and _marked_node(name) not in kept_nodes:
             gone.append(k)
+    dropped = {n for s, named in listing.pointers.items() if s < cut for n, _ in named} - kept_nodes
+    gone = sorted(set(gone) | {written_key(ds, branch, n, many) for n in dropped for many in (False, True)})
     import asyncio
 
     from hubdask.storage import sync
@@ -216,12 +228,13 @@ def _prune(root: Root, ds: str, branch: str, seq: int, node: str, listing: _List
             raise done[0]  # the name copy matters (readers find the head by it); deletes may fail
 
     sync(run())
+    return [k for k in listing.keys if k not in set(gone)] + [also_put]
 
 
 def start_branch(root: Root, ds: str, branch: str, node: str, base: str | None) -> bool:
     """Create ``branch``'s first head record (open node ``node`` on commit ``base``); False if the branch
     exists. A create whose response was lost but that landed counts as ours (the record names ``node``)."""
-    if write_head(root, ds, branch, 0, node, base):
+    if write_head(root, ds, branch, 0, node, base) is not None:
         return True
     head = read_head(root, ds, branch)
     if head is None or head.node != node:

@@ -73,6 +73,8 @@ class Repository:
         self.root, self.ds = root, ds
         self.graph = CommitGraph(root, ds)
         self._marker: dict | None = None
+        self._made: dict[str, refs.Head] = {}  # branch -> the last head this process moved it to
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Repository({self.root.url!r}, {self.ds!r})"
@@ -270,9 +272,25 @@ class Repository:
         return self.commit_head(branch, message, merge=merge, allow_empty=allow_empty, expect_base=expect_base)[0]
 
     def commit_head(self, branch: str, message: str = "", *, merge: MergeSpec | None = None,
-                    allow_empty: bool = True, expect_base: str | None = None) -> tuple[str, refs.Head]:
+                    allow_empty: bool = True, expect_base: str | None = None,
+                    node: str | None = None) -> tuple[str, refs.Head]:
         """``commit``, returning also a head of the branch that holds the commit (the one it created, when
-        it did), so that the caller can follow the branch without reading it again."""
+        it did), so that the caller can follow the branch without reading it again.
+
+        ``node``: the open node the caller believes current. If it is that of the head this process last
+        moved the branch to, the commit starts by sealing it, with no read of the branch: a seal that
+        this call creates proves the head current (a branch moves on only after its open node was
+        sealed, and a deleted branch's node is sealed as deleted); any other outcome reads the branch."""
+        with self._lock:
+            known = self._made.get(branch)
+        if (known is not None and known.node == node and merge is None and allow_empty
+                and expect_base is None):
+            try:
+                seal, ours = self._seal(known, message, None)
+            except NotFoundError:
+                ours = False
+            if ours:
+                return self._finish(branch, known, seal, None, ours=True)
         head = self._head(branch)
         if expect_base is not None and head.base != expect_base:
             raise ConflictError(f"dataset {self.ds!r}: branch {branch!r} moved during the operation; try again")
@@ -298,7 +316,7 @@ class Repository:
             return rec, True
         existing = self.seal(head.node) or {}
         if existing.get("deleted"):
-            raise NotFoundError(f"dataset {self.ds!r} was deleted")
+            raise NotFoundError(_deleted(self.ds, existing))
         if existing.get("commit") is None:  # a hubdask/2 seal: finish it under a fresh id
             existing = dict(rec, message=message or "commit")
         return existing, False
@@ -339,10 +357,14 @@ class Repository:
     def _move(self, branch: str, head: refs.Head, rec: Commit) -> tuple[str, refs.Head]:
         """Create head SEQ+1 on commit ``rec``; its id and a head holding it if the branch now holds it,
         else ConflictError."""
-        node = new_node_id()
-        if refs.write_head(self.root, self.ds, branch, head.seq + 1, node, rec.id, prior=head.listing):
-            return rec.id, refs.Head(branch, head.seq + 1, node, rec.id, written=False)
+        moved = refs.write_head(self.root, self.ds, branch, head.seq + 1, new_node_id(), rec.id, prior=head.listing)
+        if moved is not None:
+            with self._lock:
+                self._made[branch] = moved
+            return rec.id, moved
         now = self.read_head(branch)
+        if now is not None and now.seq <= head.seq and refs.name_claim(self.root, self.ds, branch, head.seq + 1):
+            now = self.read_head(branch)  # the winner died before naming its head (or is about to name it)
         if now is not None and self._holds(now.base, rec):
             return rec.id, now  # a concurrent committer of the same node (or a writer finishing it) won
         raise ConflictError(f"dataset {self.ds!r}: branch {branch!r} moved while committing; try again")
@@ -366,7 +388,7 @@ class Repository:
         if seal is None:
             return None
         if seal.get("deleted"):
-            raise NotFoundError(f"dataset {self.ds!r} was deleted while writing; the write was not kept")
+            raise NotFoundError(f"{_deleted(self.ds, seal)} while writing; the write was not kept")
         return self.wait_for_new_head(branch, node)
 
     def wait_for_new_head(self, branch: str, sealed_node: str) -> refs.Head:
@@ -413,12 +435,15 @@ class Repository:
             raise AlreadyExistsError(f"dataset {self.ds!r}: {name!r} is a commit id; choose another name")
 
     def delete_branch(self, name: str) -> None:
-        self._head(name)
+        head = self._head(name)
         if len(self.branches()) == 1:
             raise ConflictError(f"dataset {self.ds!r}: {name!r} is the only branch; delete the dataset instead")
         if name == self.default_branch():
             raise ConflictError(f"dataset {self.ds!r}: {name!r} is the default branch (what a name without "
                                 ":REF opens); it cannot be deleted while the dataset exists")
+        # sealed first, like a deleted dataset's nodes: a late writer then learns that its write is not
+        # kept, and a committer that last moved the branch there cannot take it for open (commit_head)
+        self.root.create(layout.seal_key(self.ds, head.node), json.dumps({"deleted": True, "branch": name}).encode())
         self.root.delete_prefix(layout.head_prefix(self.ds, name))
         self.root.delete_prefix(layout.head_log_prefix(self.ds, name))  # after the names: a name never outlives its claim
 
@@ -443,6 +468,12 @@ class Repository:
 
     def log(self, state: State) -> list[Commit]:
         return self.graph.chain(state.commit)
+
+
+def _deleted(ds: str, seal: dict) -> str:
+    """What a seal of a deleted dataset or branch says."""
+    branch = seal.get("branch")
+    return f"branch {branch!r} of dataset {ds!r} was deleted" if branch else f"dataset {ds!r} was deleted"
 
 
 _REPOS: dict[tuple[str, str], Repository] = {}
