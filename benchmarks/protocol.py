@@ -7,7 +7,9 @@
 
 - commit: a commit of N changed (1, 64, 64) uint8 chunks, hubdask vs icechunk (same server, same
   chunks), median of 3; the goal is <= 2x icechunk at 1,024 chunks and flat (within 2x) from 64 to 10,000.
-- heads: hd.load and a branch's head resolution after 1 ... 10,000 commits on moto (flat is the goal).
+- heads: hd.load and a branch's head resolution after 1 ... 10,000 commits on moto (flat is the goal); the
+  history is made by real commits on a local folder and uploaded to moto as it is (committing 10,000
+  times on moto itself takes longer than the benchmark is worth).
 - writes: partial-chunk updates per second from 1 and 2 processes into one chunk, with chunk locks
   (file locks on this machine) and without (only the versions' exclusive create fences them).
 """
@@ -105,27 +107,67 @@ def bench_commit(chunk_counts: list[int]) -> tuple[list[list[str]], list[dict]]:
 
 
 def bench_heads(commit_counts: list[int]) -> tuple[list[list[str]], list[dict]]:
+    """The history is made by real commits on a local root (fast), then each measured length is uploaded
+    as it is to its own moto prefix (every object: claims, records, nodes), where it is resolved."""
     from hubdask.storage import open_root
     from hubdask.versioning import refs
 
     rows, raw = [], []
-    with moto_s3() as s3:
-        root = f"s3://{s3['bucket']}/heads"
-        a = hd.array((4,), name="bench/heads", dtype="int64", storage=root)
-        done = 0
+    with tempfile.TemporaryDirectory() as tmp, moto_s3() as s3:
+        local = os.path.join(tmp, "heads")
+        a = hd.array((4,), name="bench/heads", dtype="int64", storage=local)
+        done = total = 0
         for target in sorted(commit_counts):
+            t = time.perf_counter()
             while done < target:
                 a[0] = done
                 a.commit(f"c{done}")
                 done += 1
+            built = time.perf_counter() - t
+            root = f"s3://{s3['bucket']}/heads{target}"
+            t = time.perf_counter()
+            objects = _upload(local, open_root(root))
+            uploaded = time.perf_counter() - t
             r = open_root(root)
+            assert hd.load("bench/heads", storage=root).read()[0] == target - 1
             load = min(_time(lambda: hd.load("bench/heads", storage=root)) for _ in range(7))
             head = min(_time(lambda: refs.read_head(r, "bench/heads", "main")) for _ in range(7))
             listed = len(r.list_prefix("bench/heads/@hub/refs/heads/main/"))
-            raw.append({"commits": target, "load_ms": load * 1e3, "head_ms": head * 1e3, "head_objects": listed})
-            rows.append([str(target), fmt(load * 1e3, ".2f"), fmt(head * 1e3, ".2f"), str(listed)])
-            print(rows[-1], flush=True)
+            # the control: a LIST of an empty prefix, whose cost on moto grows with the bucket (it scans every key)
+            empty = min(_time(lambda: r.list_prefix("bench/nothing/")) for _ in range(7))
+            raw.append({"commits": target, "load_ms": load * 1e3, "head_ms": head * 1e3, "head_objects": listed,
+                        "objects": objects, "bucket_objects": total + objects, "empty_list_ms": empty * 1e3,
+                        "build_s": built, "upload_s": uploaded})
+            total += objects
+            rows.append([str(target), fmt(load * 1e3, ".2f"), fmt(head * 1e3, ".2f"), str(listed), str(total),
+                         fmt(empty * 1e3, ".2f")])
+            print(rows[-1], f"(built in {built:.0f} s, uploaded in {uploaded:.0f} s)", flush=True)
     return rows, raw
+
+
+def _upload(local: str, root) -> int:
+    """Put every object of the local root ``local`` under ``root`` (temp files of writes in flight aside)."""
+    import asyncio
+
+    from hubdask.storage import sync
+    from hubdask.versioning import layout
+
+    files = [os.path.relpath(os.path.join(d, f), local) for d, _, names in os.walk(local) for f in names]
+    files = [f for f in files if not layout.is_temp(f)]
+
+    async def run() -> None:
+        gate = asyncio.Semaphore(64)
+
+        async def one(rel: str) -> None:
+            with open(os.path.join(local, rel), "rb") as fh:
+                data = fh.read()
+            async with gate:
+                await root.put_async(rel.replace(os.sep, "/"), data)
+
+        await asyncio.gather(*(one(f) for f in files))
+
+    sync(run())
+    return len(files)
 
 
 def _time(fn) -> float:
@@ -196,7 +238,8 @@ def main() -> None:
     if "heads" in args.part:
         rows, payload["heads"] = bench_heads(args.commits)
         md += ["## Branch resolution vs history length (moto, ms, min of 7)", "",
-               markdown_table(["commits", "hd.load", "read_head", "objects in the branch folder"], rows), ""]
+               markdown_table(["commits", "hd.load", "read_head", "objects in the branch folder", "objects in the bucket",
+                               "LIST of an empty prefix"], rows), ""]
     if "writes" in args.part:
         rows, payload["writes"] = bench_writes(args.updates)
         md += ["## Partial-chunk updates per second into one chunk", "",

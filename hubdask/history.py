@@ -86,8 +86,8 @@ class Versioned:
         """Snapshot the branch's writes as an immutable commit; returns its id."""
         branch = self._writable_branch("commit")
         with refusing_read_only(f"dataset {self._name!r}", self._source.root.url):
-            cid = self._repo.commit(branch, message)
-        self._follow(branch)
+            cid, head = self._repo.commit_head(branch, message, node=self._source.node)
+        self._source = self._source.at_head(head)  # the head the commit made: no need to read the branch again
         return cid
 
     def _current_commit(self, why: str) -> str:

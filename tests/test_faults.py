@@ -181,10 +181,11 @@ def test_write_fault_past_budget_leaves_no_bad_chunk(s3_root_faulty, fault_proxy
 
 
 STEPS = {  # the requests of each commit step (see versioning/repository.py), by the proxy's regex
-    "seal": r"^PUT /[^?]*/seals/",
-    "list heads and marks": r"^GET /[^?]*\?list-type=2&prefix=[^&]*refs",  # the node needs no LIST: one writer
+    "seal": r"^PUT /[^?]*/seals/",  # of the head this process made: no LIST of the branch first
+    "written marks": r"^GET /[^?]*/refs/heads/[^?]*/written-",  # the node needs no LIST: one writer
     "commit record": r"^PUT /[^?]*/commits/",
-    "head": r"^PUT /[^?]*/refs/heads/",
+    "head claim": r"^PUT /[^?]*/refs/log/",
+    "head name": r"^PUT /[^?]*/refs/heads/[^?]*\.",  # claimed, not named: the next commit names it
 }
 
 

@@ -252,7 +252,7 @@ def test_a_crash_between_link_and_unlink_leaves_no_false_record(tmp_path):
             real = os.link
             def link_then_die(src, dst, *args, **kw):
                 real(src, dst, *args, **kw)
-                if "/refs/" in str(dst):
+                if "/refs/" in str(dst) and "written-" not in str(dst):  # a head's claim, a tag
                     os._exit(9)
             files.os.link = link_then_die
             a = hd.load("p/crash", storage={root!r})
@@ -344,7 +344,7 @@ def test_resolving_a_branch_costs_one_short_listing_at_any_depth(s3_root, moto_s
         if i in (0, 60):
             r = open_root(s3_root)
             counts.append(len(r.list_prefix("root/p/deep/@hub/refs/heads/main/".removeprefix("root/"))))
-    assert counts[0] == counts[1] <= 6, counts
+    assert counts[1] <= counts[0] <= 6, counts  # head 0 is a record beside its name until pruned
     assert hd.load("p/deep", storage=s3_root).read()[0] == 60
     assert len(hd.load("p/deep", storage=s3_root).log()) == 62
 
@@ -503,3 +503,73 @@ def test_merge_base_is_a_best_common_ancestor_after_criss_cross_merges(tmp_path)
     a.merge("old")  # ...and then reaches "one" through a short path (merge -> old -> one)
     a.merge("new", strategy="theirs")
     np.testing.assert_array_equal(hd.load("p/base", storage=root).read(), [1, 5, 3, 9])
+
+
+def test_a_commit_that_seals_its_own_last_head_never_skips_another_process_s_move(any_root):
+    """A committer starts by sealing the open node of the head it last made, without reading the branch.
+    Another process committing in between (it sealed that node) or deleting the branch and making it
+    again (the deleted branch's node is sealed as deleted) must send it back to reading the branch: its
+    commit lands on top of the other's, never beside it, and the new branch never gets the old history."""
+    a = hd.array((4,), name="p/own", dtype="int32", storage=any_root)
+    a[0] = 1
+    first = a.commit("mine")  # this process now knows the head it made
+    other = run_python(f"""
+        import hubdask as hd
+        b = hd.load("p/own", storage={any_root!r})
+        b[1] = 2
+        print(b.commit("theirs"))
+    """)
+    assert other.returncode == 0, other.stderr
+    theirs = other.stdout.strip()
+    a[2] = 3  # through the stale view: the write lands in the current node (a's node is sealed)
+    mine = a.commit("mine again")
+    log = [c.id for c in hd.load("p/own", storage=any_root).log()]
+    assert log[:3] == [mine, theirs, first], log
+    np.testing.assert_array_equal(hd.load("p/own", storage=any_root).read(), [1, 2, 3, 0])
+
+    x = a.branch("x")
+    x[0] = 5
+    on_x = x.commit("on x")
+    again = run_python(f"""
+        import hubdask as hd
+        from hubdask.versioning.repository import repository
+        from hubdask.storage import open_root
+        repo = repository(open_root({any_root!r}), "p/own")
+        repo.delete_branch("x")
+        repo.create_branch("x", {first!r})
+    """)
+    assert again.returncode == 0, again.stderr
+    with pytest.raises(hd.NotFoundError, match="branch 'x' of dataset 'p/own' was deleted"):
+        x[1] = 6  # the write into the deleted branch's node is refused
+    stale = x.commit("through the stale view")  # commits the new branch's node, on the new branch's history
+    x2 = hd.load("p/own:x", storage=any_root)
+    assert [c.id for c in x2.log()][:2] == [stale, first]
+    x2[3] = 7
+    np.testing.assert_array_equal(x2.read(), [1, 0, 0, 7])
+
+
+def test_a_commit_by_the_only_writer_lists_nothing(any_root, monkeypatch):
+    """The commit cost: a process committing the head it made last, after writes of its own only, sends
+    no LIST (its seal proves the head current, two GETs prove it the only writer), so the commit's cost
+    does not grow with the chunks written nor, on servers that scan for a LIST, with the bucket."""
+    from hubdask.storage.root import Root
+
+    a = hd.array((64, 4), name="p/cost", dtype="int32", chunks=(1, 4), storage=any_root)
+    a[:] = 1
+    a.commit("first")  # from here on this process knows the head it made
+    calls: list[str] = []
+    for name in ("list_prefix_async", "list_sizes_async", "list_dir_async"):
+        real = getattr(Root, name)
+
+        async def counted(self, prefix, _real=real, _name=name):
+            calls.append(f"{_name} {prefix}")
+            return await _real(self, prefix)
+
+        monkeypatch.setattr(Root, name, counted)
+    a[:] = 2
+    calls.clear()
+    cid = a.commit("second")
+    assert calls == [], calls
+    monkeypatch.undo()
+    np.testing.assert_array_equal(hd.load(f"p/cost:{cid}", storage=any_root).read(), np.full((64, 4), 2))
+    assert [c.message for c in hd.load("p/cost", storage=any_root).log()][:2] == ["second", "first"]

@@ -65,7 +65,10 @@ def gc(repo: Repository, dry_run: bool = True, grace: float = 3600.0) -> GCRepor
     commits, whole = reachable(repo, heads)
     keep: set[str] = set()
     for cid in commits:
-        for key, held_by in repo.graph.get(cid).changes.items():
+        rec = repo.graph.get(cid)
+        if rec is None:  # a ref naming a commit that is gone (a branch revived while being deleted): keeps nothing
+            continue
+        for key, held_by in rec.changes.items():
             if held_by is not None:
                 keep.add(layout.object_key(repo.ds, key, held_by))
     cutoff = time.time() - grace

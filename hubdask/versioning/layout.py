@@ -53,6 +53,11 @@ def head_prefix(ds: str, branch: str) -> str:
     return f"{base(ds)}refs/heads/{branch}/"
 
 
+def head_log_prefix(ds: str, branch: str) -> str:
+    """The claims of ``branch``'s heads (never listed to resolve it)."""
+    return f"{base(ds)}refs/log/{branch}/"
+
+
 def heads_prefix(ds: str) -> str:
     return f"{base(ds)}refs/heads/"
 

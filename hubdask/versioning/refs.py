@@ -1,24 +1,28 @@
 """Branch heads and tags, moved atomically with nothing but exclusive create.
 
-A branch is a sequence of head records ``refs/heads/BRANCH/SEQ``; the head is the highest SEQ. Moving a
-branch means creating SEQ+1, which exactly one writer can do, on every backend that supports exclusive
-create (local link, memory, S3 If-None-Match). A head names the branch's open node (where uncommitted
-writes go) and its base commit. A tag is one record ``refs/tags/TAG``.
+A branch is a sequence of heads numbered SEQ; the head is the highest SEQ named in the branch's folder
+``refs/heads/BRANCH/``. Moving a branch means claiming SEQ+1: creating ``refs/log/BRANCH/SEQ`` (its
+record: the open node, where uncommitted writes go, and the base commit), which exactly one writer can
+do, on every backend that supports exclusive create (local link, memory, S3 If-None-Match); the winner
+then names it in the folder. Claims are kept (a few bytes per commit, never listed to resolve a branch),
+so a creator however late can never win a number twice. A tag is one record ``refs/tags/TAG``.
 
-The winner of SEQ+1 deletes the records older than SEQ (with their name copies and marks), so a branch's
-folder holds a handful of objects however long its history: resolving a branch is one short LIST at
-10,000 commits as at 1. A creator that was so late that SEQ had already been pruned and re-created by
-it sees a newer record in the same LIST and gives its record up (``write_head`` answers False).
-
-Two kinds of empty objects beside the records let one LIST of the branch's folder answer a read, with
-no GET (on S3 each request is a round trip that no cache may save, since refs move):
-- ``SEQ.NODE.BASE``, created by the winner right after record SEQ: the record's content in its name;
-- ``written-NODE.WRITER``, created by every writer process (WRITER: a random id per process) with its
-  first write into open node NODE (the write returns only once it has landed): without any, the node
-  holds no returned write, and readers take every chunk from the base commit (and its disk cache); with
-  only the committing process's own, a commit knows the node's content without listing it.
-A crash before either object leaves the safe answer (GET the record; look in the node). Temp files of
-an interrupted create (``*.partial``) are never read as records.
+Empty objects in the branch's folder let one LIST answer a read, with no GET (on S3 each request is a
+round trip that no cache may save, since refs move):
+- ``SEQ.NODE.BASE``, the name of head SEQ, put by its winner right after the claim, which in the same
+  round trip deletes the names older than SEQ-1 (and their marks): a branch's folder holds a handful of
+  objects however long its history, so resolving it is one short LIST at 10,000 commits as at 1. A
+  winner that died before naming its head leaves the branch at SEQ-1 (its node sealed): the next
+  committer or writer loses the claim of SEQ, sees the branch still at SEQ-1 and names SEQ;
+- ``written-NODE``, created (exclusively, holding its WRITER id: random per process) by the first writer
+  process of open node NODE with its first write there, and ``written-NODE.many``, put by every other
+  writer process with its first write (the write returns only once its mark has landed): without
+  either, the node holds no returned write, and readers take every chunk from the base commit (and its
+  disk cache); with only the committing process's own, a commit knows the node's content without
+  listing it, from two GETs of fixed names (a LIST costs more, and on some servers grows with the bucket).
+A crash before a mark leaves the safe answer (look in the node). Datasets made before claims have head
+records ``SEQ`` in the folder itself; they are read (GET) where no name says more. Temp files of an
+interrupted create (``*.partial``) are never read as records.
 """
 
 from __future__ import annotations
@@ -45,27 +49,56 @@ class Head:
     node: str
     base: str | None
     written: bool = True  # the open node may hold writes (False: the listing proved it empty)
+    listing: "_Listing | None" = dataclasses.field(default=None, compare=False, repr=False)  # what it was read from
 
 
-def written_key(ds: str, branch: str, node: str, writer: str) -> str:
-    """The mark writer process ``writer`` creates with its first write into ``node``, the open node of
-    ``branch``."""
-    return f"{head_prefix(ds, branch)}written-{node}.{writer}"
+def written_key(ds: str, branch: str, node: str, many: bool = False) -> str:
+    """The written mark of ``node``, the open node of ``branch``: the first writer's (``many=False``,
+    holding its id) or the one every later writer puts (``many=True``)."""
+    return f"{head_prefix(ds, branch)}written-{node}{'.many' if many else ''}"
 
 
 def _marked_node(name: str) -> str | None:
     return name[len("written-"):].split(".")[0] if name.startswith("written-") else None
 
 
-def writers(root: Root, ds: str, branch: str, node: str) -> set[str]:
-    """The writer processes whose marks for ``node`` are in ``branch``'s folder (one LIST); a mark of an
-    upgraded dataset, which names no writer, counts as an unknown one ("?")."""
-    names = [k.rsplit("/", 1)[1] for k in _list(root, ds, branch).keys]
-    return {(n.split(".", 1)[1] if "." in n else "?") for n in names if _marked_node(n) == node}
+async def mark_written(root: Root, ds: str, branch: str, node: str, writer: str) -> None:
+    """Mark ``node`` as written by process ``writer``: create the first writer's mark, or, if it exists
+    (another writer's, or our own whose reply was lost: taken as another's, which only costs a commit a
+    LIST), put the mark of many writers."""
+    from hubdask.storage import retry
+
+    key = written_key(ds, branch, node)
+    create = lambda: root.create_async(key, writer.encode())  # noqa: E731
+    first = await (create() if root.is_local or root.scheme == "memory"
+                   else retry.call(create, f"dataset {ds!r}: create {key!r}"))
+    if not first:
+        await root.put_async(written_key(ds, branch, node, many=True), b"")
+
+
+def only_writer(root: Root, ds: str, branch: str, node: str, writer: str) -> bool:
+    """Whether no process but ``writer`` has marked ``node`` (two concurrent GETs of fixed names). A
+    mark of an upgraded dataset names no writer and counts as another's."""
+    import asyncio
+
+    from hubdask.storage import sync
+
+    async def run() -> tuple[bytes | None, bytes | None]:
+        return tuple(await asyncio.gather(root.get_async(written_key(ds, branch, node)),
+                                          root.get_async(written_key(ds, branch, node, many=True))))
+
+    first, many = sync(run())
+    return many is None and first in (None, writer.encode())
 
 
 def record_key(ds: str, branch: str, seq: int) -> str:
+    """Where head ``seq`` was recorded before claims (still read: datasets made before them)."""
     return f"{head_prefix(ds, branch)}{seq:0{SEQ_DIGITS}d}"
+
+
+def claim_key(ds: str, branch: str, seq: int) -> str:
+    """The claim of head ``seq``: created exclusively by the one writer that moves the branch there."""
+    return f"{layout.head_log_prefix(ds, branch)}{seq:0{SEQ_DIGITS}d}"
 
 
 def _pointer_key(ds: str, branch: str, seq: int, node: str, base: str | None) -> str:
@@ -83,15 +116,19 @@ class _Listing:
 
 
 def _list(root: Root, ds: str, branch: str) -> _Listing:
+    return _parse_listing(ds, branch, root.list_prefix(head_prefix(ds, branch)))
+
+
+def _parse_listing(ds: str, branch: str, listed: list[str]) -> _Listing:
     prefix = head_prefix(ds, branch)
-    keys = [k for k in root.list_prefix(prefix) if not layout.is_temp(k) and "/" not in k[len(prefix):]]
+    keys = [k for k in listed if not layout.is_temp(k) and "/" not in k[len(prefix):]]
     names = [k[len(prefix):] for k in keys]
     pointers: dict[int, list[tuple[str, str | None]]] = {}
     for n in names:
         parts = n.split(".")
         if len(parts) == 3 and parts[0].isdigit():
             pointers.setdefault(int(parts[0]), []).append((parts[1], None if parts[2] == "-" else parts[2]))
-    return _Listing(sorted(int(n) for n in names if n.isdigit()), pointers,
+    return _Listing(sorted({int(n) for n in names if n.isdigit()} | set(pointers)), pointers,
                     {_marked_node(n) for n in names if n.startswith("written-")}, keys)
 
 
@@ -103,18 +140,18 @@ def read_head(root: Root, ds: str, branch: str) -> Head | None:
         named = listing.pointers.get(seq, [])
         head = Head(branch, seq, *named[0]) if len(named) == 1 else read_head_at(root, ds, branch, seq)
         if head is not None:
-            return dataclasses.replace(head, written=head.node in listing.marked)
+            return dataclasses.replace(head, written=head.node in listing.marked, listing=listing)
     return None
 
 
 def read_head_at(root: Root, ds: str, branch: str, seq: int) -> Head | None:
     """Head record number ``seq`` of ``branch`` (None if it does not exist)."""
-    key = record_key(ds, branch, seq)
-    raw = root.get(key)
-    if raw is None:
-        return None
-    rec = parse_record(raw, ds, key, ("node", "base"))
-    return Head(branch, seq, rec["node"], rec["base"])
+    for key in (claim_key(ds, branch, seq), record_key(ds, branch, seq)):  # a claim, or a legacy record
+        raw = root.get(key)
+        if raw is not None:
+            rec = parse_record(raw, ds, key, ("node", "base"))
+            return Head(branch, seq, rec["node"], rec["base"])
+    return None
 
 
 def parse_record(raw: bytes, ds: str, key: str, fields: tuple[str, ...]) -> dict:
@@ -129,25 +166,44 @@ def parse_record(raw: bytes, ds: str, key: str, fields: tuple[str, ...]) -> dict
                               f"with {', '.join(fields)}") from None
 
 
-def write_head(root: Root, ds: str, branch: str, seq: int, node: str, base: str | None) -> bool:
-    """Create head record ``seq``; False if another writer created it first (the branch moved), or if
-    the branch had moved past ``seq`` already (a very late creator: its record is taken back)."""
-    key = record_key(ds, branch, seq)
-    data = json.dumps({"node": node, "base": base}).encode()
-    if not root.create(key, data):
+def write_head(root: Root, ds: str, branch: str, seq: int, node: str, base: str | None,
+               prior: _Listing | None = None) -> Head | None:
+    """Claim head ``seq`` (open node ``node`` on commit ``base``), then name it in the branch's folder;
+    the new head, or None if another writer claimed it first (the branch moved). A claim is never
+    deleted with the branch standing, so a creator however late can never win a number twice.
+
+    ``prior``: the listing head ``seq - 1`` was read from, pruned in the round trip that names the new
+    head (without it the folder is listed first); the new head carries what the folder then holds, as
+    far as this process knows. A loser that finds the branch still behind the claim names the winner's
+    head (``name_claim``: its creator died between the claim and the name)."""
+    # head 0 is recorded in the folder itself, where listing finds it even if its creator died before
+    # naming it (a half-made branch or dataset is then seen, and finished or cleared); being never moved
+    # to, it needs no claim that outlives the pruning of its record
+    claim = claim_key(ds, branch, seq) if seq else record_key(ds, branch, 0)
+    if not root.create(claim, json.dumps({"node": node, "base": base}).encode()):
+        return None
+    listing = prior if prior is not None else _list(root, ds, branch)
+    left = _prune(root, ds, branch, seq, node, listing, also_put=_pointer_key(ds, branch, seq, node, base))
+    return Head(branch, seq, node, base, written=False, listing=_parse_listing(ds, branch, left))
+
+
+def name_claim(root: Root, ds: str, branch: str, seq: int) -> bool:
+    """Name the claimed head ``seq`` in the branch's folder (for a winner that died before naming it);
+    False if there is no such claim."""
+    key = claim_key(ds, branch, seq)
+    raw = root.get(key)
+    if raw is None:
         return False
-    listing = _list(root, ds, branch)
-    if listing.seqs and listing.seqs[-1] > seq:
-        root.delete(key)
-        return False
-    _prune(root, ds, branch, seq, node, listing, also_put=_pointer_key(ds, branch, seq, node, base))
+    rec = parse_record(raw, ds, key, ("node", "base"))
+    name_head(root, ds, branch, seq, rec["node"], rec["base"])
     return True
 
 
-def _prune(root: Root, ds: str, branch: str, seq: int, node: str, listing: _Listing, also_put: str) -> None:
-    """Create the name copy ``also_put`` of the new record and, in the same round trip, delete the records
-    older than the last ``KEEP`` with their name copies, and written marks of nodes that no kept record
-    names (best effort: a failure leaves a longer listing, nothing worse)."""
+def _prune(root: Root, ds: str, branch: str, seq: int, node: str, listing: _Listing, also_put: str) -> list[str]:
+    """Create the name copy ``also_put`` of the new head and, in the same round trip, delete the names
+    (and legacy records) older than the last ``KEEP`` heads, and written marks of nodes that no kept head
+    names, listed or not (their names are fixed); best effort: a failure leaves a longer listing,
+    nothing worse. Returns the keys of ``listing`` left, with ``also_put``."""
     cut = seq - KEEP + 1
     kept_nodes = {node} | {n for s, named in listing.pointers.items() if s >= cut for n, _ in named}
     prefix = head_prefix(ds, branch)
@@ -159,6 +215,8 @@ def _prune(root: Root, ds: str, branch: str, seq: int, node: str, listing: _List
             gone.append(k)
         elif name.startswith("written-") and _marked_node(name) not in kept_nodes:
             gone.append(k)
+    dropped = {n for s, named in listing.pointers.items() if s < cut for n, _ in named} - kept_nodes
+    gone = sorted(set(gone) | {written_key(ds, branch, n, many) for n in dropped for many in (False, True)})
     import asyncio
 
     from hubdask.storage import sync
@@ -167,15 +225,16 @@ def _prune(root: Root, ds: str, branch: str, seq: int, node: str, listing: _List
         done = await asyncio.gather(root.put_async(also_put, b""), *(root.delete_async(k) for k in gone),
                                     return_exceptions=True)
         if isinstance(done[0], BaseException):
-            raise done[0]  # the name copy matters (a missing one costs readers a GET); deletes may fail
+            raise done[0]  # the name copy matters (readers find the head by it); deletes may fail
 
     sync(run())
+    return [k for k in listing.keys if k not in set(gone)] + [also_put]
 
 
 def start_branch(root: Root, ds: str, branch: str, node: str, base: str | None) -> bool:
     """Create ``branch``'s first head record (open node ``node`` on commit ``base``); False if the branch
     exists. A create whose response was lost but that landed counts as ours (the record names ``node``)."""
-    if write_head(root, ds, branch, 0, node, base):
+    if write_head(root, ds, branch, 0, node, base) is not None:
         return True
     head = read_head(root, ds, branch)
     if head is None or head.node != node:
@@ -190,10 +249,10 @@ def name_head(root: Root, ds: str, branch: str, seq: int, node: str, base: str |
 
 
 def list_branches(root: Root, ds: str) -> list[str]:
-    """Branches with at least one head record (one LIST; empty folders of deleted branches don't count)."""
+    """Branches with at least one named head (one LIST; empty folders of deleted branches don't count)."""
     prefix = layout.heads_prefix(ds)
     found = (k[len(prefix):].split("/") for k in root.list_prefix(prefix) if not layout.is_temp(k))
-    return sorted({parts[0] for parts in found if len(parts) == 2 and parts[1].isdigit()})
+    return sorted({parts[0] for parts in found if len(parts) == 2 and parts[1].split(".")[0].isdigit()})
 
 
 def list_tags(root: Root, ds: str) -> dict[str, str]:

@@ -10,8 +10,8 @@ writer finishes what a crashed one began):
    and a late write is a newer version that C does not name);
 4. create the record ``commits/C`` (parents [B], or [B, THEIRS] for a merge, whose merged chunks are
    written into node C first);
-5. create head SEQ+1 = (new open node, base C): exactly one creator wins, and everyone whose C the
-   branch now holds returns it.
+5. claim head SEQ+1 = (new open node, base C) and name it in the branch's folder (refs.write_head):
+   exactly one creator wins, and everyone whose C the branch now holds returns it.
 """
 
 from __future__ import annotations
@@ -73,6 +73,8 @@ class Repository:
         self.root, self.ds = root, ds
         self.graph = CommitGraph(root, ds)
         self._marker: dict | None = None
+        self._made: dict[str, refs.Head] = {}  # branch -> the last head this process moved it to
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Repository({self.root.url!r}, {self.ds!r})"
@@ -208,9 +210,9 @@ class Repository:
 
     def _sealed_changes(self, branch: str, node: str) -> dict[str, str | None]:
         """The changes of sealed open ``node``: from this process's own record of the versions it made
-        when the written marks (listed after the seal) show no other writer, else from a LIST of the node.
+        when the written marks (read after the seal) show no other writer, else from a LIST of the node.
         A writer whose mark is not there yet has not returned: it finds the seal and writes again."""
-        if refs.writers(self.root, self.ds, branch, node) <= {store_module.WRITER}:
+        if refs.only_writer(self.root, self.ds, branch, node, store_module.WRITER):
             return {k: None if deleted else layout.holder(node, seq)
                     for k, (seq, deleted) in store_module.created_here(self.root, self.ds, node).items()}
         return self._node_changes(node)
@@ -267,11 +269,33 @@ class Repository:
         since the last one (the base's id is returned); ``expect_base`` refuses to commit if the branch
         moved since the caller looked at it.
         """
+        return self.commit_head(branch, message, merge=merge, allow_empty=allow_empty, expect_base=expect_base)[0]
+
+    def commit_head(self, branch: str, message: str = "", *, merge: MergeSpec | None = None,
+                    allow_empty: bool = True, expect_base: str | None = None,
+                    node: str | None = None) -> tuple[str, refs.Head]:
+        """``commit``, returning also a head of the branch that holds the commit (the one it created, when
+        it did), so that the caller can follow the branch without reading it again.
+
+        ``node``: the open node the caller believes current. If it is that of the head this process last
+        moved the branch to, the commit starts by sealing it, with no read of the branch: a seal that
+        this call creates proves the head current (a branch moves on only after its open node was
+        sealed, and a deleted branch's node is sealed as deleted); any other outcome reads the branch."""
+        with self._lock:
+            known = self._made.get(branch)
+        if (known is not None and known.node == node and merge is None and allow_empty
+                and expect_base is None):
+            try:
+                seal, ours = self._seal(known, message, None)
+            except NotFoundError:
+                ours = False
+            if ours:
+                return self._finish(branch, known, seal, None, ours=True)
         head = self._head(branch)
         if expect_base is not None and head.base != expect_base:
             raise ConflictError(f"dataset {self.ds!r}: branch {branch!r} moved during the operation; try again")
         if not allow_empty and merge is None and head.base is not None and not self._node_changes(head.node):
-            return head.base
+            return head.base, head
         seal, ours = self._seal(head, message, merge)
         if merge is not None and not ours:
             raise ConflictError(f"dataset {self.ds!r}: a commit of branch {branch!r} was already in progress; "
@@ -279,9 +303,8 @@ class Repository:
         if not ours and seal.get("merge"):
             # a merge is committing this node: its commit holds everything written here; wait for it
             # (wait_for_new_head finishes it as a plain commit only if the merger stalls)
-            self.wait_for_new_head(branch, head.node)
-            return seal["commit"]
-        return self._finish(branch, head, seal, merge)
+            return seal["commit"], self.wait_for_new_head(branch, head.node)
+        return self._finish(branch, head, seal, merge, ours=ours)
 
     def _seal(self, head: refs.Head, message: str, merge: MergeSpec | None) -> tuple[dict, bool]:
         """Create the seal of ``head.node`` naming the commit to be; (the seal, whether ours). A seal that
@@ -293,15 +316,17 @@ class Repository:
             return rec, True
         existing = self.seal(head.node) or {}
         if existing.get("deleted"):
-            raise NotFoundError(f"dataset {self.ds!r} was deleted")
+            raise NotFoundError(_deleted(self.ds, existing))
         if existing.get("commit") is None:  # a hubdask/2 seal: finish it under a fresh id
             existing = dict(rec, message=message or "commit")
         return existing, False
 
-    def _finish(self, branch: str, head: refs.Head, seal: dict, merge: MergeSpec | None = None) -> str:
-        """Steps 3-5 of the protocol for the sealed head ``head``: idempotent, any process may run it."""
+    def _finish(self, branch: str, head: refs.Head, seal: dict, merge: MergeSpec | None = None,
+                ours: bool = False) -> tuple[str, refs.Head]:
+        """Steps 3-5 of the protocol for the sealed head ``head``: idempotent, any process may run it.
+        ``ours``: this call created the seal (its fresh commit id can have no record yet)."""
         cid = seal["commit"]
-        rec = self.graph.get(cid)
+        rec = None if ours else self.graph.get(cid)
         if rec is None:
             changes = self._sealed_changes(branch, head.node)
             parents: tuple[str, ...] = tuple(p for p in (head.base,) if p is not None)
@@ -329,13 +354,19 @@ class Repository:
                                 "committed without it; merge again")
         return self._move(branch, head, rec)
 
-    def _move(self, branch: str, head: refs.Head, rec: Commit) -> str:
-        """Create head SEQ+1 on commit ``rec``; its id if the branch now holds it, else ConflictError."""
-        if refs.write_head(self.root, self.ds, branch, head.seq + 1, new_node_id(), rec.id):
-            return rec.id
+    def _move(self, branch: str, head: refs.Head, rec: Commit) -> tuple[str, refs.Head]:
+        """Create head SEQ+1 on commit ``rec``; its id and a head holding it if the branch now holds it,
+        else ConflictError."""
+        moved = refs.write_head(self.root, self.ds, branch, head.seq + 1, new_node_id(), rec.id, prior=head.listing)
+        if moved is not None:
+            with self._lock:
+                self._made[branch] = moved
+            return rec.id, moved
         now = self.read_head(branch)
+        if now is not None and now.seq <= head.seq and refs.name_claim(self.root, self.ds, branch, head.seq + 1):
+            now = self.read_head(branch)  # the winner died before naming its head (or is about to name it)
         if now is not None and self._holds(now.base, rec):
-            return rec.id  # a concurrent committer of the same node (or a writer finishing it) won
+            return rec.id, now  # a concurrent committer of the same node (or a writer finishing it) won
         raise ConflictError(f"dataset {self.ds!r}: branch {branch!r} moved while committing; try again")
 
     def _holds(self, tip: str | None, rec: Commit) -> bool:
@@ -357,7 +388,7 @@ class Repository:
         if seal is None:
             return None
         if seal.get("deleted"):
-            raise NotFoundError(f"dataset {self.ds!r} was deleted while writing; the write was not kept")
+            raise NotFoundError(f"{_deleted(self.ds, seal)} while writing; the write was not kept")
         return self.wait_for_new_head(branch, node)
 
     def wait_for_new_head(self, branch: str, sealed_node: str) -> refs.Head:
@@ -404,13 +435,17 @@ class Repository:
             raise AlreadyExistsError(f"dataset {self.ds!r}: {name!r} is a commit id; choose another name")
 
     def delete_branch(self, name: str) -> None:
-        self._head(name)
+        head = self._head(name)
         if len(self.branches()) == 1:
             raise ConflictError(f"dataset {self.ds!r}: {name!r} is the only branch; delete the dataset instead")
         if name == self.default_branch():
             raise ConflictError(f"dataset {self.ds!r}: {name!r} is the default branch (what a name without "
                                 ":REF opens); it cannot be deleted while the dataset exists")
+        # sealed first, like a deleted dataset's nodes: a late writer then learns that its write is not
+        # kept, and a committer that last moved the branch there cannot take it for open (commit_head)
+        self.root.create(layout.seal_key(self.ds, head.node), json.dumps({"deleted": True, "branch": name}).encode())
         self.root.delete_prefix(layout.head_prefix(self.ds, name))
+        self.root.delete_prefix(layout.head_log_prefix(self.ds, name))  # after the names: a name never outlives its claim
 
     def delete_tag(self, name: str) -> None:
         if refs.read_tag(self.root, self.ds, name) is None:
@@ -433,6 +468,12 @@ class Repository:
 
     def log(self, state: State) -> list[Commit]:
         return self.graph.chain(state.commit)
+
+
+def _deleted(ds: str, seal: dict) -> str:
+    """What a seal of a deleted dataset or branch says."""
+    branch = seal.get("branch")
+    return f"branch {branch!r} of dataset {ds!r} was deleted" if branch else f"dataset {ds!r} was deleted"
 
 
 _REPOS: dict[tuple[str, str], Repository] = {}

@@ -221,8 +221,7 @@ class VersionedStore(Store):
         _WRITING.add(self._mark)
         if self.branch is None or self._mark in _MARKED:
             return
-        key = refs.written_key(self.ds, self.branch, self.node, WRITER)
-        await self.root.put_async(key, b"")
+        await refs.mark_written(self.root, self.ds, self.branch, self.node, WRITER)
         _MARKED.add(self._mark)
 
     async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:
