@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from hubdask import config, grid
+from hubdask import config, grid, shards
 from hubdask.errors import CorruptChunkError, StorageError
 from hubdask.source import Source
 from hubdask.storage import Root, sync
@@ -51,12 +51,24 @@ class LeanCodec:
         self.compressor, self.crc = compressor, crc
 
     @classmethod
-    def from_metadata(cls, meta: Any) -> "LeanCodec | None":
+    def from_metadata(cls, meta: Any) -> "LeanCodec | shards.ShardCodec | None":
+        """The codec of one storage object (a whole shard when sharded), or None: zarr's pipeline."""
+        dtype = np.dtype(meta.dtype.to_native_dtype())
+        if shards.sharding_codec(meta) is not None:
+            found = shards.lean_parts(meta)
+            inner = cls.from_codecs(found[0], dtype) if found else None
+            if inner is None:
+                return None
+            index_crc = len(shards.sharding_codec(meta).index_codecs) == 2
+            return shards.ShardCodec(inner, found[1], shards.object_grid(meta), meta.fill_value, dtype, index_crc)
+        return cls.from_codecs(meta.codecs, dtype)
+
+    @classmethod
+    def from_codecs(cls, codecs: Any, dtype: np.dtype) -> "LeanCodec | None":
         from numcodecs import GZip, Zstd
         from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, GzipCodec, ZstdCodec
 
-        codecs = list(meta.codecs)
-        dtype = np.dtype(meta.dtype.to_native_dtype())
+        codecs = list(codecs)
         if not codecs or not isinstance(codecs[0], BytesCodec):
             return None
         endian = getattr(codecs[0].endian, "value", codecs[0].endian)
@@ -139,7 +151,7 @@ def layout(source: Source) -> Layout | None:
     if codec is not None and getattr(meta.chunk_grid, "chunk_shape", None) is not None:
         enc = meta.chunk_key_encoding
         default = type(enc).__name__ == "DefaultChunkKeyEncoding" and enc.separator == "/"
-        lay = Layout(tuple(meta.shape), tuple(meta.chunk_grid.chunk_shape), np.dtype(meta.dtype.to_native_dtype()),
+        lay = Layout(tuple(meta.shape), shards.object_grid(meta), np.dtype(meta.dtype.to_native_dtype()),
                      meta.fill_value, codec, source.path,
                      grid.chunk_key if default else enc.encode_chunk_key)
     with _LAYOUTS_LOCK:

@@ -1,0 +1,175 @@
+"""zarr v3 sharding (``sharding_indexed``): the shard is the storage object, the inner chunk the read unit.
+
+hubdask reasons about storage objects everywhere (keys, locks, fenced versions, copy-on-write, commits,
+gc, the dask graph): for a sharded array that object is the shard, which zarr's metadata already gives as
+its chunk grid (``object_grid``). This module adds what is specific to shards: the shapes, the creation
+check, ``shards="auto"``, and ``ShardCodec``, which encodes and decodes a whole shard for the lean engine
+(chunkio): the inner chunks, each through the inner codec chain, then the index at the end, one
+``(offset, nbytes)`` uint64 pair per inner chunk in C order (``2**64 - 1`` twice: empty) and its crc32c.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+EMPTY = 2**64 - 1
+
+
+def object_grid(meta: Any) -> tuple[int, ...]:
+    """The shape of one storage object of the array: the shard when sharded, else the chunk."""
+    return tuple(meta.chunk_grid.chunk_shape)
+
+
+def sharding_codec(meta: Any) -> Any | None:
+    """The array's ShardingCodec, or None when it is not sharded."""
+    from zarr.codecs import ShardingCodec
+
+    codecs = list(meta.codecs)
+    return codecs[0] if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec) else None
+
+
+def read_chunks(meta: Any) -> tuple[int, ...]:
+    """The read unit: the inner chunk of a sharded array, else the chunk."""
+    codec = sharding_codec(meta)
+    return tuple(codec.chunk_shape) if codec is not None else object_grid(meta)
+
+
+def shard_shape(meta: Any) -> tuple[int, ...] | None:
+    """The shard shape, or None when the array is not sharded."""
+    return object_grid(meta) if sharding_codec(meta) is not None else None
+
+
+def target_bytes() -> int:
+    """``shards="auto"``: shards of about ``HUBDASK_SHARD_MB`` (default 128 MiB) of uncompressed data."""
+    return int(float(os.environ.get("HUBDASK_SHARD_MB", "128")) * 2**20)
+
+
+def auto_shards(shape: tuple[int, ...], chunks: tuple[int, ...], itemsize: int,
+                target: int | None = None) -> tuple[int, ...]:
+    """A shard of whole chunks of at most ``target`` bytes (at least one chunk): trailing axes are
+    grown to their full (chunk-rounded) extent first, then the leading ones, as far as the target allows."""
+    target = target or target_bytes()
+    counts = [max(1, math.ceil(s / c)) for s, c in zip(shape, chunks)]  # chunks along each axis
+    per = [1] * len(shape)
+    size = math.prod(chunks) * itemsize
+    for axis in reversed(range(len(shape))):
+        grow = max(1, min(counts[axis], target // max(size, 1)))
+        per[axis] = grow
+        size *= grow
+        if grow < counts[axis]:
+            break
+    return tuple(p * c for p, c in zip(per, chunks))
+
+
+def check_shards(what: str, shards: Any, shape: tuple[int, ...], chunks: tuple[int, ...],
+                 itemsize: int) -> tuple[int, ...] | None:
+    """``shards`` (None: unsharded; ``"auto"``: ``auto_shards``) as positive ints, one per axis, each a
+    multiple of the chunk length, else ValueError naming ``what`` and what was expected."""
+    if shards is None:
+        return None
+    if isinstance(shards, str):
+        if shards != "auto":
+            raise ValueError(f"{what}: shards {shards!r} must be 'auto', None or a tuple of integers")
+        return auto_shards(shape, chunks, itemsize)
+    shards = tuple(shards) if isinstance(shards, (tuple, list)) else (shards,)
+    if len(shards) != len(shape):
+        raise ValueError(f"{what}: shards {shards} has {len(shards)} axes but shape {shape} has {len(shape)}")
+    if any(isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer)) or s <= 0 for s in shards):
+        raise ValueError(f"{what}: shards {shards} must be positive integers")
+    if any(s % c for s, c in zip(shards, chunks)):
+        raise ValueError(f"{what}: shards {shards} must be a multiple of chunks {chunks} on every axis "
+                         "(a shard holds whole inner chunks)")
+    return tuple(int(s) for s in shards)
+
+
+def lean_parts(meta: Any) -> tuple[tuple, tuple] | None:
+    """(the inner codecs, the inner chunk shape) when the shard layout is one ShardCodec decodes (index at
+    the end, bytes + optional crc32c index codecs), else None (zarr's general pipeline reads it)."""
+    from zarr.codecs import BytesCodec, Crc32cCodec
+
+    codec = sharding_codec(meta)
+    if codec is None or getattr(codec.index_location, "value", codec.index_location) != "end":
+        return None
+    idx = list(codec.index_codecs)
+    if not idx or not isinstance(idx[0], BytesCodec) or not all(isinstance(c, Crc32cCodec) for c in idx[1:]) \
+            or len(idx) > 2:
+        return None
+    return tuple(codec.codecs), tuple(codec.chunk_shape)
+
+
+class ShardCodec:
+    """One whole shard <-> its bytes, the inner chunks through ``inner`` (a chunkio.LeanCodec)."""
+
+    def __init__(self, inner: Any, inner_chunks: tuple[int, ...], shard: tuple[int, ...], fill: Any,
+                 dtype: np.dtype, index_crc: bool) -> None:
+        self.inner, self.inner_chunks, self.shard, self.fill, self.dtype = inner, inner_chunks, shard, fill, dtype
+        self.per = tuple(s // c for s, c in zip(shard, inner_chunks))
+        self.index_crc = index_crc
+        self.crc = inner.crc and index_crc  # damage anywhere is found by decoding
+
+    @property
+    def index_nbytes(self) -> int:
+        return 16 * math.prod(self.per) + (4 if self.index_crc else 0)
+
+    def regions(self) -> list[tuple[slice, ...]]:
+        """Each inner chunk's slices in the shard, in the index's (C) order."""
+        return [tuple(slice(j * c, (j + 1) * c) for j, c in zip(coords, self.inner_chunks))
+                for coords in itertools.product(*(range(p) for p in self.per))]
+
+    def index(self, raw: Any) -> np.ndarray:
+        """The shard's index, shape ``(n inner chunks, 2)`` uint64; ValueError when damaged."""
+        import crc32c
+
+        body = memoryview(raw)
+        n = self.index_nbytes
+        if len(body) < n:
+            raise ValueError(f"shard of {len(body)} bytes is shorter than its index ({n} bytes)")
+        tail = body[len(body) - n:]
+        if self.index_crc:
+            tail, stored = tail[:-4], int.from_bytes(tail[-4:], "little")
+            if crc32c.crc32c(tail) != stored:
+                raise ValueError("crc32c checksum mismatch in the shard index")
+        idx = np.frombuffer(tail, "<u8").reshape(-1, 2)
+        live = idx[:, 0] != EMPTY
+        if np.any(idx[live, 0] + idx[live, 1] > len(body) - n):
+            raise ValueError("shard index points past the shard's data")
+        return idx
+
+    def decode(self, raw: Any, out: np.ndarray) -> None:
+        """Decode the shard ``raw`` into ``out`` (the whole shard); ValueError when damaged."""
+        idx = self.index(raw)
+        body = memoryview(raw)
+        buf = np.empty(self.inner_chunks, self.dtype)
+        for (off, nb), region in zip(idx, self.regions()):
+            if off == EMPTY:
+                out[region] = self.fill
+                continue
+            self.inner.decode(body[int(off):int(off) + int(nb)], buf)
+            out[region] = buf
+
+    def encode(self, shard: np.ndarray) -> bytes:
+        """The shard's bytes: its non-empty inner chunks (fill-only ones are left out, as zarr does), then
+        the index."""
+        import crc32c
+
+        pieces, offset = [], 0
+        idx = np.full((math.prod(self.per), 2), EMPTY, "<u8")
+        fill = np.array(self.fill, self.dtype)
+        for i, region in enumerate(self.regions()):
+            chunk = shard[region]
+            if np.array_equal(chunk, np.broadcast_to(fill, chunk.shape), equal_nan=self.dtype.kind in "fc"):
+                continue
+            blob = self.inner.encode(chunk)
+            idx[i] = (offset, len(blob))
+            pieces.append(blob)
+            offset += len(blob)
+        tail = idx.tobytes()
+        pieces.append(tail)
+        if self.index_crc:
+            pieces.append(crc32c.crc32c(tail).to_bytes(4, "little"))
+        return b"".join(pieces)
