@@ -22,6 +22,7 @@ import os
 import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -333,17 +334,28 @@ def _decode_into(out: np.ndarray, part: ChunkPart, raw: Any, lay: Layout, name: 
     if raw is None or store_module.is_tombstone(raw):
         out[part.out] = lay.fill
         return
+    if not part.whole and isinstance(lay.codec, shards.ShardCodec):  # a few inner chunks of a shard
+        try:
+            box, inner = lay.codec.decode_box(raw, part.inner)
+        except (ValueError, RuntimeError, TypeError) as exc:
+            raise _corrupt(name, lay, part, exc) from exc
+        out[part.out] = _pick(box, inner)
+        return
     target = out[(*part.out, ...)] if part.whole else None  # "...": a view even of a 0-d out
     direct = target is not None and target.flags.c_contiguous and target.shape == lay.chunks
     buf = target if direct else _scratch(lay.chunks, lay.dtype)
     try:
         lay.codec.decode(raw, buf)
     except (ValueError, RuntimeError, TypeError) as exc:
-        raise CorruptChunkError(
-            f"dataset {name!r}: chunk {lay.logical_key(part.coords)!r} is corrupted in storage ({exc}); "
-            "expected bytes matching their crc32c checksum that decode to one chunk") from exc
+        raise _corrupt(name, lay, part, exc) from exc
     if not direct:
         out[part.out] = _pick(buf, part.inner)
+
+
+def _corrupt(name: str, lay: Layout, part: ChunkPart, exc: Exception) -> CorruptChunkError:
+    return CorruptChunkError(
+        f"dataset {name!r}: chunk {lay.logical_key(part.coords)!r} is corrupted in storage ({exc}); "
+        "expected bytes matching their crc32c checksum that decode to one chunk")
 
 
 def _pick(chunk: np.ndarray, inner: tuple) -> np.ndarray:
@@ -435,6 +447,9 @@ def map_chunks(source: Source, sels: list[tuple[int | slice, ...]], name: str,
         shape = tuple(s.stop - s.start for s in part.out)
         if raw is None or store_module.is_tombstone(raw):
             block = np.full(shape, lay.fill, lay.dtype)
+        elif not part.whole and isinstance(lay.codec, shards.ShardCodec):
+            block = np.empty(shape, lay.dtype)
+            _decode_into(block, dataclasses.replace(part, out=(slice(None),) * len(shape)), raw, lay, name)
         else:
             buf = np.empty(lay.chunks, lay.dtype) if fresh else _scratch(lay.chunks, lay.dtype)
             _decode_into(buf, _whole_part(part.coords, len(lay.chunks)), raw, lay, name)

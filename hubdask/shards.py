@@ -152,6 +152,27 @@ class ShardCodec:
             self.inner.decode(body[int(off):int(off) + int(nb)], buf)
             out[region] = buf
 
+    def decode_box(self, raw: Any, inner: tuple) -> tuple[np.ndarray, tuple]:
+        """(the inner chunks that selection ``inner`` of the shard touches, decoded into one box; the
+        selection relative to the box): a small read decodes a few inner chunks, not the whole shard."""
+        idx = self.index(raw)
+        body = memoryview(raw)
+        lo_hi = [_extent(s) for s in inner]
+        first = [lo // c for (lo, _), c in zip(lo_hi, self.inner_chunks)]
+        last = [hi // c for (_, hi), c in zip(lo_hi, self.inner_chunks)]
+        origin = [f * c for f, c in zip(first, self.inner_chunks)]
+        box = np.empty(tuple((l - f + 1) * c for f, l, c in zip(first, last, self.inner_chunks)), self.dtype)
+        buf = np.empty(self.inner_chunks, self.dtype)
+        for coords in itertools.product(*(range(f, l + 1) for f, l in zip(first, last))):
+            region = tuple(slice((j - f) * c, (j - f + 1) * c) for j, f, c in zip(coords, first, self.inner_chunks))
+            off, nb = idx[int(np.ravel_multi_index(coords, self.per))]
+            if off == EMPTY:
+                box[region] = self.fill
+                continue
+            self.inner.decode(body[int(off):int(off) + int(nb)], buf)
+            box[region] = buf
+        return box, tuple(_shift(s, o) for s, o in zip(inner, origin))
+
     def encode(self, shard: np.ndarray) -> bytes:
         """The shard's bytes: its non-empty inner chunks (fill-only ones are left out, as zarr does), then
         the index."""
@@ -173,3 +194,19 @@ class ShardCodec:
         if self.index_crc:
             pieces.append(crc32c.crc32c(tail).to_bytes(4, "little"))
         return b"".join(pieces)
+
+
+def _extent(s: Any) -> tuple[int, int]:
+    """(first, last) element an ascending int, slice or index array selects along one axis."""
+    if isinstance(s, np.ndarray):
+        return int(s.min()), int(s.max())
+    if isinstance(s, slice):
+        step = s.step or 1
+        return s.start, s.start + (len(range(s.start, s.stop, step)) - 1) * step
+    return int(s), int(s)
+
+
+def _shift(s: Any, origin: int) -> Any:
+    if isinstance(s, slice):
+        return slice(s.start - origin, s.stop - origin, s.step)
+    return s - origin
