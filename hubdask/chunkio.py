@@ -594,6 +594,13 @@ def write(source: Source, sel: tuple[int | slice, ...], data: np.ndarray, name: 
     def build(part: ChunkPart, old: Any) -> bytes:
         """The encoded chunk (the tombstone when it holds only the fill value, as zarr drops it)."""
         piece = data[part.out]
+        if not part.whole and isinstance(lay.codec, shards.ShardCodec):  # only the inner chunks touched
+            keep = None if part.covers or old is None or store_module.is_tombstone(old) else old
+            try:
+                blob = lay.codec.update(keep, part.inner, lambda box, inner: _put(box, inner, piece))
+            except (ValueError, RuntimeError, TypeError) as exc:
+                raise _corrupt(name, lay, part, exc) from exc
+            return store_module.TOMBSTONE if blob is None else blob
         if part.whole and piece.flags.c_contiguous and piece.shape == lay.chunks:
             chunk = piece
         else:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -142,42 +142,86 @@ class ShardCodec:
 
     def decode(self, raw: Any, out: np.ndarray) -> None:
         """Decode the shard ``raw`` into ``out`` (the whole shard); ValueError when damaged."""
-        idx = self.index(raw)
-        body = memoryview(raw)
-        buf = np.empty(self.inner_chunks, self.dtype)
-        for (off, nb), region in zip(idx, self.regions()):
-            if off == EMPTY:
-                out[region] = self.fill
-                continue
-            self.inner.decode(body[int(off):int(off) + int(nb)], buf)
-            out[region] = buf
+        self._decode_box(raw, [0] * len(self.per), [p - 1 for p in self.per], out)
 
-    def decode_box(self, raw: Any, inner: tuple) -> tuple[np.ndarray, tuple]:
-        """(the inner chunks that selection ``inner`` of the shard touches, decoded into one box; the
-        selection relative to the box): a small read decodes a few inner chunks, not the whole shard."""
-        idx = self.index(raw)
-        body = memoryview(raw)
+    def _box(self, inner: tuple) -> tuple[list[int], list[int], tuple]:
+        """(first and last inner chunk coordinates the selection ``inner`` touches, the selection
+        relative to the box of those inner chunks)."""
         lo_hi = [_extent(s) for s in inner]
         first = [lo // c for (lo, _), c in zip(lo_hi, self.inner_chunks)]
         last = [hi // c for (_, hi), c in zip(lo_hi, self.inner_chunks)]
-        origin = [f * c for f, c in zip(first, self.inner_chunks)]
-        box = np.empty(tuple((l - f + 1) * c for f, l, c in zip(first, last, self.inner_chunks)), self.dtype)
+        return first, last, tuple(_shift(s, f * c) for s, f, c in zip(inner, first, self.inner_chunks))
+
+    def _box_regions(self, first: list[int], last: list[int]) -> list[tuple[int, tuple[slice, ...]]]:
+        """(index position, slices in the box) of every inner chunk of the box."""
+        return [(int(np.ravel_multi_index(coords, self.per)),
+                 tuple(slice((j - f) * c, (j - f + 1) * c) for j, f, c in zip(coords, first, self.inner_chunks)))
+                for coords in itertools.product(*(range(f, l + 1) for f, l in zip(first, last)))]
+
+    def _decode_box(self, raw: Any, first: list[int], last: list[int], box: np.ndarray | None = None) -> np.ndarray:
+        """The inner chunks from ``first`` to ``last`` (coordinates) of shard ``raw`` (None: empty) in one box."""
+        if box is None:
+            box = np.empty(tuple((l - f + 1) * c for f, l, c in zip(first, last, self.inner_chunks)), self.dtype)
+        idx = self.index(raw) if raw is not None else None
+        body = memoryview(raw) if raw is not None else None
         buf = np.empty(self.inner_chunks, self.dtype)
-        for coords in itertools.product(*(range(f, l + 1) for f, l in zip(first, last))):
-            region = tuple(slice((j - f) * c, (j - f + 1) * c) for j, f, c in zip(coords, first, self.inner_chunks))
-            off, nb = idx[int(np.ravel_multi_index(coords, self.per))]
+        for i, region in self._box_regions(first, last):
+            off, nb = idx[i] if idx is not None else (EMPTY, EMPTY)
             if off == EMPTY:
                 box[region] = self.fill
                 continue
             self.inner.decode(body[int(off):int(off) + int(nb)], buf)
             box[region] = buf
-        return box, tuple(_shift(s, o) for s, o in zip(inner, origin))
+        return box
+
+    def decode_box(self, raw: Any, inner: tuple) -> tuple[np.ndarray, tuple]:
+        """(the inner chunks that selection ``inner`` of the shard touches, decoded into one box; the
+        selection relative to the box): a small read decodes a few inner chunks, not the whole shard."""
+        first, last, rel = self._box(inner)
+        return self._decode_box(raw, first, last), rel
+
+    def update(self, raw: Any, inner: tuple, change: Callable[[np.ndarray, tuple], None]) -> bytes | None:
+        """The shard ``raw`` (None: empty) with ``change(box, selection in the box)`` applied to the inner
+        chunks ``inner`` touches; the others keep their encoded bytes. None when every inner chunk is empty."""
+        first, last, rel = self._box(inner)
+        box = self._decode_box(raw, first, last)
+        change(box, rel)
+        fresh: dict[int, bytes | None] = {}
+        fill = np.array(self.fill, self.dtype)
+        for i, region in self._box_regions(first, last):
+            chunk = box[region]
+            empty = np.array_equal(chunk, np.broadcast_to(fill, chunk.shape), equal_nan=self.dtype.kind in "fc")
+            fresh[i] = None if empty else self.inner.encode(chunk)
+        idx = self.index(raw) if raw is not None else None
+        body = memoryview(raw) if raw is not None else None
+        pieces, offset = [], 0
+        out = np.full((math.prod(self.per), 2), EMPTY, "<u8")
+        for i in range(len(out)):
+            if i in fresh:
+                blob = fresh[i]
+            elif idx is not None and idx[i, 0] != EMPTY:
+                blob = body[int(idx[i, 0]):int(idx[i, 0]) + int(idx[i, 1])]
+            else:
+                blob = None
+            if blob is None:
+                continue
+            out[i] = (offset, len(blob))
+            pieces.append(blob)
+            offset += len(blob)
+        return self._finish(pieces, out) if pieces else None
+
+    def _finish(self, pieces: list, idx: np.ndarray) -> bytes:
+        import crc32c
+
+        tail = idx.tobytes()
+        pieces.append(tail)
+        if self.index_crc:
+            pieces.append(crc32c.crc32c(tail).to_bytes(4, "little"))
+        return b"".join(pieces)
 
     def encode(self, shard: np.ndarray) -> bytes:
         """The shard's bytes: its non-empty inner chunks (fill-only ones are left out, as zarr does), then
         the index."""
-        import crc32c
-
         pieces, offset = [], 0
         idx = np.full((math.prod(self.per), 2), EMPTY, "<u8")
         fill = np.array(self.fill, self.dtype)
@@ -189,11 +233,7 @@ class ShardCodec:
             idx[i] = (offset, len(blob))
             pieces.append(blob)
             offset += len(blob)
-        tail = idx.tobytes()
-        pieces.append(tail)
-        if self.index_crc:
-            pieces.append(crc32c.crc32c(tail).to_bytes(4, "little"))
-        return b"".join(pieces)
+        return self._finish(pieces, idx)
 
 
 def _extent(s: Any) -> tuple[int, int]:
