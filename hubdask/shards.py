@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 from typing import Any, Callable
 
 import numpy as np
+
+from hubdask import config
 
 EMPTY = 2**64 - 1
 
@@ -44,16 +45,11 @@ def shard_shape(meta: Any) -> tuple[int, ...] | None:
     return object_grid(meta) if sharding_codec(meta) is not None else None
 
 
-def target_bytes() -> int:
-    """``shards="auto"``: shards of about ``HUBDASK_SHARD_MB`` (default 128 MiB) of uncompressed data."""
-    return int(float(os.environ.get("HUBDASK_SHARD_MB", "128")) * 2**20)
-
-
 def auto_shards(shape: tuple[int, ...], chunks: tuple[int, ...], itemsize: int,
                 target: int | None = None) -> tuple[int, ...]:
     """A shard of whole chunks of at most ``target`` bytes (at least one chunk): trailing axes are
     grown to their full (chunk-rounded) extent first, then the leading ones, as far as the target allows."""
-    target = target or target_bytes()
+    target = target or config.shard_target_bytes()
     counts = [max(1, math.ceil(s / c)) for s, c in zip(shape, chunks)]  # chunks along each axis
     per = [1] * len(shape)
     size = math.prod(chunks) * itemsize
