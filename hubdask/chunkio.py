@@ -330,8 +330,8 @@ class Resolver:
 
 
 def _decode_into(out: np.ndarray, part: ChunkPart, raw: Any, lay: Layout, name: str) -> None:
-    """Put chunk ``part`` (bytes ``raw``; None or a tombstone: the fill value) into ``out``."""
-    if raw is None or store_module.is_tombstone(raw):
+    """Put chunk ``part`` (bytes ``raw``, or a shards.Partial; None or a tombstone: the fill value) into ``out``."""
+    if raw is None or not isinstance(raw, shards.Partial) and store_module.is_tombstone(raw):
         out[part.out] = lay.fill
         return
     if not part.whole and isinstance(lay.codec, shards.ShardCodec):  # a few inner chunks of a shard
@@ -445,7 +445,7 @@ def map_chunks(source: Source, sels: list[tuple[int | slice, ...]], name: str,
     def deliver(job: tuple, raw: Any) -> None:
         part, i = job[0], job[3]
         shape = tuple(s.stop - s.start for s in part.out)
-        if raw is None or store_module.is_tombstone(raw):
+        if raw is None or not isinstance(raw, shards.Partial) and store_module.is_tombstone(raw):
             block = np.full(shape, lay.fill, lay.dtype)
         elif not part.whole and isinstance(lay.codec, shards.ShardCodec):
             block = np.empty(shape, lay.dtype)
@@ -494,7 +494,7 @@ def _fetch_all(res: Resolver, jobs: list, deliver: Callable[[tuple, Any], None])
 
     def finish(job: tuple, raw: Any) -> None:
         deliver(job, raw)
-        if cache is not None and job[2] is not None and raw is not None:
+        if cache is not None and job[2] is not None and raw is not None and not isinstance(raw, shards.Partial):
             cache.put(job[2], raw)
 
     if cache is not None:  # committed chunks first, straight from the disk cache in the threads
@@ -523,12 +523,32 @@ def _fetch_all(res: Resolver, jobs: list, deliver: Callable[[tuple, Any], None])
         key = job[1] or job[2]
         if key is None:
             return await in_pool(finish, job, None)
-        raw = await res.root.fetch_async(key)
+        part = job[0]
+        ranged = isinstance(res.lay.codec, shards.ShardCodec) and not (part.whole or part.covers)
+        raw = await (_fetch_inner_chunks(res, key, part) if ranged else res.root.fetch_async(key))
         if raw is None:
             raise res.missing(key)
         return await in_pool(finish, job, raw)
 
     sync(_bounded(fetch_one, jobs, config.read_concurrency()))
+
+
+async def _fetch_inner_chunks(res: Resolver, key: str, part: ChunkPart) -> Any:
+    """What a small read of a shard needs: its index (a suffix GET), then only the inner chunks the part
+    touches (ranged GETs, neighbours coalesced) as a shards.Partial; a tombstone or damaged index as is."""
+    codec = res.lay.codec
+    tail = await res.root.fetch_range_async(key, None, codec.index_nbytes)
+    if tail is None or len(tail) < codec.index_nbytes or store_module.is_tombstone(tail):
+        return tail  # absent, deleted, or too short for a shard: the decode says which
+    try:
+        idx = codec.index(tail)
+    except ValueError as exc:
+        raise _corrupt(res.source.ds, res.lay, part, exc) from exc
+    spans = codec.ranges(idx, part.inner)
+    pieces = await asyncio.gather(*(res.root.fetch_range_async(key, a, b) for a, b in spans))
+    if any(p is None for p in pieces):
+        return None  # collected between the two requests: reported as missing
+    return shards.Partial(idx, [(a, p) for (a, _), p in zip(spans, pieces)])
 
 
 def _chunk_error(res: Resolver, coords: tuple[int, ...], op: str, exc: StorageError) -> StorageError:

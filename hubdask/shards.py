@@ -19,6 +19,7 @@ import numpy as np
 from hubdask import config
 
 EMPTY = 2**64 - 1
+COALESCE_GAP = 64 * 1024  # inner chunks of one read closer than this go in one ranged GET
 
 
 def object_grid(meta: Any) -> tuple[int, ...]:
@@ -118,7 +119,8 @@ class ShardCodec:
                 for coords in itertools.product(*(range(p) for p in self.per))]
 
     def index(self, raw: Any) -> np.ndarray:
-        """The shard's index, shape ``(n inner chunks, 2)`` uint64; ValueError when damaged."""
+        """The index of shard ``raw`` (or of its last ``index_nbytes`` bytes), shape ``(n inner chunks, 2)``
+        uint64; ValueError when damaged."""
         import crc32c
 
         body = memoryview(raw)
@@ -132,7 +134,7 @@ class ShardCodec:
                 raise ValueError("crc32c checksum mismatch in the shard index")
         idx = np.frombuffer(tail, "<u8").reshape(-1, 2)
         live = idx[:, 0] != EMPTY
-        if np.any(idx[live, 0] + idx[live, 1] > len(body) - n):
+        if len(body) > n and np.any(idx[live, 0] + idx[live, 1] > len(body) - n):  # (not for the index alone)
             raise ValueError("shard index points past the shard's data")
         return idx
 
@@ -155,11 +157,15 @@ class ShardCodec:
                 for coords in itertools.product(*(range(f, l + 1) for f, l in zip(first, last)))]
 
     def _decode_box(self, raw: Any, first: list[int], last: list[int], box: np.ndarray | None = None) -> np.ndarray:
-        """The inner chunks from ``first`` to ``last`` (coordinates) of shard ``raw`` (None: empty) in one box."""
+        """The inner chunks from ``first`` to ``last`` (coordinates) of shard ``raw`` (None: empty; or a
+        Partial: the byte ranges fetched) in one box."""
         if box is None:
             box = np.empty(tuple((l - f + 1) * c for f, l, c in zip(first, last, self.inner_chunks)), self.dtype)
-        idx = self.index(raw) if raw is not None else None
-        body = memoryview(raw) if raw is not None else None
+        if isinstance(raw, Partial):
+            idx, body = raw.idx, raw
+        else:
+            idx = self.index(raw) if raw is not None else None
+            body = memoryview(raw) if raw is not None else None
         buf = np.empty(self.inner_chunks, self.dtype)
         for i, region in self._box_regions(first, last):
             off, nb = idx[i] if idx is not None else (EMPTY, EMPTY)
@@ -169,6 +175,20 @@ class ShardCodec:
             self.inner.decode(body[int(off):int(off) + int(nb)], buf)
             box[region] = buf
         return box
+
+    def ranges(self, idx: np.ndarray, inner: tuple, gap: int = COALESCE_GAP) -> list[tuple[int, int]]:
+        """The byte ranges ``(start, end)`` of the inner chunks that selection ``inner`` touches, in
+        order, neighbours less than ``gap`` bytes apart merged into one request."""
+        first, last, _ = self._box(inner)
+        spans = sorted((int(idx[i, 0]), int(idx[i, 0] + idx[i, 1])) for i, _ in self._box_regions(first, last)
+                       if idx[i, 0] != EMPTY)
+        out: list[list[int]] = []
+        for a, b in spans:
+            if out and a <= out[-1][1] + gap:
+                out[-1][1] = max(out[-1][1], b)
+            else:
+                out.append([a, b])
+        return [(a, b) for a, b in out]
 
     def decode_box(self, raw: Any, inner: tuple) -> tuple[np.ndarray, tuple]:
         """(the inner chunks that selection ``inner`` of the shard touches, decoded into one box; the
@@ -246,3 +266,20 @@ def _shift(s: Any, origin: int) -> Any:
     if isinstance(s, slice):
         return slice(s.start - origin, s.stop - origin, s.step)
     return s - origin
+
+
+class Partial:
+    """Some byte ranges of a shard and its index: what a small read fetched (sliced like the shard)."""
+
+    def __init__(self, idx: np.ndarray, pieces: list[tuple[int, Any]]) -> None:
+        self.idx, self.pieces = idx, sorted(pieces, key=lambda p: p[0])
+        self.starts = [p[0] for p in self.pieces]
+
+    def __getitem__(self, s: slice) -> memoryview:
+        import bisect
+
+        k = bisect.bisect_right(self.starts, s.start) - 1
+        start, data = self.pieces[max(k, 0)]
+        if k < 0 or s.stop - start > len(data):
+            raise ValueError(f"bytes {s.start}:{s.stop} of the shard were not fetched")
+        return memoryview(data)[s.start - start:s.stop - start]

@@ -216,3 +216,37 @@ def test_petabyte_walkthrough_sharded(root):
     assert len(x[1000:1030].to_dask().__dask_graph__()) <= 6  # two shards
     np.testing.assert_array_equal(x[1].read(), img)
     np.testing.assert_array_equal(x[0].read(), np.zeros((512, 512, 3), "uint8"))
+
+
+def test_small_reads_fetch_only_their_inner_chunks_by_range(s3_root, monkeypatch):
+    from hubdask.storage import Root
+
+    ref = np.random.default_rng(5).integers(0, 255, (32, 64, 64)).astype("uint8")
+    a = hd.array(ref.shape, "r/a", dtype="uint8", chunks=(1, 64, 64), shards=(32, 64, 64), codecs="none",
+                 storage=s3_root)
+    a[:] = ref
+    a.commit("data")
+    calls = {"whole": 0, "ranges": [], "bytes": 0}
+    whole, ranged = Root.fetch_async, Root.fetch_range_async
+
+    async def count_whole(self, key):
+        calls["whole"] += "/c/" in key
+        return await whole(self, key)
+
+    async def count_ranged(self, key, start, end):
+        out = await ranged(self, key, start, end)
+        calls["ranges"].append((start, end))
+        calls["bytes"] += len(out)
+        return out
+
+    monkeypatch.setattr(Root, "fetch_async", count_whole)
+    monkeypatch.setattr(Root, "fetch_range_async", count_ranged)
+    x = hd.load("r/a", storage=s3_root, cache=False)
+    np.testing.assert_array_equal(x[5, 10:20].read(), ref[5, 10:20])
+    assert calls["whole"] == 0 and len(calls["ranges"]) == 2  # the index, then one inner chunk
+    assert calls["bytes"] < ref[0].nbytes + 1024  # one inner chunk of 32 (and the index)
+    calls["ranges"].clear()
+    np.testing.assert_array_equal(x[6:9].read(), ref[6:9])
+    assert len(calls["ranges"]) == 2  # three adjacent inner chunks: one coalesced range
+    np.testing.assert_array_equal(x.read(), ref)  # the whole shard: one plain GET
+    assert calls["whole"] == 1
