@@ -250,3 +250,15 @@ def test_small_reads_fetch_only_their_inner_chunks_by_range(s3_root, monkeypatch
     assert len(calls["ranges"]) == 2  # three adjacent inner chunks: one coalesced range
     np.testing.assert_array_equal(x.read(), ref)  # the whole shard: one plain GET
     assert calls["whole"] == 1
+
+
+def test_dataset_arrays_can_be_sharded(tmp_path):
+    root = str(tmp_path / "r")
+    labels = np.arange(12, dtype="int64")
+    ds = hd.dataset("d/s", storage=root, images=dict(shape=(12, 8, 8), dtype="uint8", chunks=(1, 8, 8),
+                                                    shards=(4, 8, 8)), labels=labels)
+    assert ds["images"].chunks == (1, 8, 8) and ds["images"].shards == (4, 8, 8) and ds["labels"].shards is None
+    ds["images"][5] = 9
+    np.testing.assert_array_equal(hd.load("d/s", storage=root)["images"][4:6].read()[:, 0, 0], [0, 9])
+    with pytest.raises(ValueError, match=r"'d/t'.*array 'images'.*multiple of chunks"):
+        hd.dataset("d/t", storage=root, images=dict(shape=(12, 8), dtype="uint8", chunks=(2, 8), shards=(3, 8)))
