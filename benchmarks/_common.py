@@ -186,7 +186,7 @@ def moto_s3(bucket: str = "bench") -> Iterator[dict]:
         server.start()
         server.make_bucket(bucket)
         os.environ.update(env)
-        yield {"endpoint": server.endpoint, "bucket": bucket, "region": env["AWS_REGION"]}
+        yield {"endpoint": server.endpoint, "bucket": bucket, "region": env["AWS_REGION"], "server": server}
     finally:
         server.stop()
         for k, v in saved.items():

@@ -56,17 +56,19 @@ def creating(root: Root, what: str) -> Iterator[None]:
 
 def array(shape: Any, name: str, dtype: Any = "float64", chunks: Any = None, fill_value: Any = 0,
           codecs: Any = None, exist_ok: bool = False, storage: Storage = None,
-          storage_options: dict | None = None, dims: Any = None) -> Array:
+          storage_options: dict | None = None, dims: Any = None, shards: Any = None) -> Array:
     """Create the named array (metadata only: O(1) for any shape) and return it opened on its branch.
 
     ``name`` is ``owner/dataset[:BRANCH]``; the branch (default ``main``) is the dataset's first.
     ``codecs``: ``"zstd"`` (default), ``"blosc"``, ``"none"`` or a list of zarr bytes-to-bytes codecs;
     a crc32c checksum is always appended so corrupted bytes are detected. ``dims``: a name per axis,
     stored as zarr ``dimension_names`` (what xarray and other zarr tools call the dimensions).
+    ``shards``: store whole shards of ``chunks`` as one object each (zarr v3's sharding codec; a shape
+    that is a multiple of ``chunks``, or ``"auto"``: about ``HUBDASK_SHARD_MB``, 128 MiB, per shard).
     """
     root, n = locate(name, storage, storage_options)
     what = f"dataset {str(n)!r}"
-    spec = ArraySpec.make(what, "", shape, dtype, chunks, fill_value, codecs, dims)  # everything, before any I/O
+    spec = ArraySpec.make(what, "", shape, dtype, chunks, fill_value, codecs, dims, shards=shards)  # everything, before any I/O
     shape, dt = spec.shape, spec.dtype
     repo = repository(root, n.path)
     branch = n.ref or DEFAULT_BRANCH
@@ -256,11 +258,11 @@ def gc(name: str, dry_run: bool = True, grace: float = 3600.0, storage: Storage 
 
 def store(source: Any, target: str | Array, region: Any = None, *, storage: Storage = None,
           storage_options: dict | None = None, chunks: Any = None, compute: bool = True,
-          lock: bool | str | None = None, progress: bool | None = None) -> Any:
+          lock: bool | str | None = None, progress: bool | None = None, shards: Any = None) -> Any:
     """Write a dask (or numpy) array into ``target`` in parallel: one task per storage chunk, lock-free.
 
     ``target`` is an Array or a name; a name that does not exist is created with the source's shape
-    and dtype (``chunks`` or automatic). With ``compute=False`` returns the lazy dask array to compute.
+    and dtype (``chunks`` or automatic, ``shards`` as for ``hd.array``). With ``compute=False`` returns the lazy dask array to compute.
     """
     import dask.array as da
 
@@ -274,7 +276,8 @@ def store(source: Any, target: str | Array, region: Any = None, *, storage: Stor
         if repository(root, n.path).exists():
             target = load(target, storage=root)
         else:
-            target = array(source.shape, target, dtype=source.dtype, chunks=chunks, storage=root)
+            target = array(source.shape, target, dtype=source.dtype, chunks=chunks, shards=shards,
+                           storage=root)
     job = plan(source, target, region, lock=lock)
     if not compute:
         return job

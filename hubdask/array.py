@@ -94,7 +94,10 @@ class Array(Versioned):
 
     shape = property(lambda self: self._view.shape)
     dtype = property(lambda self: self._view.dtype)
-    chunks = property(lambda self: self._view.chunks, doc="The storage chunk shape along the view's axes.")
+    chunks = property(lambda self: self._view.chunks, doc="The chunk shape (the read unit; a sharded array's inner "
+                      "chunk) along the view's axes.")
+    shards = property(lambda self: self._view.shards, doc="The shard shape (the storage object) along the view's "
+                      "axes, or None when the array is not sharded.")
     storage_chunks = property(lambda self: self._view.storage_chunks)
     storage_shape = property(lambda self: self._view.storage_shape)
     fill_value = property(lambda self: self._view.fill_value)
@@ -118,7 +121,7 @@ class Array(Versioned):
 
     def __repr__(self) -> str:
         return (f"hubdask.Array<{self.name!r}, shape={self.shape}, dtype={self.dtype}, "
-                f"chunks={self.chunks}>")
+                f"chunks={self.chunks}" + (f", shards={self.shards}>" if self.shards else ">"))
 
     def __str__(self) -> str:
         """The values, like numpy, for views of at most STR_MAX_ELEMENTS elements; the lazy repr above."""

@@ -22,13 +22,14 @@ import os
 import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from hubdask import config, grid
+from hubdask import config, grid, shards
 from hubdask.errors import CorruptChunkError, StorageError
 from hubdask.source import Source
 from hubdask.storage import Root, sync
@@ -51,12 +52,24 @@ class LeanCodec:
         self.compressor, self.crc = compressor, crc
 
     @classmethod
-    def from_metadata(cls, meta: Any) -> "LeanCodec | None":
+    def from_metadata(cls, meta: Any) -> "LeanCodec | shards.ShardCodec | None":
+        """The codec of one storage object (a whole shard when sharded), or None: zarr's pipeline."""
+        dtype = np.dtype(meta.dtype.to_native_dtype())
+        if shards.sharding_codec(meta) is not None:
+            found = shards.lean_parts(meta)
+            inner = cls.from_codecs(found[0], dtype) if found else None
+            if inner is None:
+                return None
+            index_crc = len(shards.sharding_codec(meta).index_codecs) == 2
+            return shards.ShardCodec(inner, found[1], shards.object_grid(meta), meta.fill_value, dtype, index_crc)
+        return cls.from_codecs(meta.codecs, dtype)
+
+    @classmethod
+    def from_codecs(cls, codecs: Any, dtype: np.dtype) -> "LeanCodec | None":
         from numcodecs import GZip, Zstd
         from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, GzipCodec, ZstdCodec
 
-        codecs = list(meta.codecs)
-        dtype = np.dtype(meta.dtype.to_native_dtype())
+        codecs = list(codecs)
         if not codecs or not isinstance(codecs[0], BytesCodec):
             return None
         endian = getattr(codecs[0].endian, "value", codecs[0].endian)
@@ -139,7 +152,7 @@ def layout(source: Source) -> Layout | None:
     if codec is not None and getattr(meta.chunk_grid, "chunk_shape", None) is not None:
         enc = meta.chunk_key_encoding
         default = type(enc).__name__ == "DefaultChunkKeyEncoding" and enc.separator == "/"
-        lay = Layout(tuple(meta.shape), tuple(meta.chunk_grid.chunk_shape), np.dtype(meta.dtype.to_native_dtype()),
+        lay = Layout(tuple(meta.shape), shards.object_grid(meta), np.dtype(meta.dtype.to_native_dtype()),
                      meta.fill_value, codec, source.path,
                      grid.chunk_key if default else enc.encode_chunk_key)
     with _LAYOUTS_LOCK:
@@ -317,9 +330,16 @@ class Resolver:
 
 
 def _decode_into(out: np.ndarray, part: ChunkPart, raw: Any, lay: Layout, name: str) -> None:
-    """Put chunk ``part`` (bytes ``raw``; None or a tombstone: the fill value) into ``out``."""
-    if raw is None or store_module.is_tombstone(raw):
+    """Put chunk ``part`` (bytes ``raw``, or a shards.Partial; None or a tombstone: the fill value) into ``out``."""
+    if raw is None or not isinstance(raw, shards.Partial) and store_module.is_tombstone(raw):
         out[part.out] = lay.fill
+        return
+    if not part.whole and isinstance(lay.codec, shards.ShardCodec):  # a few inner chunks of a shard
+        try:
+            box, inner = lay.codec.decode_box(raw, part.inner)
+        except (ValueError, RuntimeError, TypeError) as exc:
+            raise _corrupt(name, lay, part, exc) from exc
+        out[part.out] = _pick(box, inner)
         return
     target = out[(*part.out, ...)] if part.whole else None  # "...": a view even of a 0-d out
     direct = target is not None and target.flags.c_contiguous and target.shape == lay.chunks
@@ -327,11 +347,15 @@ def _decode_into(out: np.ndarray, part: ChunkPart, raw: Any, lay: Layout, name: 
     try:
         lay.codec.decode(raw, buf)
     except (ValueError, RuntimeError, TypeError) as exc:
-        raise CorruptChunkError(
-            f"dataset {name!r}: chunk {lay.logical_key(part.coords)!r} is corrupted in storage ({exc}); "
-            "expected bytes matching their crc32c checksum that decode to one chunk") from exc
+        raise _corrupt(name, lay, part, exc) from exc
     if not direct:
         out[part.out] = _pick(buf, part.inner)
+
+
+def _corrupt(name: str, lay: Layout, part: ChunkPart, exc: Exception) -> CorruptChunkError:
+    return CorruptChunkError(
+        f"dataset {name!r}: chunk {lay.logical_key(part.coords)!r} is corrupted in storage ({exc}); "
+        "expected bytes matching their crc32c checksum that decode to one chunk")
 
 
 def _pick(chunk: np.ndarray, inner: tuple) -> np.ndarray:
@@ -421,8 +445,11 @@ def map_chunks(source: Source, sels: list[tuple[int | slice, ...]], name: str,
     def deliver(job: tuple, raw: Any) -> None:
         part, i = job[0], job[3]
         shape = tuple(s.stop - s.start for s in part.out)
-        if raw is None or store_module.is_tombstone(raw):
+        if raw is None or not isinstance(raw, shards.Partial) and store_module.is_tombstone(raw):
             block = np.full(shape, lay.fill, lay.dtype)
+        elif not part.whole and isinstance(lay.codec, shards.ShardCodec):
+            block = np.empty(shape, lay.dtype)
+            _decode_into(block, dataclasses.replace(part, out=(slice(None),) * len(shape)), raw, lay, name)
         else:
             buf = np.empty(lay.chunks, lay.dtype) if fresh else _scratch(lay.chunks, lay.dtype)
             _decode_into(buf, _whole_part(part.coords, len(lay.chunks)), raw, lay, name)
@@ -467,7 +494,7 @@ def _fetch_all(res: Resolver, jobs: list, deliver: Callable[[tuple, Any], None])
 
     def finish(job: tuple, raw: Any) -> None:
         deliver(job, raw)
-        if cache is not None and job[2] is not None and raw is not None:
+        if cache is not None and job[2] is not None and raw is not None and not isinstance(raw, shards.Partial):
             cache.put(job[2], raw)
 
     if cache is not None:  # committed chunks first, straight from the disk cache in the threads
@@ -496,12 +523,32 @@ def _fetch_all(res: Resolver, jobs: list, deliver: Callable[[tuple, Any], None])
         key = job[1] or job[2]
         if key is None:
             return await in_pool(finish, job, None)
-        raw = await res.root.fetch_async(key)
+        part = job[0]
+        ranged = isinstance(res.lay.codec, shards.ShardCodec) and not (part.whole or part.covers)
+        raw = await (_fetch_inner_chunks(res, key, part) if ranged else res.root.fetch_async(key))
         if raw is None:
             raise res.missing(key)
         return await in_pool(finish, job, raw)
 
     sync(_bounded(fetch_one, jobs, config.read_concurrency()))
+
+
+async def _fetch_inner_chunks(res: Resolver, key: str, part: ChunkPart) -> Any:
+    """What a small read of a shard needs: its index (a suffix GET), then only the inner chunks the part
+    touches (ranged GETs, neighbours coalesced) as a shards.Partial; a tombstone or damaged index as is."""
+    codec = res.lay.codec
+    tail = await res.root.fetch_range_async(key, None, codec.index_nbytes)
+    if tail is None or len(tail) < codec.index_nbytes or store_module.is_tombstone(tail):
+        return tail  # absent, deleted, or too short for a shard: the decode says which
+    try:
+        idx = codec.index(tail)
+    except ValueError as exc:
+        raise _corrupt(res.source.ds, res.lay, part, exc) from exc
+    spans = codec.ranges(idx, part.inner)
+    pieces = await asyncio.gather(*(res.root.fetch_range_async(key, a, b) for a, b in spans))
+    if any(p is None for p in pieces):
+        return None  # collected between the two requests: reported as missing
+    return shards.Partial(idx, [(a, p) for (a, _), p in zip(spans, pieces)])
 
 
 def _chunk_error(res: Resolver, coords: tuple[int, ...], op: str, exc: StorageError) -> StorageError:
@@ -567,6 +614,13 @@ def write(source: Source, sel: tuple[int | slice, ...], data: np.ndarray, name: 
     def build(part: ChunkPart, old: Any) -> bytes:
         """The encoded chunk (the tombstone when it holds only the fill value, as zarr drops it)."""
         piece = data[part.out]
+        if not part.whole and isinstance(lay.codec, shards.ShardCodec):  # only the inner chunks touched
+            keep = None if part.covers or old is None or store_module.is_tombstone(old) else old
+            try:
+                blob = lay.codec.update(keep, part.inner, lambda box, inner: _put(box, inner, piece))
+            except (ValueError, RuntimeError, TypeError) as exc:
+                raise _corrupt(name, lay, part, exc) from exc
+            return store_module.TOMBSTONE if blob is None else blob
         if part.whole and piece.flags.c_contiguous and piece.shape == lay.chunks:
             chunk = piece
         else:

@@ -150,7 +150,10 @@ def _print_info(s: Any) -> None:
     rows = [
         ("name", s.name), ("root", s.root), ("shape", shape), ("dtype", s.dtype),
         ("chunks", " x ".join(map(str, s.chunks))),
-        ("chunk grid", f"{' x '.join(f'{g:,}' for g in s.grid)} = {s.total_chunks:,} chunks, {s.written:,} written"),
+        *([("shards", " x ".join(map(str, s.shards)))] if s.shards else []),
+        ("shard grid" if s.shards else "chunk grid",
+         f"{' x '.join(f'{g:,}' for g in s.grid)} = {s.total_chunks:,} {'shards' if s.shards else 'chunks'}, "
+         f"{s.written:,} written"),
         ("logical size", f"{human_bytes(s.logical_bytes)} ({s.logical_bytes:,} bytes)"),
         ("stored size", f"{human_bytes(s.stored_bytes)} ({s.stored_bytes:,} bytes){ratio}"),
         ("fill value", str(s.fill_value)),

@@ -64,6 +64,11 @@ def chunk_target_bytes() -> int:
     return int(float(os.environ.get("HUBDASK_CHUNK_MB", "8")) * 2**20)
 
 
+def shard_target_bytes() -> int:
+    """``shards="auto"``: shards of about ``HUBDASK_SHARD_MB`` (default 128 MiB) of uncompressed data."""
+    return int(float(os.environ.get("HUBDASK_SHARD_MB", "128")) * 2**20)
+
+
 def io_threads() -> int:
     return max(1, int(os.environ.get("HUBDASK_THREADS") or os.cpu_count() or 1))
 

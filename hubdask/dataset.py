@@ -112,9 +112,10 @@ class Dataset(Versioned):
 
     def create_array(self, key: str, shape: Any = None, dtype: Any = None, chunks: Any = None,
                      fill_value: Any = 0, codecs: Any = None, data: Any = None,
-                     progress: bool | None = None) -> Array:
+                     progress: bool | None = None, shards: Any = None) -> Array:
         """Add an array on this branch (uncommitted, like any write); ``data`` is written with hd.store."""
-        spec = dict(shape=shape, dtype=dtype, chunks=chunks, fill_value=fill_value, codecs=codecs, data=data)
+        spec = dict(shape=shape, dtype=dtype, chunks=chunks, shards=shards, fill_value=fill_value, codecs=codecs,
+                    data=data)
         spec = {k: v for k, v in spec.items() if v is not None}
         parsed = array_spec(f"dataset {self._name!r}", key, spec)
         self._writable_branch(f"add array {key!r}")
@@ -173,7 +174,7 @@ def write_data(ds: Dataset, specs: list[ArraySpec], progress: bool | None) -> bo
         if isinstance(data, Array):
             data = data.to_dask()
         elif not isinstance(data, da.Array):
-            data = da.from_array(data, chunks=spec.chunks)
+            data = da.from_array(data, chunks=spec.shards or spec.chunks)
         jobs.append(store(data, ds[spec.key]))
     if jobs:
         _progress.compute(jobs, progress)

@@ -191,8 +191,14 @@ def _view_metadata(view: Any) -> dict:
 
     doc = view.metadata.to_dict()
     kept = [k for k, a in enumerate(view.frozen_view.axes) if isinstance(a, grid.Span)]
-    chunks = [max(1, min(c, s)) for c, s in zip(view.chunks, view.shape)]
+    chunks = [max(1, min(c, s)) for c, s in zip(view.frozen_view.blocks, view.shape)]
     doc = json.loads(json.dumps(doc, default=_jsonable))
+    codecs = doc.get("codecs") or []
+    if view.shards is not None and codecs and codecs[0].get("name") == "sharding_indexed":
+        # the kept axes' inner chunks; a shard clipped to the view is one inner chunk along that axis
+        inner = [i for i, a in zip(codecs[0]["configuration"]["chunk_shape"], view.frozen_view.axes)
+                 if isinstance(a, grid.Span)]
+        codecs[0]["configuration"]["chunk_shape"] = [i if c % i == 0 else c for i, c in zip(inner, chunks)]
     doc["shape"] = list(view.shape)
     doc["chunk_grid"] = {"name": "regular", "configuration": {"chunk_shape": chunks}}
     names = doc.get("dimension_names")

@@ -37,7 +37,7 @@ def map_blocks(func: Callable[[np.ndarray], np.ndarray], array: "Array", out: "A
     if out is None:
         raise TypeError(f"{what}: map_blocks writes its results: give out= (an hd.Array) or a name to create")
     if isinstance(out, str):
-        out = create(view.shape, out, dtype=dtype or view.dtype, chunks=view.chunks, exist_ok=False,
+        out = create(view.shape, out, dtype=dtype or view.dtype, chunks=view.chunks, shards=view.shards, exist_ok=False,
                      storage=view.source.root)
     result_view = view_of(out)
     if result_view.shape != view.shape:
@@ -86,7 +86,7 @@ def map_blocks(func: Callable[[np.ndarray], np.ndarray], array: "Array", out: "A
 def _fill_blocks(func: Callable, array: View, out: View, written: set, apply: Callable, scheduler: Any,
                  show_progress: bool | None, tasks_per_wave: int, kwargs: dict) -> None:
     """The never-written chunks: nothing to do when ``func`` maps the fill block to ``out``'s fill."""
-    fill_block = np.full(array.chunks, array.fill_value, array.dtype)
+    fill_block = np.full(array.blocks, array.fill_value, array.dtype)
     result = np.asarray(func(fill_block, **kwargs))
     if result.shape == fill_block.shape and np.all(result == np.array(out.fill_value, out.dtype)):
         return

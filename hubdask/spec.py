@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from hubdask import config
+from hubdask import config, shards as _shards
 from hubdask.errors import InvalidNameError
 from hubdask.names import check_part
 from hubdask.view import HasView
@@ -175,23 +175,29 @@ class ArraySpec:
     compressors: tuple
     data: Any = None  # numpy / dask / hd.Array / array-like to write after creation, or None
     dims: tuple[str, ...] | None = None  # zarr dimension_names (xarray's dimensions)
+    shards: tuple[int, ...] | None = None  # the storage object of a sharded array (zarr's sharding codec)
 
     @classmethod
     def make(cls, what: str, key: str, shape: Any, dtype: Any, chunks: Any = None, fill: Any = 0,
-             codecs: Any = None, dims: Any = None, data: Any = None) -> "ArraySpec":
+             codecs: Any = None, dims: Any = None, data: Any = None, shards: Any = None) -> "ArraySpec":
         """Every argument checked, then the zarr metadata built in memory (see ``check``)."""
         shape, dt, chunks = check_shape_dtype_chunks(what, shape, dtype, chunks)
+        shards = _shards.check_shards(what, shards, shape, chunks, dt.itemsize)
         try:
             comp = compressors(codecs)
         except TypeError as exc:
             raise TypeError(f"{what}: {exc}") from None
-        spec = cls(key, shape, dt, chunks, fill_value(what, fill, dt), comp, data, check_dims(what, dims, len(shape)))
+        spec = cls(key, shape, dt, chunks, fill_value(what, fill, dt), comp, data, check_dims(what, dims, len(shape)),
+                   shards)
         spec.check(what)
         return spec
 
     def kwargs(self) -> dict[str, Any]:
-        return dict(shape=self.shape, chunks=self.chunks, dtype=self.dtype, fill_value=self.fill_value,
-                    compressors=self.compressors, zarr_format=3, dimension_names=self.dims)
+        kw = dict(shape=self.shape, chunks=self.chunks, dtype=self.dtype, fill_value=self.fill_value,
+                  compressors=self.compressors, zarr_format=3, dimension_names=self.dims)
+        if self.shards is not None:
+            kw["shards"] = self.shards
+        return kw
 
     def check(self, what: str) -> None:
         """Build the zarr metadata in a throwaway memory store: anything zarr refuses is refused now,
@@ -220,7 +226,7 @@ class ArraySpec:
         group.create_array(self.key, **kw)
 
 
-_SPEC_KEYS = {"shape", "dtype", "chunks", "fill_value", "codecs", "dims", "data"}
+_SPEC_KEYS = {"shape", "dtype", "chunks", "shards", "fill_value", "codecs", "dims", "data"}
 
 
 def check_dims(what: str, dims: Any, ndim: int) -> tuple[str, ...] | None:
@@ -246,23 +252,26 @@ def array_spec(what: str, key: str, spec: Any) -> ArraySpec:
         unknown = set(spec) - _SPEC_KEYS
         if unknown:
             raise TypeError(f"{what}: unknown keys {sorted(unknown)}; expected shape, dtype, chunks, "
-                            "fill_value, codecs, dims (or data)")
+                            "shards, fill_value, codecs, dims (or data)")
         data = spec.get("data")
         if "shape" not in spec and data is None:
             raise TypeError(f"{what}: expected dict(shape=..., dtype=...) or array data")
         shape = spec.get("shape", getattr(data, "shape", None))
         dtype = spec.get("dtype", getattr(data, "dtype", "float64"))
         chunks, fill, codecs = spec.get("chunks"), spec.get("fill_value", 0), spec.get("codecs")
-        dims = spec.get("dims")
+        dims, shards = spec.get("dims"), spec.get("shards")
     else:
         dims = None
         data = spec
         if not (hasattr(data, "shape") and hasattr(data, "dtype")):
             data = np.asarray(data)
         shape, dtype, fill, codecs = tuple(data.shape), data.dtype, 0, None
-        chunks = data.frozen_view.storage_chunks if isinstance(data, HasView) and not data.frozen_view.is_view else None
+        whole = isinstance(data, HasView) and not data.frozen_view.is_view
+        chunks = data.frozen_view.inner_chunks if whole else None
+        shards = data.frozen_view.shards if whole else None
     # a dataset's arrays feed training loops, which decode every chunk every epoch: lz4 unless told
-    out = ArraySpec.make(what, key, shape, dtype, chunks, fill, "lz4" if codecs is None else codecs, dims, data)
+    out = ArraySpec.make(what, key, shape, dtype, chunks, fill, "lz4" if codecs is None else codecs, dims, data,
+                         shards)
     if data is not None and tuple(data.shape) != out.shape:
         raise ValueError(f"{what}: data has shape {tuple(data.shape)} but the array's shape is {out.shape}")
     return out

@@ -14,7 +14,7 @@ from typing import Any, Protocol, Union, runtime_checkable
 
 import numpy as np
 
-from hubdask import chunkio, grid
+from hubdask import chunkio, grid, shards
 from hubdask.source import Source
 
 
@@ -48,12 +48,31 @@ class View:
 
     @property
     def storage_chunks(self) -> tuple[int, ...]:
-        return tuple(self.metadata.chunk_grid.chunk_shape)
+        """The shape of one storage object (the shard of a sharded array), on every axis of the array."""
+        return shards.object_grid(self.metadata)
+
+    @property
+    def inner_chunks(self) -> tuple[int, ...]:
+        """The read unit (the inner chunk of a sharded array), on every axis of the array."""
+        return shards.read_chunks(self.metadata)
+
+    def _live(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(c for c, a in zip(shape, self.axes) if grid.is_live(a))
 
     @property
     def chunks(self) -> tuple[int, ...]:
-        """The storage chunk shape along the view's axes."""
-        return tuple(c for c, a in zip(self.storage_chunks, self.axes) if grid.is_live(a))
+        """The chunk shape (the read unit: a sharded array's inner chunk) along the view's axes."""
+        return self._live(self.inner_chunks)
+
+    @property
+    def shards(self) -> tuple[int, ...] | None:
+        """The shard shape along the view's axes, or None when the array is not sharded."""
+        return self._live(self.storage_chunks) if shards.sharding_codec(self.metadata) is not None else None
+
+    @property
+    def blocks(self) -> tuple[int, ...]:
+        """The storage object's shape along the view's axes (the shard, else the chunk)."""
+        return self._live(self.storage_chunks)
 
     @property
     def fill_value(self) -> Any:

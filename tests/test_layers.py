@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                  "storage.public", "storage.publish")),
     ("cache", ("storage.cache",)),
     ("versioning", ("versioning", "versioning.*")),
-    ("array engine", ("grid", "source", "chunkio", "view", "spec", "daskgraph", "compute", "progress")),
+    ("array engine", ("grid", "source", "shards", "chunkio", "view", "spec", "daskgraph", "compute", "progress")),
     ("write path and locks", ("locks", "write")),
     ("adapters", ("viz", "viz.*", "integrations", "integrations.stream", "integrations.torch",
                   "integrations.tensorflow", "integrations.xarray_view")),

@@ -133,6 +133,16 @@ class Root:
         buf = await store.get(key, prototype=_PROTO)
         return None if buf is None else buf.as_numpy_array()
 
+    @retrying("GET")
+    async def fetch_range_async(self, key: str, start: int | None, end: int) -> Any:
+        """Bytes ``start:end`` of the object (``start`` None: its last ``end`` bytes, or all of a shorter
+        object), or None if absent: a ranged GET."""
+        from zarr.abc.store import RangeByteRequest, SuffixByteRequest
+
+        request = SuffixByteRequest(end) if start is None else RangeByteRequest(start, end)
+        buf = await self.store.get(key, prototype=_PROTO, byte_range=request)
+        return None if buf is None else buf.as_numpy_array()
+
     @retrying("create")
     async def create_async(self, key: str, data: bytes) -> bool:
         """Write ``key`` only if it does not exist; True if this call created it. Atomic where the

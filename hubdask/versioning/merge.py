@@ -110,7 +110,8 @@ class _Plan:
             path, coords = parsed
             zo = zarr.open_array(store=VersionedStore(self.repo.root, self.repo.ds, mo), path=path, mode="r",
                                  zarr_format=3)
-            region = chunk_region({"shape": zo.shape, "chunk_grid": {"configuration": {"chunk_shape": zo.chunks}}},
+            grid_shape = tuple(zo.metadata.chunk_grid.chunk_shape)  # the storage object: a shard when sharded
+            region = chunk_region({"shape": zo.shape, "chunk_grid": {"configuration": {"chunk_shape": grid_shape}}},
                                   coords)
             b, o, t = self._read(mb, path, region), zo[region], self._read(mt, path, region)
             changed_o, changed_t = _differs(o, b), _differs(t, b)

@@ -105,6 +105,7 @@ def repr_html(obj: Any) -> str:
         ("dtype", str(s.dtype)),
         ("chunks", _fmt_shape(array.chunks) + ("" if not view or array.chunks == s.chunks
                                                 else f" (stored array: {_fmt_shape(s.chunks)})")),
+        *([("shards", _fmt_shape(s.shards) + " (one stored object each)")] if s.shards else []),
         ("stored chunk grid" if view else "chunk grid",
          f"{_fmt_shape(s.grid)} = {s.total_chunks:,} chunks, {s.written:,} written"),
         ("logical size", human_bytes(s.logical_bytes)),

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from hubdask.shards import shard_shape
 from hubdask.names import safe_url  # noqa: F401  (shown roots: credentials left out)
 from hubdask.storage import sync
 from hubdask.versioning import repository
@@ -83,6 +84,7 @@ class Summary:
     tags: dict[str, str] = field(default_factory=dict)
     last_commit: Commit | None = None
     uncommitted: int = 0
+    shards: tuple[int, ...] | None = None  # the storage object of a sharded array; ``grid`` counts them
 
     @property
     def total_chunks(self) -> int:
@@ -92,7 +94,8 @@ class Summary:
         last = self.last_commit
         return {
             "name": self.name, "root": self.root, "ref": self.ref, "branch": self.branch, "commit": self.commit,
-            "shape": list(self.shape), "dtype": self.dtype, "chunks": list(self.chunks), "grid": list(self.grid),
+            "shape": list(self.shape), "dtype": self.dtype, "chunks": list(self.chunks),
+            "shards": None if self.shards is None else list(self.shards), "grid": list(self.grid),
             "fill_value": self.fill_value, "chunks_total": self.total_chunks, "chunks_written": self.written,
             "logical_bytes": self.logical_bytes, "stored_bytes": self.stored_bytes,
             "branches": self.branches, "tags": self.tags, "uncommitted_chunks": self.uncommitted,
@@ -116,7 +119,8 @@ def summarize(array: Any, max_sized: int | None = 2000) -> Summary:
     fill = array.fill_value
     return Summary(
         name=array.name, root=safe_url(src.root.url), ref=array.ref, branch=src.branch, commit=src.commit,
-        shape=shape, dtype=str(array.dtype), chunks=chunks,
+        shape=shape, dtype=str(array.dtype), chunks=view_of(array).inner_chunks, 
+        shards=shard_shape(view_of(array).metadata),
         grid=tuple(-(-s // c) if s else 0 for s, c in zip(shape, chunks)),
         fill_value=fill.item() if hasattr(fill, "item") else fill,
         written=len(written), logical_bytes=math.prod(shape) * array.dtype.itemsize, stored_bytes=stored,

@@ -1,0 +1,144 @@
+"""Sharded against unsharded arrays of 256 KiB chunks on moto S3, and concurrent partial-shard writers.
+
+    python benchmarks/sharding.py [--chunks 64] [--per-shard 16] [--repeats 2]
+
+Data: uint8 (N, 512, 512) random integers in [0, 32), chunks (1, 512, 512) = 256 KiB, shards of
+--per-shard chunks, encoded bytes + zstd(0) + crc32c (hubdask's default) by every tool. For each tool
+and layout: objects stored, requests the S3 server logged and MB/s (logical bytes, best of --repeats)
+of a whole write and a whole read (hubdask's disk cache bypassed), then ratios against zarr-python
+with the same layout (ObjectStore, obstore). Then lost updates: one shard written by one task per inner
+chunk at once (dask threads), zarr-python via dask.array.store (lock=False) against hubdask's a[i] = ... writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import uuid
+
+import numpy as np
+
+from _common import MB, fmt, markdown_table, moto_s3, require_hubdask, write_results
+
+FRAME = (512, 512)
+
+
+def objects(server, bucket: str, prefix: str) -> int:
+    resp = server.client().list_objects_v2(Bucket=bucket, Prefix=prefix)
+    n = resp.get("KeyCount", 0)
+    while resp.get("IsTruncated"):
+        resp = server.client().list_objects_v2(Bucket=bucket, Prefix=prefix,
+                                               ContinuationToken=resp["NextContinuationToken"])
+        n += resp.get("KeyCount", 0)
+    return n
+
+
+def timed(server, fn) -> tuple[float, int]:
+    before = len(server.requests())
+    t0 = time.perf_counter()
+    fn()
+    dt = time.perf_counter() - t0
+    time.sleep(0.3)  # the access log is flushed line by line, a moment after the response
+    return dt, len(server.requests()) - before
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--chunks", type=int, default=64)
+    ap.add_argument("--per-shard", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+    hd = require_hubdask()
+    import zarr
+    from obstore.store import S3Store
+    from zarr.storage import ObjectStore
+
+    from hubdask import spec
+
+    n, k = args.chunks, args.per_shard
+    data = np.random.default_rng(0).integers(0, 32, (n, *FRAME), dtype=np.uint8)
+    nbytes = data.nbytes
+    rows, results = [], {}
+    with moto_s3() as s3:
+        server, bucket = s3["server"], s3["bucket"]
+        for layout, shards in (("unsharded", None), ("sharded", (k, *FRAME))):
+            for tool in ("hubdask", "zarr-python"):
+                w_best = r_best = None
+                for rep in range(args.repeats):
+                    prefix = f"{tool}-{layout}-{uuid.uuid4().hex[:8]}"
+                    if tool == "hubdask":
+                        root = f"s3://{bucket}/{prefix}"
+                        a = hd.array(data.shape, "bench/sh", dtype="uint8", chunks=(1, *FRAME), shards=shards,
+                                     storage=root)
+
+                        def write(a=a):
+                            a[...] = data
+
+                        def read(root=root):
+                            return np.asarray(hd.load("bench/sh", storage=root, cache=False))
+                    else:
+                        store = ObjectStore(S3Store(bucket, prefix=prefix, endpoint=s3["endpoint"],
+                                                    region=s3["region"], aws_skip_signature=False,
+                                                    client_options={"allow_http": True}))
+                        z = zarr.create_array(store, shape=data.shape, chunks=(1, *FRAME), shards=shards,
+                                              dtype="uint8", compressors=spec.compressors("zstd"), zarr_format=3)
+
+                        def write(z=z):
+                            z[...] = data
+
+                        def read(z=z):
+                            return z[...]
+                    wt, wreq = timed(server, write)
+                    out = {}
+                    rt, rreq = timed(server, lambda: out.setdefault("v", read()))
+                    assert np.array_equal(out["v"], data), f"{tool} {layout}: read back differs"
+                    stored = objects(server, bucket, prefix)
+                    w_best = min(w_best or wt, wt)
+                    r_best = min(r_best or rt, rt)
+                results[(tool, layout)] = dict(objects=stored, write_requests=wreq, read_requests=rreq,
+                                               write_mbps=nbytes / w_best / MB, read_mbps=nbytes / r_best / MB)
+        lost = lost_updates(hd, zarr, ObjectStore, S3Store, s3, spec, k)
+    for (tool, layout), r in results.items():
+        peer = results[("zarr-python", layout)]
+        rows.append([tool, layout, str(r["objects"]), str(r["write_requests"]), str(r["read_requests"]),
+                     fmt(r["write_mbps"]), fmt(r["read_mbps"]),
+                     fmt(r["write_mbps"] / peer["write_mbps"], ".2f"), fmt(r["read_mbps"] / peer["read_mbps"], ".2f")])
+    table = markdown_table(["tool", "layout", "objects", "write requests", "read requests", "write MB/s",
+                            "read MB/s", "write x zarr", "read x zarr"], rows)
+    lost_table = markdown_table(["tool", "writers into one shard", "inner chunks lost"],
+                                [[t, str(k), f"{v} of {k}"] for t, v in lost.items()])
+    text = f"{n} chunks of 256 KiB ({nbytes / MB:.0f} MiB), shards of {k} chunks, moto S3\n\n{table}\n\n{lost_table}\n"
+    print(text)
+    write_results("sharding", {"results": {f"{t}/{l}": r for (t, l), r in results.items()}, "lost": lost}, text)
+
+
+def lost_updates(hd, zarr, ObjectStore, S3Store, s3, spec, k: int) -> dict[str, int]:
+    """One shard of k inner chunks, one dask task per inner chunk, all at once: inner chunks left at fill."""
+    import dask
+    import dask.array as da
+
+    ones = da.ones((k, 64, 64), dtype="uint8", chunks=(1, 64, 64))
+    prefix = f"lost-{uuid.uuid4().hex[:8]}"
+    store = ObjectStore(S3Store(s3["bucket"], prefix=prefix, endpoint=s3["endpoint"], region=s3["region"],
+                                client_options={"allow_http": True}))
+    z = zarr.create_array(store, shape=(k, 64, 64), chunks=(1, 64, 64), shards=(k, 64, 64), dtype="uint8",
+                          compressors=spec.compressors("zstd"), zarr_format=3)
+    with dask.config.set(scheduler="threads", num_workers=8):
+        # da.store writes each dask block where it is, a partial shard each; (this dask's to_zarr rechunks
+        # to whole shards first, so it is da.store, or any task writing z[i], that races)
+        da.store(ones, z, lock=False)
+    zarr_lost = int(sum(not z[i].any() for i in range(k)))
+    root = f"s3://{s3['bucket']}/lost-hd-{uuid.uuid4().hex[:8]}"
+    a = hd.array((k, 64, 64), "bench/lost", dtype="uint8", chunks=(1, 64, 64), shards=(k, 64, 64), storage=root)
+
+    def put(i: int) -> None:
+        a[i] = 1
+
+    with dask.config.set(scheduler="threads", num_workers=8):
+        dask.compute(*[dask.delayed(put)(i) for i in range(k)])
+    got = hd.load("bench/lost", storage=root).read()
+    return {"zarr-python + dask.array.store": zarr_lost, "hubdask": int(sum(not got[i].any() for i in range(k)))}
+
+
+if __name__ == "__main__":
+    main()
