@@ -470,4 +470,22 @@ def _obstore_s3(url: str, options: dict[str, Any]) -> Store:
         client_options=client_options,
         retry_config=policy.obstore_config(),  # HUBDASK_RETRIES etc. (storage/retry.py)
     )
+    _settle_obstore_at_exit()
     return ObjectStore(store)
+
+
+_SETTLE_REGISTERED = False
+
+
+def _settle_obstore_at_exit() -> None:
+    """Give obstore's runtime threads a moment at exit, before the interpreter finalizes: a thread that
+    delivers a finished request's result (a wake-up of the asyncio loop) while Python 3.11 finalizes is
+    ended with pthread_exit inside Rust frames, and the process aborts (SIGABRT after all its work was
+    done: seen in about 3% of short S3 processes, 0 of 120 with this)."""
+    global _SETTLE_REGISTERED
+    if not _SETTLE_REGISTERED:
+        import atexit
+        import time
+
+        _SETTLE_REGISTERED = True
+        atexit.register(time.sleep, 0.05)
