@@ -120,6 +120,39 @@ def test_forked_child_reopens_storage(s3_root):
     np.testing.assert_array_equal(ds["labels"][N - 3:].read(), [N - 3, N - 2, N - 1])  # the parent's still works
 
 
+def test_forked_child_never_frees_the_parents_obstore_objects(s3_root):
+    """Freeing an object of the parent's obstore in a forked child runs its native destructor, which
+    takes a lock that a runtime thread of the parent may have held at the fork: the child hangs for ever
+    (seen in a DataLoader worker at startup). So the child keeps them: the parent's store outlives
+    the child's reopening, its reads and a garbage collection."""
+    import gc
+    import weakref
+
+    from hubdask.storage import open_root
+
+    ds = make(s3_root)
+    np.testing.assert_array_equal(ds["labels"][:3].read(), [0, 1, 2])
+    parents = weakref.ref(open_root(s3_root).store)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        import signal
+
+        signal.alarm(60)
+        try:
+            value = hd.load("ml/train", storage=s3_root)["labels"][:2].read().tolist()
+            fresh = open_root(s3_root).store
+            gc.collect()
+            os.write(write, repr((value, parents() is not None, fresh is not parents())).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        got = f.read()
+    os.waitpid(pid, 0)
+    assert got == repr(([0, 1], True, True))
+
+
 def _client_of_worker(root_url: str, out: str) -> Any:
     def init(worker_id: int) -> None:
         from hubdask.storage import open_root

@@ -293,7 +293,8 @@ def _new_arrays(specs: dict[str, tuple[tuple[int, ...], np.dtype]]) -> dict[str,
 def serve(plan: Plan, todo: Iterable[Draw], prefetch: int = 2, return_index: bool = False,
           alloc: Alloc | None = None) -> Iterator[dict[str, np.ndarray]]:
     """The data of each draw (a dict of new, writable arrays), reading the blocks the coming draws need
-    ahead in threads (``prefetch`` reads in flight) and holding a block until its last draw. With
+    ahead in threads (``prefetch`` reads in flight, from one at the start: the first draw's block is
+    not slowed by the others) and holding a block until its last draw. With
     ``alloc({key: (shape, dtype)}) -> {key: array}`` the rows are gathered into the arrays it gives
     (e.g. reused shared memory, so that handing the batch to another process copies nothing): the
     mapping it returns is what is yielded."""
@@ -303,11 +304,12 @@ def serve(plan: Plan, todo: Iterable[Draw], prefetch: int = 2, return_index: boo
     dead: set[int] = set()  # blocks past their last draw, kept while a draw read ahead needs them
     ahead: deque[tuple[np.ndarray, list[int], list[int], int]] = deque()
     fresh = 0  # blocks whose reads the draws ahead started: the read-ahead bound
+    served = 0  # the bound ramps up from 1: the first draw's block is read alone, at full speed
     source = iter(todo)
     exhausted = False
     try:
         while True:
-            while not exhausted and (not ahead or fresh < prefetch):
+            while not exhausted and (not ahead or fresh < min(prefetch, 1 + served)):
                 nxt = next(source, None)
                 if nxt is None:
                     exhausted = True
@@ -335,6 +337,7 @@ def serve(plan: Plan, todo: Iterable[Draw], prefetch: int = 2, return_index: boo
                 dead.discard(b)
                 needed.pop(b, None)
                 held.pop(b, None)
+            served += 1
             yield out
     finally:
         for f in held.values():

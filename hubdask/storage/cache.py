@@ -259,6 +259,7 @@ class _Writer:
             self._cond.notify_all()
 
     def _run(self) -> None:
+        _lowest_priority()
         while True:
             with self._cond:
                 while not self._queue:
@@ -277,6 +278,15 @@ class _Writer:
         with self._cond:
             while self._queue or self._busy:
                 self._cond.wait(0.05)
+
+
+def _lowest_priority() -> None:
+    """Run this thread at the lowest CPU priority (Linux: a thread's own nice value): writing entries
+    takes the CPU left over by reads (a cold epoch's fetch and decode), never the other way round."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):
+        pass
 
 
 _WRITERS: dict[int, _Writer] = {}
@@ -304,7 +314,11 @@ atexit.register(flush)
 
 
 def _after_fork_in_child() -> None:
-    """The child has no writer thread of its own yet (threads do not survive a fork)."""
+    """The child has no writer thread of its own yet (threads do not survive a fork). The parent's
+    queued entries may be obstore buffers: kept, never freed here (storage.forked.keep)."""
+    from hubdask.storage import forked
+
+    forked.keep(*_WRITERS.values())
     _WRITERS.clear()
 
 
