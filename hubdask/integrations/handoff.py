@@ -8,8 +8,8 @@ first batch that uses it; the loop keeps it mapped, and later batches in that se
 numbers. The segment's first byte says who holds it: FREE, FILLED (the worker is building or holding
 the batch), SENT (the loop has it). The loop sets FREE when the last tensor viewing its batch is freed
 (a finalizer on the array that every tensor of the batch views); only then does the worker reuse the
-segment, so a batch kept by the user is never overwritten. Linux only (``os.memfd_create``):
-``available()`` says whether to use it.
+segment, so a batch kept by the user is never overwritten (a worker's segments grow to the number of
+its batches alive at once). Linux only (``os.memfd_create``): ``available()`` says whether to use it.
 """
 
 from __future__ import annotations
@@ -30,7 +30,12 @@ ALIGN = 64
 
 
 def available() -> bool:
+    """Whether batches can go through memfd segments here (else torch's own shared memory)."""
     return hasattr(os, "memfd_create")
+
+
+def _nbytes(shape: tuple[int, ...], dtype: Any) -> int:
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
 
 
 def _layout(specs: dict[str, tuple[tuple[int, ...], np.dtype]]) -> tuple[dict[str, int], int]:
@@ -38,8 +43,19 @@ def _layout(specs: dict[str, tuple[tuple[int, ...], np.dtype]]) -> tuple[dict[st
     offsets, end = {}, HEADER
     for key, (shape, dtype) in specs.items():
         offsets[key] = end
-        end += -(-int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize // ALIGN) * ALIGN
+        end += -(-_nbytes(shape, dtype) // ALIGN) * ALIGN
     return offsets, max(end, HEADER + ALIGN)
+
+
+def _views(mapping: mmap.mmap, arrays: list[tuple[str, int, tuple[int, ...], Any]], finalizer: Any,
+           *args: Any) -> dict[str, np.ndarray]:
+    """Arrays ``(key, offset, shape, dtype)`` of a segment, all views of one base array on which
+    ``finalizer(*args)`` is set: it runs once the last of them (and of any view of them) is gone."""
+    end = max([off + _nbytes(shape, dt) for _, off, shape, dt in arrays] + [HEADER])
+    base = np.frombuffer(mapping, np.uint8, end - HEADER, HEADER)
+    weakref.finalize(base, finalizer, *args)
+    return {key: base[off - HEADER:off - HEADER + _nbytes(shape, dt)].view(np.dtype(dt)).reshape(shape)
+            for key, off, shape, dt in arrays}
 
 
 class _Segment:
@@ -62,7 +78,7 @@ class _Segment:
 
 
 class Batch(dict):
-    """A batch's arrays (numpy views of one segment), with where they live; see ``Shared``."""
+    """A batch's arrays (numpy views of one segment), with where they live (``shared`` sends them)."""
 
     segment: _Segment
     offsets: dict[str, int]
@@ -84,12 +100,8 @@ class _Pool:
                 self.segments.append(seg)
             seg.state[0] = FILLED
             seg.generation += 1
-        base = np.frombuffer(seg.map, np.uint8, need - HEADER, HEADER)
-        weakref.finalize(base, seg.release_unsent, seg.generation)
-        out = Batch()
-        for key, (shape, dtype) in specs.items():
-            n = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-            out[key] = base[offsets[key] - HEADER:offsets[key] - HEADER + n].view(dtype).reshape(shape)
+        out = Batch(_views(seg.map, [(k, offsets[k], shape, dt) for k, (shape, dt) in specs.items()],
+                           seg.release_unsent, seg.generation))
         out.segment, out.offsets = seg, offsets
         return out
 
@@ -176,15 +188,10 @@ def _free(state: np.ndarray) -> None:
 
 
 def _rebuild(pid: int, token: str, size: int, fd: Any, specs: tuple, as_tuple: bool) -> Any:
+    """The batch as tensors over the loop's mapping of its segment (what a pickled batch becomes)."""
     import torch
 
     mm, state = _mapping(pid, token, size, fd)
-    end = max(off + int(np.prod(shape, dtype=np.int64)) * np.dtype(dt).itemsize for _, off, shape, dt in specs)
-    base = np.frombuffer(mm, np.uint8, end - HEADER, HEADER)
-    weakref.finalize(base, _free, state)  # every tensor below views ``base``: freed with the last of them
-    out = {}
-    for key, off, shape, dt in specs:
-        n = int(np.prod(shape, dtype=np.int64)) * np.dtype(dt).itemsize
-        out[key] = torch.from_numpy(base[off - HEADER:off - HEADER + n].view(np.dtype(dt)).reshape(shape))
+    out = {k: torch.from_numpy(v) for k, v in _views(mm, list(specs), _free, state).items()}
     return tuple(out.values()) if as_tuple else out
 
