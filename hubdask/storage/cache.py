@@ -259,7 +259,6 @@ class _Writer:
             self._cond.notify_all()
 
     def _run(self) -> None:
-        _lowest_priority()
         while True:
             with self._cond:
                 while not self._queue:
@@ -278,15 +277,6 @@ class _Writer:
         with self._cond:
             while self._queue or self._busy:
                 self._cond.wait(0.05)
-
-
-def _lowest_priority() -> None:
-    """Run this thread at the lowest CPU priority (Linux: a thread's own nice value): writing entries
-    takes the CPU left over by reads (a cold epoch's fetch and decode), never the other way round."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    except (AttributeError, OSError):
-        pass
 
 
 _WRITERS: dict[int, _Writer] = {}
