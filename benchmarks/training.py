@@ -12,11 +12,14 @@ batches of 256, 2 DataLoader workers, persistent; the loop only touches each bat
   (e) local .npy files, memory-mapped, a map-style Dataset indexed per sample (DataLoader shuffle).
 
 "Cold" is the first epoch with an empty local cache (it includes starting the workers); "warm" the best
-of the next ``--epochs`` epochs (chunks or shards from each library's local cache). Prints samples/s and
-hubdask's ratio to each peer; writes results/training.{json,md}.
+of the next ``--epochs`` epochs (chunks or shards from each library's local cache). With ``--rounds R``
+every source is measured R times in turn (caches emptied each round): a shared machine's load drifts,
+so each round's ratio compares sources measured seconds apart, and the medians are reported. Prints
+samples/s, CPU seconds, time to the first batch and hubdask's ratio to each peer; writes
+results/training.{json,md}.
 
     python benchmarks/training.py [--n 20000] [--size 64] [--batch 256] [--workers 2] [--epochs 2]
-                                  [--only hubdask,litdata,mosaic,webdataset,npy] [--codecs zstd]
+                                  [--rounds 1] [--only hubdask,litdata,mosaic,webdataset,npy] [--codecs zstd]
 
 The peers are in the ``bench`` extra. Installed with their dependencies they replace the CPU torch with a
 CUDA build and mosaicml-streaming pins numpy<2.2, so next to ``torch==2.13.0`` (CPU) install them as
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -72,6 +76,7 @@ def cpu_seconds() -> float:
 
 
 LAST_CPU: list[float] = []
+FIRST: list[float] = []  # seconds to each pass's first batch
 
 
 def run_epoch(loader) -> tuple[int, float]:
@@ -82,6 +87,8 @@ def run_epoch(loader) -> tuple[int, float]:
     for batch in loader:
         x, y = (batch["images"], batch["labels"]) if isinstance(batch, dict) else batch[:2]
         x.reshape(-1)[::4096].sum()
+        if not n:
+            FIRST.append(time.perf_counter() - t0)
         n += len(y)
     seconds = time.perf_counter() - t0
     LAST_CPU.append(cpu_seconds() - c0)
@@ -266,11 +273,31 @@ def child(peer: str, work: Path, s3: dict, args) -> None:
     n, s = run_epoch(loader)
     out["cold"] = n / s
     out["cold cpu-s"] = LAST_CPU[-1]
+    out["cold first-s"] = FIRST[-1]
     runs = [run_epoch(loader) for _ in range(args.epochs)]
     best = min(range(len(runs)), key=lambda i: runs[i][1])
     out["warm"] = runs[best][0] / runs[best][1]
     out["warm cpu-s"] = LAST_CPU[1 + best]
+    out["warm first-s"] = FIRST[1 + best]
     print("RESULT " + json.dumps(out), flush=True)
+
+
+CACHES = ("hub-cache", "litdata-cache", "mds-cache", "wds-cache")
+
+
+def measure(peer: str, work: Path, s3: dict, args) -> dict | None:
+    """One peer's cold and warm figures, measured by a fresh process (``child``)."""
+    import json
+
+    cmd = [sys.executable, __file__, "--child", peer, "--work", str(work), "--endpoint", s3["endpoint"],
+           "--batch", str(args.batch), "--workers", str(args.workers), "--epochs", str(args.epochs)]
+    cmd += ["--prefetch", str(args.prefetch)] if args.prefetch is not None else []
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    lines = [ln for ln in run.stdout.splitlines() if ln.startswith("RESULT ")]
+    if run.returncode or not lines:
+        print(f"  {peer}: failed\n{run.stderr[-3000:]}", flush=True)
+        return None
+    return json.loads(lines[-1][len("RESULT "):])
 
 
 def main() -> None:
@@ -280,6 +307,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=2, help="warm epochs measured (best is kept)")
+    ap.add_argument("--rounds", type=int, default=1, help="rounds of every source in turn (medians reported)")
     ap.add_argument("--only", default=",".join(PEERS), help="comma-separated subset of " + ",".join(PEERS))
     ap.add_argument("--codecs", default=None, help="hubdask's images codecs (default: hubdask's default)")
     ap.add_argument("--prefetch", type=int, default=None, help="hubdask's blocks read ahead per worker")
@@ -291,51 +319,55 @@ def main() -> None:
     if args.child:
         child(args.child, Path(args.work), {"endpoint": args.endpoint, "bucket": "train"}, args)
         return
-    import json
-
     only = args.only.split(",")
     x, y = make_data(args.n, args.size)
     work = Path(tempfile.mkdtemp(prefix="hubdask-bench-train-"))
-    rates: dict[str, float] = {}
-    cpu: dict[str, float] = {}
+    runs: dict[str, list[dict]] = {}  # peer -> its result in each round
+    peers = [p for p in PEERS if p in only]
     try:
         print(f"{args.n} samples uint8 {args.size}x{args.size}x3 + int64 labels, batch {args.batch}, "
-              f"{args.workers} workers, shuffled; each source measured in a fresh process", flush=True)
+              f"{args.workers} workers, shuffled; each source measured in a fresh process, {args.rounds} "
+              "round(s) of every source in turn", flush=True)
         with moto_s3("train") as s3:
-            for peer in [p for p in PEERS if p in only]:
+            for peer in peers:
                 prepare = globals()[f"{peer}_prepare"]
                 prepare(x, y, work, s3, args.codecs) if peer == "hubdask" else prepare(x, y, work, s3)
-            for peer in [p for p in PEERS if p in only]:
-                cmd = [sys.executable, __file__, "--child", peer, "--work", str(work), "--endpoint", s3["endpoint"],
-                       "--batch", str(args.batch), "--workers", str(args.workers), "--epochs", str(args.epochs)]
-                cmd += ["--prefetch", str(args.prefetch)] if args.prefetch is not None else []
-                run = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
-                lines = [ln for ln in run.stdout.splitlines() if ln.startswith("RESULT ")]
-                if run.returncode or not lines:
-                    print(f"  {peer}: failed\n{run.stderr[-3000:]}", flush=True)
-                    continue
-                got = json.loads(lines[-1][len("RESULT "):])
-                for phase in ("cold", "warm"):
-                    rates[f"{peer} {phase}"] = got[phase]
-                    cpu[f"{peer} {phase}"] = got[f"{phase} cpu-s"]
-                    print(f"  {peer + ' ' + phase:24} {got[phase]:10.0f} samples/s   "
-                          f"{got[f'{phase} cpu-s']:6.2f} CPU s (loop + workers)", flush=True)
+            for r in range(args.rounds):
+                for peer in peers:
+                    for cache in CACHES:  # every round starts cold
+                        rmtree(work / cache)
+                    got = measure(peer, work, s3, args)
+                    if got is None:
+                        continue
+                    runs.setdefault(peer, []).append({**got, "round": r})
+                    for phase in ("cold", "warm"):
+                        print(f"  round {r} {peer + ' ' + phase:18} {got[phase]:10.0f} samples/s   "
+                              f"{got[f'{phase} cpu-s']:6.2f} CPU s (loop + workers)   "
+                              f"first batch after {got[f'{phase} first-s']:.3f} s", flush=True)
     finally:
         rmtree(work)
 
-    rows = [[name, fmt(rate, ".0f"), fmt(cpu[name], ".2f")] for name, rate in rates.items()]
-    md = markdown_table(["source", "samples/s", "CPU s per epoch (loop + workers)"], rows)
+    med = statistics.median
+    rates = {f"{p} {ph}": med(g[ph] for g in gs) for p, gs in runs.items() for ph in ("cold", "warm")}
+    cpu = {f"{p} {ph}": med(g[f"{ph} cpu-s"] for g in gs) for p, gs in runs.items() for ph in ("cold", "warm")}
+    first = {f"{p} {ph}": med(g[f"{ph} first-s"] for g in gs) for p, gs in runs.items() for ph in ("cold", "warm")}
+    rows = [[name, fmt(rate, ".0f"), fmt(cpu[name], ".2f"), fmt(first[name], ".3f")] for name, rate in rates.items()]
+    md = markdown_table(["source (median of rounds)", "samples/s", "CPU s per epoch (loop + workers)",
+                         "s to first batch"], rows)
     ratios = []
     for peer in ("litdata", "mosaic", "webdataset", "npy"):
         for phase in ("cold", "warm"):
-            ours, theirs = rates.get(f"hubdask {phase}"), rates.get(f"{peer} {phase}")
-            if ours and theirs:
-                ratios.append([f"hubdask / {peer}", phase, fmt(ours / theirs, ".2f")])
-    md_ratios = markdown_table(["ratio", "epoch", "x"], ratios) if ratios else ""
+            per_round = [o[phase] / t[phase] for o in runs.get("hubdask", []) for t in runs.get(peer, [])
+                         if o["round"] == t["round"]]
+            if per_round:  # each round's ratio (sources measured minutes apart share the machine's state)
+                ratios.append([f"hubdask / {peer}", phase, fmt(med(per_round), ".2f"),
+                               " ".join(fmt(v, ".2f") for v in per_round)])
+    md_ratios = markdown_table(["ratio", "epoch", "x (median)", "each round"], ratios) if ratios else ""
     print("\n" + md + "\n\n" + md_ratios)
     payload = {"args": vars(args), "machine": machine(),
                "versions": versions("torch", "zarr", "obstore", "litdata", "mosaicml-streaming", "webdataset"),
-               "samples_per_s": rates, "cpu_seconds": cpu, "ratios": {f"{r[0]} {r[1]}": float(r[2]) for r in ratios}}
+               "samples_per_s": rates, "cpu_seconds": cpu, "first_batch_s": first, "runs": runs,
+               "ratios": {f"{r[0]} {r[1]}": float(r[2]) for r in ratios}}
     write_results("training", payload, f"# Training input\n\n{vars(args)}\n\n{md}\n\n{md_ratios}\n")
 
 

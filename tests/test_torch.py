@@ -120,6 +120,39 @@ def test_forked_child_reopens_storage(s3_root):
     np.testing.assert_array_equal(ds["labels"][N - 3:].read(), [N - 3, N - 2, N - 1])  # the parent's still works
 
 
+def test_forked_child_never_frees_the_parents_obstore_objects(s3_root):
+    """Freeing an object of the parent's obstore in a forked child runs its native destructor, which
+    takes a lock that a runtime thread of the parent may have held at the fork: the child hangs for ever
+    (seen in a DataLoader worker at startup). So the child keeps them: the parent's store outlives
+    the child's reopening, its reads and a garbage collection."""
+    import gc
+    import weakref
+
+    from hubdask.storage import open_root
+
+    ds = make(s3_root)
+    np.testing.assert_array_equal(ds["labels"][:3].read(), [0, 1, 2])
+    parents = weakref.ref(open_root(s3_root).store)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        import signal
+
+        signal.alarm(60)
+        try:
+            value = hd.load("ml/train", storage=s3_root)["labels"][:2].read().tolist()
+            fresh = open_root(s3_root).store
+            gc.collect()
+            os.write(write, repr((value, parents() is not None, fresh is not parents())).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        got = f.read()
+    os.waitpid(pid, 0)
+    assert got == repr(([0, 1], True, True))
+
+
 def _client_of_worker(root_url: str, out: str) -> Any:
     def init(worker_id: int) -> None:
         from hubdask.storage import open_root
@@ -330,3 +363,69 @@ def test_dataset_arrays_default_to_a_codec_for_training_reads(tmp_path):
     assert ds["images"]._source.zarr().metadata.codecs[1].cname.value == "lz4"
     z = hd.dataset("ml/zstd", images=dict(data=np.zeros((8, 4), np.uint8), codecs="zstd"), storage=str(tmp_path))
     assert type(z["images"]._source.zarr().metadata.codecs[1]).__name__ == "ZstdCodec"
+
+
+# --- batches handed from the workers through reused shared memory (integrations/handoff.py) -------------
+
+
+def check(batch) -> list[int]:
+    """The batch's sample ids, after checking that its rows are those samples' values."""
+    idx = batch["index"]
+    assert torch.equal(batch["labels"], idx)
+    assert torch.equal(batch["images"], (idx[:, None, None] * 12 + torch.arange(12).reshape(3, 4)).float())
+    return idx.tolist()
+
+
+def test_held_batches_are_never_overwritten_by_later_ones(s3_root):
+    """Every batch kept by the loop (all of them, or every third while the rest are dropped) keeps its
+    values while the workers go on filling memory freed by the dropped ones."""
+    ds = make(s3_root)
+    loader = ds.pytorch(batch_size=4, shuffle=True, num_workers=2, return_index=True, persistent_workers=True)
+    kept = list(loader)
+    assert sorted(i for b in kept for i in check(b)) == list(range(N))
+    del kept
+    some = [b for i, b in enumerate(loader) if i % 3 == 0]  # the others are freed at once and reused
+    assert len(some) == 25 and len({i for b in some for i in check(b)}) == 100
+
+
+def test_freed_batch_memory_is_reused(s3_root):
+    """75 batches dropped one by one travel in a few memory segments per worker, each mapped once here."""
+    from hubdask.integrations import handoff
+
+    ds = make(s3_root)
+    before = set(handoff._MAPS)
+    seen = []
+    for batch in ds.pytorch(batch_size=4, num_workers=2, return_index=True):
+        seen += check(batch)
+    assert sorted(seen) == list(range(N))
+    per_worker = collections.Counter(pid for pid, _ in set(handoff._MAPS) - before)
+    assert len(per_worker) == 2 and max(per_worker.values()) <= 8, per_worker
+
+
+def _copy_in_worker(batch: dict) -> dict:
+    """A collate_fn copying the batch in the worker; it reports how many segments the worker has made."""
+    from hubdask.integrations import handoff
+
+    out = {k: v.clone() for k, v in batch.items()}
+    out["segments"] = len(handoff._POOLS[os.getpid()].segments)
+    return out
+
+
+def test_batches_copied_in_the_worker_free_their_memory(s3_root):
+    """A batch that never reaches the loop as shared memory (the collate_fn copies it) frees its segment
+    in the worker: values right, a few segments for 75 batches."""
+    ds = make(s3_root)
+    batches = list(ds.pytorch(batch_size=4, num_workers=2, return_index=True, collate_fn=_copy_in_worker))
+    assert sorted(i for b in batches for i in check(b)) == list(range(N))
+    assert max(b["segments"] for b in batches) <= 4
+
+
+def test_without_memfd_batches_go_through_torch_shared_memory(s3_root, monkeypatch):
+    from hubdask.integrations import handoff
+
+    monkeypatch.setattr(handoff, "available", lambda: False)  # the forked workers inherit it
+    ds = make(s3_root)
+    before = set(handoff._MAPS)
+    batches = list(ds.pytorch(batch_size=16, shuffle=True, num_workers=2, return_index=True))
+    assert sorted(i for b in batches for i in check(b)) == list(range(N))
+    assert set(handoff._MAPS) == before

@@ -280,24 +280,33 @@ def read_block(plan: Plan, b: int) -> dict[str, np.ndarray]:
     return out
 
 
+Alloc = Callable[[dict[str, tuple[tuple[int, ...], np.dtype]]], dict[str, np.ndarray]]
+
+
+def _new_arrays(specs: dict[str, tuple[tuple[int, ...], np.dtype]]) -> dict[str, np.ndarray]:
+    return {k: np.empty(shape, dtype) for k, (shape, dtype) in specs.items()}
+
+
 def serve(plan: Plan, todo: Iterable[Draw], prefetch: int = 2, return_index: bool = False,
-          alloc: Callable[[tuple[int, ...], np.dtype], tuple[np.ndarray, Any]] | None = None) -> Iterator[dict[str, Any]]:
+          alloc: Alloc | None = None) -> Iterator[dict[str, np.ndarray]]:
     """The data of each draw (a dict of new, writable arrays), reading the blocks the coming draws need
-    ahead in threads (``prefetch`` reads in flight) and holding a block until its last draw. With
-    ``alloc(shape, dtype) -> (array, handle)`` the rows are gathered into ``array`` (e.g. a tensor's
-    shared memory, so that handing the batch to another process copies nothing) and the dict holds the
-    handles."""
+    ahead in threads (``prefetch`` reads in flight, from one at the start: the first draw's block is
+    not slowed by the others) and holding a block until its last draw. With
+    ``alloc({key: (shape, dtype)}) -> {key: array}`` the rows are gathered into the arrays it gives
+    (e.g. reused shared memory, so that handing the batch to another process copies nothing): the
+    mapping it returns is what is yielded."""
     pool = ThreadPoolExecutor(max(prefetch, 1), thread_name_prefix="hubdask-prefetch")
     held: dict[int, Future] = {}
     needed: dict[int, int] = {}  # block -> draws read ahead that use it
     dead: set[int] = set()  # blocks past their last draw, kept while a draw read ahead needs them
     ahead: deque[tuple[np.ndarray, list[int], list[int], int]] = deque()
     fresh = 0  # blocks whose reads the draws ahead started: the read-ahead bound
+    served = 0  # the bound ramps up from 1: the first draw's block is read alone, at full speed
     source = iter(todo)
     exhausted = False
     try:
         while True:
-            while not exhausted and (not ahead or fresh < prefetch):
+            while not exhausted and (not ahead or fresh < min(prefetch, 1 + served)):
                 nxt = next(source, None)
                 if nxt is None:
                     exhausted = True
@@ -317,9 +326,7 @@ def serve(plan: Plan, todo: Iterable[Draw], prefetch: int = 2, return_index: boo
                 return
             ids, released, blocks, started = ahead.popleft()
             fresh -= started
-            out = _gather(plan, {b: held[b].result() for b in blocks}, ids, alloc)
-            if return_index:
-                out[INDEX_KEY] = ids.copy()
+            out = _gather(plan, {b: held[b].result() for b in blocks}, ids, alloc or _new_arrays, return_index)
             for b in blocks:
                 needed[b] -= 1
             dead.update(released)
@@ -327,6 +334,7 @@ def serve(plan: Plan, todo: Iterable[Draw], prefetch: int = 2, return_index: boo
                 dead.discard(b)
                 needed.pop(b, None)
                 held.pop(b, None)
+            served += 1
             yield out
     finally:
         for f in held.values():
@@ -334,20 +342,23 @@ def serve(plan: Plan, todo: Iterable[Draw], prefetch: int = 2, return_index: boo
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _gather(plan: Plan, data: dict[int, dict[str, np.ndarray]], ids: np.ndarray,
-            alloc: Callable[[tuple[int, ...], np.dtype], tuple[np.ndarray, Any]] | None = None) -> dict[str, Any]:
-    """Rows ``ids`` of the held blocks, stacked in order into new arrays (from ``alloc`` when given)."""
+def _gather(plan: Plan, data: dict[int, dict[str, np.ndarray]], ids: np.ndarray, alloc: Alloc,
+            return_index: bool = False) -> dict[str, np.ndarray]:
+    """Rows ``ids`` of the held blocks, stacked in order into arrays from ``alloc`` (with the sample
+    ids under INDEX_KEY when ``return_index``)."""
     rows = plan.block_rows
     first = next(iter(data.values()))
-    out, handles = {}, {}
-    for key, v in first.items():
-        shape = (len(ids),) + v.shape[1:]
-        out[key], handles[key] = alloc(shape, v.dtype) if alloc is not None else (np.empty(shape, v.dtype),) * 2
+    specs = {key: ((len(ids),) + v.shape[1:], v.dtype) for key, v in first.items()}
+    if return_index:
+        specs[INDEX_KEY] = ((len(ids),), np.dtype(np.int64))
+    out = alloc(specs)
+    if return_index:
+        out[INDEX_KEY][...] = ids
     if len(data) == 1 and len(ids) and ids[-1] - ids[0] == len(ids) - 1 and np.all(np.diff(ids) == 1):
         lo = int(ids[0]) - next(iter(data)) * rows
         for key, v in first.items():
             out[key][...] = v[lo:lo + len(ids)]
-        return handles
+        return out
     blk = ids // rows
     for b, block in data.items():
         where = np.nonzero(blk == b)[0]
@@ -357,4 +368,4 @@ def _gather(plan: Plan, data: dict[int, dict[str, np.ndarray]], ids: np.ndarray,
                 np.take(v, local, axis=0, out=out[key])
             else:
                 out[key][where] = v[local]
-    return handles
+    return out

@@ -28,18 +28,29 @@ import torch
 from torch.utils.data import DataLoader, get_worker_info
 from torch.utils.data import IterableDataset as _TorchIterable
 
+from hubdask.integrations import handoff
 from hubdask.integrations.stream import INDEX_KEY, Plan, Share, make_plan, resume_draws, serve, worker_draws
 
 STATE_VERSION = 1
 _SAME = ("length", "world_size", "rank", "batch_size", "shuffle", "seed", "buffer_size", "drop_last", "block_rows")
 
 
-def _shared(shape: tuple[int, ...], dtype: np.dtype) -> tuple[np.ndarray, torch.Tensor]:
-    """A tensor in shared memory (as torch's default_collate makes in a worker) and its numpy view."""
-    t = torch.empty(0, dtype=torch.from_numpy(np.empty(0, dtype)).dtype)
-    storage = t._typed_storage()._new_shared(int(np.prod(shape)), device=t.device)
-    out = t.new(storage).resize_(*shape)
-    return out.numpy(), out
+def _shared(specs: dict[str, tuple[tuple[int, ...], np.dtype]]) -> dict[str, np.ndarray]:
+    """Tensors in shared memory (as torch's default_collate makes in a worker), where there is no memfd:
+    their numpy views, the tensors themselves under ``.tensors``."""
+    out = _InTensors()
+    for key, (shape, dtype) in specs.items():
+        t = torch.empty(0, dtype=torch.from_numpy(np.empty(0, dtype)).dtype)
+        storage = t._typed_storage()._new_shared(int(np.prod(shape)), device=t.device)
+        out.tensors[key] = t.new(storage).resize_(*shape)
+        out[key] = out.tensors[key].numpy()
+    return out
+
+
+class _InTensors(dict):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tensors: dict[str, torch.Tensor] = {}
 
 
 def _tensor(v: Any) -> torch.Tensor:
@@ -152,16 +163,20 @@ class StreamDataset(_TorchIterable):
     def _generate(self, todo: Any):
         keys = list(self.plan.sources) + ([INDEX_KEY] if self.return_index else [])
         batched = self.transform is None and self.batch_size is not None
-        # a worker's batches go to the loader's process: gather them straight into shared memory
-        alloc = _shared if batched and get_worker_info() is not None else None
+        # a worker's batches go to the loop's process: gather them into memory shared with it
+        to_loop = batched and get_worker_info() is not None
+        alloc = (handoff.take if handoff.available() else _shared) if to_loop else None
         data = serve(self.plan, todo, self.prefetch, self.return_index, alloc)
         if self.transform is None:
             for item in data:
-                if self.batch_size is not None:
-                    yield self._shape({k: _tensor(item[k]) for k in keys}, keys)
-                    continue
-                for i in range(len(item[keys[0]])):
-                    yield self._shape({k: _tensor(item[k][i]) for k in keys}, keys)
+                if self.batch_size is None:
+                    for i in range(len(item[keys[0]])):
+                        yield self._shape({k: _tensor(item[k][i]) for k in keys}, keys)
+                elif isinstance(item, handoff.Batch):
+                    yield handoff.shared(item, {k: torch.from_numpy(item[k]) for k in keys}, self.output == "tuple")
+                else:
+                    tensors = item.tensors if isinstance(item, _InTensors) else {k: _tensor(item[k]) for k in keys}
+                    yield self._shape(tensors, keys)
             return
         from torch.utils.data import default_collate
 

@@ -304,7 +304,11 @@ atexit.register(flush)
 
 
 def _after_fork_in_child() -> None:
-    """The child has no writer thread of its own yet (threads do not survive a fork)."""
+    """The child has no writer thread of its own yet (threads do not survive a fork). The parent's
+    queued entries may be obstore buffers: kept, never freed here (storage.forked.keep)."""
+    from hubdask.storage import forked
+
+    forked.keep(*_WRITERS.values())
     _WRITERS.clear()
 
 

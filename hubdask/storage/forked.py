@@ -27,6 +27,14 @@ from typing import Any
 _GENERATION = 0  # how many forks-with-reload away from the process that first loaded obstore
 _LOCK = threading.Lock()
 _STALE = False  # this process is a fork of one that had loaded obstore: its runtime may be dead
+_KEPT: list[Any] = []  # the parent's obstore objects (and the modules), never freed in this process
+
+
+def keep(*objects: Any) -> None:
+    """Never free ``objects`` in this forked child: freeing an object of the parent's obstore runs its
+    native destructor, which takes a lock that one of the parent's runtime threads may have held at the
+    instant of the fork, and that thread does not exist here: the child would hang for ever."""
+    _KEPT.extend(o for o in objects if o is not None)
 
 
 def _after_fork() -> None:
@@ -71,7 +79,7 @@ def reload_obstore() -> None:
             return
         copy = _copy_of(module.__file__, _GENERATION + 1)
         for name in [m for m in sys.modules if m == "obstore" or m.startswith("obstore.")]:
-            del sys.modules[name]
+            keep(sys.modules.pop(name))
         sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _CopyFinder)]
         sys.meta_path.insert(0, _CopyFinder(copy))
         import obstore  # noqa: F401  (the fresh package, over the copy)

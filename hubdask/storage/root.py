@@ -358,6 +358,7 @@ def _reopen_after_fork() -> None:
     global _OPEN_LOCK
     _OPEN_LOCK = threading.Lock()
     for root in _OPEN.values():
+        forked.keep(root._store)  # freeing the parent's obstore objects here could hang (forked.keep)
         root._store = None
         root._lock = threading.Lock()
 
