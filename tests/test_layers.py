@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("versioning", ("versioning", "versioning.*")),
     ("array engine", ("grid", "source", "shards", "chunkio", "view", "spec", "daskgraph", "compute", "progress")),
     ("write path and locks", ("locks", "write")),
-    ("adapters", ("viz", "viz.*", "integrations", "integrations.stream", "integrations.torch",
+    ("adapters", ("viz", "viz.*", "integrations", "integrations.stream", "integrations.handoff", "integrations.torch",
                   "integrations.tensorflow", "integrations.xarray_view")),
     ("Array", ("history", "array", "dataset", "export")),
     ("entry points", ("api", "mapblocks", "serve", "cli", "demo", "integrations.ingest",
