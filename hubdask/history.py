@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from hubdask.errors import NotFoundError, ReadOnlyError, refusing_read_only
@@ -32,6 +33,7 @@ class Versioned:
 
     _source: Any
     _name: str
+    _opened: Callable[[Source, str], "Versioned"]  # an object of this kind (array or dataset) reading a source, named
 
     @property
     def _repo(self) -> Repository:
@@ -122,10 +124,6 @@ class Versioned:
         src = self._source
         return self._opened(Source.at(src.root, src.ds, src.path, state.commit, state.head, cache=src.cache),
                             parse(self.dataset_name).with_ref(state.ref))
-
-    def _opened(self, source: Source, name: str) -> "Versioned":
-        """An object of this kind (array or dataset) reading ``source``, displayed as ``name``."""
-        raise NotImplementedError
 
     def delete_branch(self, name: str) -> None:
         self._repo.delete_branch(name)
