@@ -93,6 +93,25 @@ def test_spawned_workers(s3_root):
     assert sorted(indices(loader)) == list(range(N))
 
 
+def _in_fork(child) -> str:
+    """``repr(child())`` computed in a forked child (bounded by an alarm), reported through a pipe."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        import signal
+
+        signal.alarm(60)
+        try:
+            os.write(write, repr(child()).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        got = f.read()
+    os.waitpid(pid, 0)
+    return got
+
+
 def test_forked_child_reopens_storage(s3_root):
     """A child forked after the parent used the S3 client reads through a fresh store (no hang), and
     that store is obstore's (a fresh copy of its runtime), not the s3fs fallback."""
@@ -101,21 +120,8 @@ def test_forked_child_reopens_storage(s3_root):
     ds = make(s3_root)
     np.testing.assert_array_equal(ds["labels"][:3].read(), [0, 1, 2])
     assert type(open_root(s3_root).store).__name__ == "ObjectStore"
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: bounded by an alarm, reports through the pipe
-        import signal
-
-        signal.alarm(60)
-        try:
-            value = hd.load("ml/train", storage=s3_root)["labels"][N - 3:].read().tolist()
-            os.write(write, repr((value, type(open_root(s3_root).store).__name__)).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as f:
-        got = f.read()
-    os.waitpid(pid, 0)
+    got = _in_fork(lambda: (hd.load("ml/train", storage=s3_root)["labels"][N - 3:].read().tolist(),
+                            type(open_root(s3_root).store).__name__))
     assert got == repr(([N - 3, N - 2, N - 1], "ObjectStore"))
     np.testing.assert_array_equal(ds["labels"][N - 3:].read(), [N - 3, N - 2, N - 1])  # the parent's still works
 
@@ -133,24 +139,13 @@ def test_forked_child_never_frees_the_parents_obstore_objects(s3_root):
     ds = make(s3_root)
     np.testing.assert_array_equal(ds["labels"][:3].read(), [0, 1, 2])
     parents = weakref.ref(open_root(s3_root).store)
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        import signal
+    def child() -> tuple:
+        value = hd.load("ml/train", storage=s3_root)["labels"][:2].read().tolist()
+        fresh = open_root(s3_root).store
+        gc.collect()
+        return value, parents() is not None, fresh is not parents()
 
-        signal.alarm(60)
-        try:
-            value = hd.load("ml/train", storage=s3_root)["labels"][:2].read().tolist()
-            fresh = open_root(s3_root).store
-            gc.collect()
-            os.write(write, repr((value, parents() is not None, fresh is not parents())).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as f:
-        got = f.read()
-    os.waitpid(pid, 0)
-    assert got == repr(([0, 1], True, True))
+    assert _in_fork(child) == repr(([0, 1], True, True))
 
 
 def _client_of_worker(root_url: str, out: str) -> Any:
