@@ -471,7 +471,12 @@ def _fetch_all(res: Resolver, jobs: list, deliver: Callable[[tuple, Any], None])
 
         def local_job(job: tuple) -> None:
             key = job[1] or job[2]
-            raw = files.read(local_root / key, scratch=True) if key else None
+            if not key:
+                raw = None
+            elif _is_ranged(res, job[0]):
+                raw = _read_inner_chunks(res, local_root / key, job[0])
+            else:
+                raw = files.read(local_root / key, scratch=True)
             if key and raw is None:
                 raise res.missing(key)
             deliver(job, raw)
@@ -524,8 +529,7 @@ def _fetch_all(res: Resolver, jobs: list, deliver: Callable[[tuple, Any], None])
         if key is None:
             return await in_pool(finish, job, None)
         part = job[0]
-        ranged = isinstance(res.lay.codec, shards.ShardCodec) and not (part.whole or part.covers)
-        raw = await (_fetch_inner_chunks(res, key, part) if ranged else res.root.fetch_async(key))
+        raw = await (_fetch_inner_chunks(res, key, part) if _is_ranged(res, part) else res.root.fetch_async(key))
         if raw is None:
             raise res.missing(key)
         return await in_pool(finish, job, raw)
@@ -533,22 +537,50 @@ def _fetch_all(res: Resolver, jobs: list, deliver: Callable[[tuple, Any], None])
     sync(_bounded(fetch_one, jobs, config.read_concurrency()))
 
 
-async def _fetch_inner_chunks(res: Resolver, key: str, part: ChunkPart) -> Any:
-    """What a small read of a shard needs: its index (a suffix GET), then only the inner chunks the part
-    touches (ranged GETs, neighbours coalesced) as a shards.Partial; a tombstone or damaged index as is."""
+def _shard_index(res: Resolver, part: ChunkPart, tail: Any) -> np.ndarray | None:
+    """The index in ``tail``, a shard's last bytes; None when they are not a shard's (absent, deleted,
+    too short: the decode says which). A damaged index is a CorruptChunkError."""
     codec = res.lay.codec
-    tail = await res.root.fetch_range_async(key, None, codec.index_nbytes)
     if tail is None or len(tail) < codec.index_nbytes or store_module.is_tombstone(tail):
-        return tail  # absent, deleted, or too short for a shard: the decode says which
+        return None
     try:
-        idx = codec.index(tail)
+        return codec.index(tail)
     except ValueError as exc:
         raise _corrupt(res.source.ds, res.lay, part, exc) from exc
-    spans = codec.ranges(idx, part.inner)
+
+
+def _is_ranged(res: Resolver, part: ChunkPart) -> bool:
+    """Whether the read of ``part`` fetches only the inner chunks it touches (a shard not read whole)."""
+    return isinstance(res.lay.codec, shards.ShardCodec) and not (part.whole or part.covers)
+
+
+async def _fetch_inner_chunks(res: Resolver, key: str, part: ChunkPart) -> Any:
+    """What a small read of a remote shard needs: its index (a suffix GET), then only the inner chunks
+    the part touches (ranged GETs, neighbours coalesced) as a shards.Partial; a tombstone as is."""
+    tail = await res.root.fetch_range_async(key, None, res.lay.codec.index_nbytes)
+    idx = _shard_index(res, part, tail)
+    if idx is None:
+        return tail
+    spans = res.lay.codec.ranges(idx, part.inner)
     pieces = await asyncio.gather(*(res.root.fetch_range_async(key, a, b) for a, b in spans))
     if any(p is None for p in pieces):
         return None  # collected between the two requests: reported as missing
     return shards.Partial(idx, [(a, p) for (a, _), p in zip(spans, pieces)])
+
+
+def _read_inner_chunks(res: Resolver, path: Path, part: ChunkPart) -> Any:
+    """``_fetch_inner_chunks`` of a local shard: the index and the coalesced ranges by pread, from one
+    open file."""
+    found: list[np.ndarray | None] = []
+
+    def spans(tail: bytes) -> list[tuple[int, int]]:
+        found.append(_shard_index(res, part, tail))
+        return [] if found[0] is None else res.lay.codec.ranges(found[0], part.inner)
+
+    got = files.read_tail_then(path, res.lay.codec.index_nbytes, spans)
+    if got is None:
+        return None
+    return got[0] if found[0] is None else shards.Partial(found[0], got[1])
 
 
 def _chunk_error(res: Resolver, coords: tuple[int, ...], op: str, exc: StorageError) -> StorageError:

@@ -142,23 +142,27 @@ class ShardCodec:
         """Decode the shard ``raw`` into ``out`` (the whole shard); ValueError when damaged."""
         self._decode_box(raw, [0] * len(self.per), [p - 1 for p in self.per], out)
 
-    def _box(self, inner: tuple) -> tuple[list[int], list[int], tuple]:
+    def _box(self, inner: tuple) -> tuple[list[int], list[int], tuple, list]:
         """(first and last inner chunk coordinates the selection ``inner`` touches, the selection
-        relative to the box of those inner chunks)."""
-        lo_hi = [_extent(s) for s in inner]
-        first = [lo // c for (lo, _), c in zip(lo_hi, self.inner_chunks)]
-        last = [hi // c for (_, hi), c in zip(lo_hi, self.inner_chunks)]
-        return first, last, tuple(_shift(s, f * c) for s, f, c in zip(inner, first, self.inner_chunks))
+        relative to the box of those inner chunks, the coordinates it touches along each axis: a
+        strided or index-array selection skips some inner chunks of its box)."""
+        touched = [_touched(s, c) for s, c in zip(inner, self.inner_chunks)]
+        first, last = [t[0] for t in touched], [t[-1] for t in touched]
+        return first, last, tuple(_shift(s, f * c) for s, f, c in zip(inner, first, self.inner_chunks)), touched
 
-    def _box_regions(self, first: list[int], last: list[int]) -> list[tuple[int, tuple[slice, ...]]]:
-        """(index position, slices in the box) of every inner chunk of the box."""
+    def _box_regions(self, first: list[int], last: list[int], touched: list | None = None
+                     ) -> list[tuple[int, tuple[slice, ...]]]:
+        """(index position, slices in the box) of every inner chunk of the box (``touched``: of those
+        coordinates along each axis only)."""
+        axes = touched or [range(f, l + 1) for f, l in zip(first, last)]
         return [(int(np.ravel_multi_index(coords, self.per)),
                  tuple(slice((j - f) * c, (j - f + 1) * c) for j, f, c in zip(coords, first, self.inner_chunks)))
-                for coords in itertools.product(*(range(f, l + 1) for f, l in zip(first, last)))]
+                for coords in itertools.product(*axes)]
 
-    def _decode_box(self, raw: Any, first: list[int], last: list[int], box: np.ndarray | None = None) -> np.ndarray:
-        """The inner chunks from ``first`` to ``last`` (coordinates) of shard ``raw`` (None: empty; or a
-        Partial: the byte ranges fetched) in one box."""
+    def _decode_box(self, raw: Any, first: list[int], last: list[int], box: np.ndarray | None = None,
+                    touched: list | None = None) -> np.ndarray:
+        """The inner chunks from ``first`` to ``last`` (coordinates; ``touched``: only those) of shard
+        ``raw`` (None: empty; or a Partial: the byte ranges fetched) in one box (the rest of it unset)."""
         if box is None:
             box = np.empty(tuple((l - f + 1) * c for f, l, c in zip(first, last, self.inner_chunks)), self.dtype)
         if isinstance(raw, Partial):
@@ -167,7 +171,7 @@ class ShardCodec:
             idx = self.index(raw) if raw is not None else None
             body = memoryview(raw) if raw is not None else None
         buf = np.empty(self.inner_chunks, self.dtype)
-        for i, region in self._box_regions(first, last):
+        for i, region in self._box_regions(first, last, touched):
             off, nb = idx[i] if idx is not None else (EMPTY, EMPTY)
             if off == EMPTY:
                 box[region] = self.fill
@@ -179,9 +183,9 @@ class ShardCodec:
     def ranges(self, idx: np.ndarray, inner: tuple, gap: int = COALESCE_GAP) -> list[tuple[int, int]]:
         """The byte ranges ``(start, end)`` of the inner chunks that selection ``inner`` touches, in
         order, neighbours less than ``gap`` bytes apart merged into one request."""
-        first, last, _ = self._box(inner)
-        spans = sorted((int(idx[i, 0]), int(idx[i, 0] + idx[i, 1])) for i, _ in self._box_regions(first, last)
-                       if idx[i, 0] != EMPTY)
+        first, last, _, touched = self._box(inner)
+        spans = sorted((int(idx[i, 0]), int(idx[i, 0] + idx[i, 1]))
+                       for i, _ in self._box_regions(first, last, touched) if idx[i, 0] != EMPTY)
         out: list[list[int]] = []
         for a, b in spans:
             if out and a <= out[-1][1] + gap:
@@ -193,18 +197,18 @@ class ShardCodec:
     def decode_box(self, raw: Any, inner: tuple) -> tuple[np.ndarray, tuple]:
         """(the inner chunks that selection ``inner`` of the shard touches, decoded into one box; the
         selection relative to the box): a small read decodes a few inner chunks, not the whole shard."""
-        first, last, rel = self._box(inner)
-        return self._decode_box(raw, first, last), rel
+        first, last, rel, touched = self._box(inner)
+        return self._decode_box(raw, first, last, touched=touched), rel
 
     def update(self, raw: Any, inner: tuple, change: Callable[[np.ndarray, tuple], None]) -> bytes | None:
         """The shard ``raw`` (None: empty) with ``change(box, selection in the box)`` applied to the inner
         chunks ``inner`` touches; the others keep their encoded bytes. None when every inner chunk is empty."""
-        first, last, rel = self._box(inner)
-        box = self._decode_box(raw, first, last)
+        first, last, rel, touched = self._box(inner)
+        box = self._decode_box(raw, first, last, touched=touched)
         change(box, rel)
         fresh: dict[int, bytes | None] = {}
         fill = np.array(self.fill, self.dtype)
-        for i, region in self._box_regions(first, last):
+        for i, region in self._box_regions(first, last, touched):
             chunk = box[region]
             empty = np.array_equal(chunk, np.broadcast_to(fill, chunk.shape), equal_nan=self.dtype.kind in "fc")
             fresh[i] = None if empty else self.inner.encode(chunk)
@@ -252,14 +256,18 @@ class ShardCodec:
         return self._finish(pieces, idx)
 
 
-def _extent(s: Any) -> tuple[int, int]:
-    """(first, last) element an ascending int, slice or index array selects along one axis."""
-    if isinstance(s, np.ndarray):
-        return int(s.min()), int(s.max())
+def _touched(s: Any, chunk: int) -> list[int]:
+    """The inner chunk coordinates, ascending, that an ascending int, slice or index array selects
+    along one axis of ``chunk`` elements per inner chunk."""
     if isinstance(s, slice):
         step = s.step or 1
-        return s.start, s.start + (len(range(s.start, s.stop, step)) - 1) * step
-    return int(s), int(s)
+        if step <= chunk:  # every inner chunk from the first element's to the last's
+            last = s.start + (len(range(s.start, s.stop, step)) - 1) * step
+            return list(range(s.start // chunk, last // chunk + 1))
+        s = np.arange(s.start, s.stop, step)
+    if isinstance(s, np.ndarray):
+        return np.unique(s // chunk).tolist()
+    return [int(s) // chunk]
 
 
 def _shift(s: Any, origin: int) -> Any:

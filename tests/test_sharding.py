@@ -218,16 +218,13 @@ def test_petabyte_walkthrough_sharded(root):
     np.testing.assert_array_equal(x[0].read(), np.zeros((512, 512, 3), "uint8"))
 
 
-def test_small_reads_fetch_only_their_inner_chunks_by_range(s3_root, monkeypatch):
-    from hubdask.storage import Root
+def _count_shard_reads(monkeypatch) -> dict:
+    """Count, for local and remote roots alike, whole reads of chunk objects, ranged reads and their bytes."""
+    from hubdask.storage import Root, files
 
-    ref = np.random.default_rng(5).integers(0, 255, (32, 64, 64)).astype("uint8")
-    a = hd.array(ref.shape, "r/a", dtype="uint8", chunks=(1, 64, 64), shards=(32, 64, 64), codecs="none",
-                 storage=s3_root)
-    a[:] = ref
-    a.commit("data")
     calls = {"whole": 0, "ranges": [], "bytes": 0}
     whole, ranged = Root.fetch_async, Root.fetch_range_async
+    read, tail_then = files.read, files.read_tail_then
 
     async def count_whole(self, key):
         calls["whole"] += "/c/" in key
@@ -239,17 +236,75 @@ def test_small_reads_fetch_only_their_inner_chunks_by_range(s3_root, monkeypatch
         calls["bytes"] += len(out)
         return out
 
+    def count_read(path, **kw):
+        calls["whole"] += "/c/" in str(path)
+        return read(path, **kw)
+
+    def count_tail_then(path, tail, spans):
+        out = tail_then(path, tail, spans)
+        calls["ranges"].append((None, tail))
+        calls["ranges"].extend((a, a + len(p)) for a, p in out[1])
+        calls["bytes"] += len(out[0]) + sum(len(p) for _, p in out[1])
+        return out
+
     monkeypatch.setattr(Root, "fetch_async", count_whole)
     monkeypatch.setattr(Root, "fetch_range_async", count_ranged)
-    x = hd.load("r/a", storage=s3_root, cache=False)
+    monkeypatch.setattr(files, "read", count_read)
+    monkeypatch.setattr(files, "read_tail_then", count_tail_then)
+    return calls
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_small_reads_fetch_only_their_inner_chunks_by_range(where, tmp_path, request, monkeypatch):
+    root = str(tmp_path / "r") if where == "local" else request.getfixturevalue("s3_root")
+    ref = np.random.default_rng(5).integers(0, 255, (32, 64, 64)).astype("uint8")
+    a = hd.array(ref.shape, "r/a", dtype="uint8", chunks=(1, 64, 64), shards=(32, 64, 64), codecs="none",
+                 storage=root)
+    a[:] = ref
+    a.commit("data")
+    calls = _count_shard_reads(monkeypatch)
+    x = hd.load("r/a", storage=root, cache=False)
     np.testing.assert_array_equal(x[5, 10:20].read(), ref[5, 10:20])
     assert calls["whole"] == 0 and len(calls["ranges"]) == 2  # the index, then one inner chunk
     assert calls["bytes"] < ref[0].nbytes + 1024  # one inner chunk of 32 (and the index)
     calls["ranges"].clear()
     np.testing.assert_array_equal(x[6:9].read(), ref[6:9])
     assert len(calls["ranges"]) == 2  # three adjacent inner chunks: one coalesced range
-    np.testing.assert_array_equal(x.read(), ref)  # the whole shard: one plain GET
+    calls["ranges"].clear()
+    np.testing.assert_array_equal(x[[2, 20]].read(), ref[[2, 20]])
+    assert len(calls["ranges"]) == 3  # two inner chunks far apart: two ranges
+    np.testing.assert_array_equal(x.read(), ref)  # the whole shard: one plain read
     assert calls["whole"] == 1
+
+
+def test_a_cached_shard_serves_small_reads_and_a_rewrite_is_never_stale(s3_root, tmp_path, monkeypatch):
+    from hubdask.storage import cache
+
+    monkeypatch.setenv("HUBDASK_CACHE", str(tmp_path / "cache"))
+    cache.reset()
+    try:
+        ref = np.random.default_rng(6).integers(0, 255, (16, 32)).astype("uint8")
+        a = hd.array(ref.shape, "k/a", dtype="uint8", chunks=(1, 32), shards=(16, 32), storage=s3_root)
+        a[:] = ref
+        first = a.commit("one")
+        calls = _count_shard_reads(monkeypatch)
+        x = hd.load(f"k/a:{first}", storage=s3_root)
+        np.testing.assert_array_equal(x.read(), ref)  # the whole shard, now in the disk cache
+        assert calls["whole"] == 1
+        calls["ranges"].clear()
+        np.testing.assert_array_equal(x[3, 2:9].read(), ref[3, 2:9])  # served by the cached shard
+        assert calls["whole"] == 1 and calls["ranges"] == []
+        a[3, 2:9] = 200  # a partial rewrite of the cached shard, then a commit
+        ref2 = ref.copy()
+        ref2[3, 2:9] = 200
+        second = a.commit("two")
+        for name in ("k/a", f"k/a:{second}"):
+            y = hd.load(name, storage=s3_root)
+            np.testing.assert_array_equal(y[3, 0:10].read(), ref2[3, 0:10])
+            np.testing.assert_array_equal(y[2:5].read(), ref2[2:5])
+        np.testing.assert_array_equal(hd.load(f"k/a:{first}", storage=s3_root)[3].read(), ref[3])
+    finally:
+        cache.reset()
 
 
 def test_dataset_arrays_can_be_sharded(tmp_path):

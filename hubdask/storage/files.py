@@ -12,6 +12,7 @@ import os
 import threading
 import uuid
 from pathlib import Path
+from typing import Callable
 
 TEMP_SUFFIX = ".partial"
 
@@ -48,6 +49,24 @@ def read(path: str | Path, *, scratch: bool = False) -> bytes | memoryview | Non
                 os.lseek(fd, 0, os.SEEK_SET)
                 with open(fd, "rb", closefd=False) as f:
                     return f.read()
+    finally:
+        os.close(fd)
+
+
+def read_tail_then(path: str | Path, tail: int, spans: Callable[[bytes], list[tuple[int, int]]]
+                   ) -> tuple[bytes, list[tuple[int, bytes]]] | None:
+    """The file's last ``tail`` bytes (all of a shorter file) and ``(start, bytes)`` of each range
+    ``(start, end)`` that ``spans(those bytes)`` names, read from one open file (one version of it, even when it is replaced meanwhile); None if it
+    does not exist. A local shard's small read: its index, then only the inner chunks it needs."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        size = os.fstat(fd).st_size
+        start = max(0, size - tail)
+        last = os.pread(fd, size - start, start)
+        return last, [(a, os.pread(fd, b - a, a)) for a, b in spans(last)]
     finally:
         os.close(fd)
 
