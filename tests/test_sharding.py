@@ -16,10 +16,12 @@ from zarr.storage import LocalStore, MemoryStore
 
 import hubdask as hd
 from hubdask import chunkio, spec
+from hubdask import shards as shards_module
 from hubdask.array import _read_block
 from hubdask.cli import main
+from hubdask.storage import open_root
 
-from helpers import run_python, snapshot
+from helpers import committed_object, run_python, snapshot
 
 
 def _zarr_sharded(store, shape=(12, 10), chunks=(3, 5), shards=(6, 10), dtype="int32", codecs="zstd"):
@@ -108,6 +110,39 @@ def test_store_plans_one_task_per_shard(tmp_path):
     assert len(keys) == 5  # one object per shard (5 shards of 8 rows), not per inner chunk
 
 
+def _inner_bytes(a, raw: bytes) -> list[bytes | None]:
+    """Each inner chunk's encoded bytes in shard ``raw`` (None: empty), in the index's order."""
+    codec = chunkio.LeanCodec.from_metadata(a.frozen_view.source.zarr().metadata)
+    return [None if off == shards_module.EMPTY else raw[int(off):int(off + nb)] for off, nb in codec.index(raw)]
+
+
+def test_a_partial_write_of_a_shard_keeps_the_untouched_inner_chunks_bytes(tmp_path, monkeypatch):
+    """Only the inner chunks a write touches are re-encoded: every other one keeps its exact bytes
+    (spliced from the old shard), the index is rewritten to match."""
+    root = str(tmp_path / "r")
+    ref = np.random.default_rng(3).integers(0, 9, (16, 12)).astype("int16")
+    a = hd.array(ref.shape, "b/a", dtype="int16", chunks=(4, 4), shards=(16, 12), storage=root)
+    a[:] = ref
+    first = a.commit("one")
+    encoded = []
+    encode = chunkio.LeanCodec.encode
+    monkeypatch.setattr(chunkio.LeanCodec, "encode", lambda self, chunk: encoded.append(1) or encode(self, chunk))
+    a[5:7, 4:6] = -3  # inside inner chunk (1, 1) only
+    a[15, 11] = -4  # the last inner chunk (3, 2)
+    assert len(encoded) == 2  # one inner chunk re-encoded per write, not the shard's 12
+    ref[5:7, 4:6], ref[15, 11] = -3, -4
+    second = a.commit("two")
+    old = open_root(root).get(committed_object(a, first, "c/0/0"))
+    new = open_root(root).get(committed_object(a, second, "c/0/0"))
+    before, after = _inner_bytes(a, old), _inner_bytes(a, new)
+    touched = {1 * 3 + 1, 3 * 3 + 2}
+    assert all(after[i] == before[i] for i in range(12) if i not in touched)
+    assert all(after[i] != before[i] for i in touched)
+    np.testing.assert_array_equal(hd.load("b/a", storage=root).read(), ref)
+    a[0:4, 0:4] = 0  # an inner chunk back to the fill value: left out of the shard, as zarr does
+    assert _inner_bytes(a, open_root(root).get(committed_object(a, a.commit("three"), "c/0/0")))[0] is None
+
+
 def _writer(name: str, root: str, rows: list[int]) -> None:
     a = hd.load(name, storage=root)
     for r in rows:
@@ -115,22 +150,23 @@ def _writer(name: str, root: str, rows: list[int]) -> None:
 
 
 def test_concurrent_partial_writers_into_one_shard_lose_nothing(tmp_path):
-    """Threads, processes and dask workers each write their own rows of one shard (every write a
-    read-modify-write of the whole shard): every row lands."""
+    """Threads, a process and dask workers, all at once, each write their own rows of one shard (every
+    write a read-modify-write of the whole shard): every row lands."""
     root = str(tmp_path / "r")
     hd.array((64, 8), "c/one", dtype="int32", chunks=(4, 8), shards=(64, 8), storage=root)
-    threads = [threading.Thread(target=_writer, args=("c/one", root, list(range(i, 24, 6)))) for i in range(6)]
-    for t in threads:
-        t.start()
-    procs = [run_python(f"import hubdask as hd\na = hd.load('c/one', storage={root!r})\n"
-                        "for r in range(24, 48): a[r, :] = r + 1")]  # while the threads write
-    for t in threads:
-        t.join()
-    assert all(p.returncode == 0 for p in procs), [p.stderr for p in procs]
     with distributed.LocalCluster(n_workers=2, threads_per_worker=2, processes=True,
-                                  dashboard_address=None) as cluster, distributed.Client(cluster):
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
         tasks = [dask.delayed(_writer)("c/one", root, list(range(r, 64, 4))) for r in range(48, 52)]
-        dask.compute(*tasks)
+        on_workers = client.compute(tasks)  # running while the threads and the process write
+        threads = [threading.Thread(target=_writer, args=("c/one", root, list(range(i, 24, 6)))) for i in range(6)]
+        for t in threads:
+            t.start()
+        proc = run_python(f"import hubdask as hd\na = hd.load('c/one', storage={root!r})\n"
+                          "for r in range(24, 48): a[r, :] = r + 1")
+        for t in threads:
+            t.join()
+        client.gather(on_workers)
+    assert proc.returncode == 0, proc.stderr
     out = hd.load("c/one", storage=root).read()
     np.testing.assert_array_equal(out, np.repeat(np.arange(1, 65, dtype="int32")[:, None], 8, axis=1))
 
