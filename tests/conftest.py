@@ -63,3 +63,15 @@ def root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "memory":
         return f"memory://t{uuid.uuid4().hex}"
     return request.getfixturevalue("s3_root")
+
+
+@pytest.fixture(params=["unsharded", "sharded"])
+def layout(request: pytest.FixtureRequest):
+    """How a behaviour test's array stores its objects of shape ``chunks``: ``layout(chunks)`` gives the
+    keywords of hd.array, one chunk per object, or one shard per object of inner chunks half as long on
+    every even axis and 1 long on every other axis longer than 1 (the same object grid, so the same keys,
+    graphs, tasks and locks; more inner chunk boundaries inside each object)."""
+    if request.param == "unsharded":
+        return lambda chunks: {"chunks": tuple(chunks)}
+    return lambda chunks: {"chunks": tuple(c // 2 if c % 2 == 0 else min(c, 1) for c in chunks),
+                           "shards": tuple(chunks)}

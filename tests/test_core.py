@@ -34,15 +34,6 @@ def test_seed_workflow_petabyte_array(root):
     np.testing.assert_array_equal(x[1].read(), np.zeros((512, 512, 3), "uint8"))
 
 
-@pytest.fixture(params=["unsharded", "sharded"])
-def layout(request):
-    """How a core test's array stores objects of shape ``chunks``: one chunk each, or one shard each of
-    inner chunks half as long on every even axis (same object grid, so the same graphs and tasks)."""
-    if request.param == "unsharded":
-        return lambda chunks: {"chunks": chunks}
-    return lambda chunks: {"chunks": tuple(c // 2 if c % 2 == 0 else c for c in chunks), "shards": chunks}
-
-
 def test_views_compose_like_numpy(root, layout):
     ref = np.arange(23 * 17 * 5, dtype="int32").reshape(23, 17, 5)
     a = hd.array(ref.shape, name="v/a", dtype="int32", **layout((4, 5, 2)), storage=root)
@@ -85,8 +76,8 @@ def test_dask_collection_protocol(root, layout):
     assert v.max().compute() == ref[5:33, 1:].max()
 
 
-def test_unwritten_chunks_cost_no_read_task(root):
-    a = hd.array((100, 10), name="u/a", dtype="int16", chunks=(10, 10), fill_value=7, storage=root)
+def test_unwritten_chunks_cost_no_read_task(root, layout):
+    a = hd.array((100, 10), name="u/a", dtype="int16", **layout((10, 10)), fill_value=7, storage=root)
     a[15] = 1
     cid = a.commit("one row")
     v = hd.load(f"u/a:{cid}", storage=root)
@@ -108,13 +99,13 @@ def test_partial_and_whole_chunk_writes(root, layout):
         np.testing.assert_array_equal(hd.load("w/a", storage=root).read(), model)
 
 
-def test_store_misaligned_dask_array(root):
+def test_store_misaligned_dask_array(root, layout):
     ref = np.random.default_rng(3).integers(0, 1000, size=(37, 29)).astype("int32")
     src = da.from_array(ref, chunks=(7, 11))
-    out = hd.store(src, "s/out", storage=root, chunks=(5, 6))
-    assert out.chunks == (5, 6)
+    out = hd.store(src, "s/out", storage=root, **layout((5, 6)))
+    assert out.chunks == layout((5, 6))["chunks"] and out.storage_chunks == (5, 6)
     np.testing.assert_array_equal(hd.load("s/out", storage=root).read(), ref)
-    big = hd.array((50, 40), name="s/region", dtype="int32", chunks=(8, 8), fill_value=-1, storage=root)
+    big = hd.array((50, 40), name="s/region", dtype="int32", **layout((8, 8)), fill_value=-1, storage=root)
     hd.store(src, big, region=(slice(3, 40), slice(5, 34)))
     model = np.full((50, 40), -1, "int32")
     model[3:40, 5:34] = ref
@@ -151,8 +142,8 @@ def test_a_dataset_deleted_by_another_process_can_be_made_again(tmp_path):
     assert (b.shape, b.dtype, b.read().tolist()) == ((3,), np.int16, [7, 7, 7])
 
 
-def test_corrupted_chunk_is_detected(root):
-    a = hd.array((8, 8), name="c/a", dtype="float64", chunks=(4, 4), storage=root)
+def test_corrupted_chunk_is_detected(root, layout):
+    a = hd.array((8, 8), name="c/a", dtype="float64", **layout((4, 4)), storage=root)
     a[:] = np.ones((8, 8))
     cid = a.commit("data")
     r = open_root(root)
@@ -169,9 +160,9 @@ def test_corrupted_chunk_is_detected(root):
 
 
 @pytest.mark.parametrize("kind", ["local", "s3"])
-def test_second_process_reads_what_first_wrote(kind, tmp_path, request):
+def test_second_process_reads_what_first_wrote(kind, tmp_path, request, layout):
     root = str(tmp_path / "root") if kind == "local" else request.getfixturevalue("s3_root")
-    a = hd.array((6, 5), name="p/shared", dtype="int32", chunks=(2, 5), storage=root)
+    a = hd.array((6, 5), name="p/shared", dtype="int32", **layout((2, 5)), storage=root)
     a[:] = np.arange(30).reshape(6, 5)
     proc = run_python(f"""
         import numpy as np, hubdask as hd
@@ -197,8 +188,8 @@ def test_invalid_names_touch_no_storage(name, tmp_path):
     assert not root.exists()
 
 
-def test_bad_writes_leave_storage_unchanged(root):
-    a = hd.array((10, 10), name="bad/a", dtype="uint8", chunks=(5, 5), storage=root)
+def test_bad_writes_leave_storage_unchanged(root, layout):
+    a = hd.array((10, 10), name="bad/a", dtype="uint8", **layout((5, 5)), storage=root)
     a[0] = 3
     before = snapshot(root)
     cases = [

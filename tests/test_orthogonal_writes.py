@@ -50,8 +50,8 @@ def test_one_write_and_one_lock_per_chunk_touched(tmp_path, monkeypatch, codecs)
                                                           f"c/{i}/{j}") for i, j in touched})
 
 
-def test_mask_and_index_writes_match_numpy(tmp_path):
-    a = hd.array((7, 5, 6), "t/m", dtype="float64", chunks=(2, 5, 4), storage=str(tmp_path))
+def test_mask_and_index_writes_match_numpy(tmp_path, layout):
+    a = hd.array((7, 5, 6), "t/m", dtype="float64", **layout((2, 5, 4)), storage=str(tmp_path))
     ref = np.zeros((7, 5, 6))
     rng = np.random.default_rng(0)
     for _ in range(6):
@@ -65,11 +65,11 @@ def test_mask_and_index_writes_match_numpy(tmp_path):
     np.testing.assert_array_equal(np.asarray(a), ref)
 
 
-def test_concurrent_index_writes_to_the_same_chunks_lose_nothing(tmp_path, monkeypatch):
+def test_concurrent_index_writes_to_the_same_chunks_lose_nothing(tmp_path, monkeypatch, layout):
     """Two writers, without locks, write different rows of the same chunks at the same time: every
     chunk is a read-modify-write, and each must keep the other's rows (fenced by put_version)."""
     monkeypatch.setenv("HUBDASK_LOCKS", "off")
-    a = hd.array((12, 4), "t/c", dtype="int64", chunks=(6, 4), storage=str(tmp_path))
+    a = hd.array((12, 4), "t/c", dtype="int64", **layout((6, 4)), storage=str(tmp_path))
     start = threading.Barrier(2)
     errors = []
 

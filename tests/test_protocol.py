@@ -22,7 +22,7 @@ import pytest
 import hubdask as hd
 from hubdask import chunkio
 from hubdask.storage import open_root
-from hubdask.versioning import layout, repository
+from hubdask.versioning import layout as physical, repository
 from hubdask.versioning import store as store_module
 from hubdask.versioning.commits import CommitGraph
 from hubdask.versioning.repository import Repository
@@ -68,10 +68,10 @@ def as_actor(who: str, fn, *args) -> threading.Thread:
 
 
 @pytest.mark.parametrize("fence", [True, pytest.param(False, marks=pytest.mark.xfail(strict=True, reason="fence off: the lost update the fence prevents"))])
-def test_whole_chunk_write_is_not_undone_by_a_racing_partial_write(any_root, monkeypatch, fence):
+def test_whole_chunk_write_is_not_undone_by_a_racing_partial_write(any_root, monkeypatch, fence, layout):
     """Defect 1: A patches a[0] and has read the chunk; B's whole-chunk a[:] = 7 returns; A's write lands
     after it. B's returned write must survive (A reads again and patches B's chunk)."""
-    a = hd.array((64,), name="p/whole", dtype="int64", chunks=(64,), storage=any_root)
+    a = hd.array((64,), name="p/whole", dtype="int64", **layout((64,)), storage=any_root)
     pause = Pause(monkeypatch, "A", fence)
     t = as_actor("A", a.__setitem__, 0, 1)
     assert pause.reached.wait(30)
@@ -84,11 +84,11 @@ def test_whole_chunk_write_is_not_undone_by_a_racing_partial_write(any_root, mon
 
 
 @pytest.mark.parametrize("fence", [True, pytest.param(False, marks=pytest.mark.xfail(strict=True, reason="fence off"))])
-def test_a_writer_whose_lock_lease_expired_cannot_overwrite(any_root, monkeypatch, fence):
+def test_a_writer_whose_lock_lease_expired_cannot_overwrite(any_root, monkeypatch, fence, layout):
     """Defect 2: two holders of one chunk's lock at once (a lease that expired under a stalled holder,
     modelled by both writing without locks): the late holder's write is fenced and repeated."""
     monkeypatch.setenv("HUBDASK_LOCKS", "off")
-    a = hd.array((16,), name="p/lease", dtype="int64", chunks=(16,), storage=any_root)
+    a = hd.array((16,), name="p/lease", dtype="int64", **layout((16,)), storage=any_root)
     pause = Pause(monkeypatch, "A", fence)
     t = as_actor("A", a.__setitem__, 0, 1)  # the stalled holder: read, then frozen past its lease
     assert pause.reached.wait(30)
@@ -279,10 +279,10 @@ def test_a_crash_between_link_and_unlink_leaves_no_false_record(tmp_path):
     assert not temps_left()
 
 
-def test_an_emptied_committed_chunk_is_corruption_not_fill(any_root):
+def test_an_emptied_committed_chunk_is_corruption_not_fill(any_root, layout):
     """Defect 9: a committed chunk truncated to 0 bytes raises CorruptChunkError; a chunk deleted by
     writing the fill value (a tombstone) reads as the fill value."""
-    a = hd.array((8,), name="p/empty", dtype="int32", chunks=(4,), storage=any_root)
+    a = hd.array((8,), name="p/empty", dtype="int32", **layout((4,)), storage=any_root)
     a[:] = 5
     a[4:] = 0  # back to fill: a tombstone
     cid = a.commit("c")
@@ -349,10 +349,10 @@ def test_resolving_a_branch_costs_one_short_listing_at_any_depth(s3_root, moto_s
     assert len(hd.load("p/deep", storage=s3_root).log()) == 62
 
 
-def test_concurrent_committers_coalesce_and_lose_no_write(any_root):
+def test_concurrent_committers_coalesce_and_lose_no_write(any_root, layout):
     """Two threads commit one branch while a third writes: every returned write is in the final state,
     every returned commit id reads back, and concurrent commits of one node give one commit."""
-    a = hd.array((40,), name="p/coalesce", dtype="int64", chunks=(4,), storage=any_root)
+    a = hd.array((40,), name="p/coalesce", dtype="int64", **layout((4,)), storage=any_root)
     ids, errors = [], []
 
     def committer() -> None:
@@ -464,9 +464,9 @@ def test_damaged_records_raise_a_corruption_error_naming_the_dataset(tmp_path, d
     cid = a.commit("one")
     a.tag("v1")
     r = open_root(root)
-    base = layout.base("p/rec")
-    key = {"marker": layout.marker_key("p/rec"), "commit": layout.commit_key("p/rec", cid),
-           "tag": layout.tag_key("p/rec", "v1"),
+    base = physical.base("p/rec")
+    key = {"marker": physical.marker_key("p/rec"), "commit": physical.commit_key("p/rec", cid),
+           "tag": physical.tag_key("p/rec", "v1"),
            "head": sorted(k for k in r.list_prefix(base + "refs/heads/main/") if k.rsplit("/", 1)[1].isdigit())[-1]}[damaged]
     r.put(key, b"\xff{not json")
     for k in r.list_prefix(base + "refs/heads/main/"):

@@ -17,8 +17,8 @@ from hubdask.storage import open_root
 from helpers import committed_object, internal, run_python, snapshot
 
 
-def test_issue_example(root):
-    a = hd.array((30, 4), name="vc/arr", dtype="int32", chunks=(10, 4), storage=root)
+def test_issue_example(root, layout):
+    a = hd.array((30, 4), name="vc/arr", dtype="int32", **layout((10, 4)), storage=root)
     a[0] = 1
     c1 = a.commit("first")
     a[0] = 2
@@ -122,8 +122,8 @@ def test_deep_history_resolves_in_memory(tmp_path):
     assert not [k for k in fetched if "/commits/" in k or "/refs/" in k]  # no walk over the history
 
 
-def test_three_way_merge(root):
-    a = hd.array((6, 6), name="m/a", dtype="float32", chunks=(3, 3), storage=root)
+def test_three_way_merge(root, layout):
+    a = hd.array((6, 6), name="m/a", dtype="float32", **layout((3, 3)), storage=root)
     a[:] = 0
     a.commit("base")
     b = a.branch("feature")
@@ -141,8 +141,8 @@ def test_three_way_merge(root):
     assert hd.load(f"m/a:{mid}", storage=root).log()[0].parents[1] == b.commit_id
 
 
-def test_merge_conflict_changes_nothing_then_strategies(root):
-    a = hd.array((4, 4), name="mc/a", dtype="int8", chunks=(2, 2), storage=root)
+def test_merge_conflict_changes_nothing_then_strategies(root, layout):
+    a = hd.array((4, 4), name="mc/a", dtype="int8", **layout((2, 2)), storage=root)
     a.commit("base")
     b = a.branch("other")
     a[0, 0], a[3, 3] = 1, 1
@@ -201,8 +201,8 @@ def test_unrelated_histories_refuse_to_merge(tmp_path):
     assert snapshot(root) == before
 
 
-def test_delete_refs_and_gc(root):
-    a = hd.array((40,), name="g/a", dtype="int64", chunks=(10,), storage=root)
+def test_delete_refs_and_gc(root, layout):
+    a = hd.array((40,), name="g/a", dtype="int64", **layout((10,)), storage=root)
     a[:] = np.arange(40)
     keep = a.commit("keep")
     b = a.branch("tmp")
@@ -228,10 +228,10 @@ def test_delete_refs_and_gc(root):
     assert len(young) == 0
 
 
-def test_writes_racing_commits_are_never_lost(tmp_path):
+def test_writes_racing_commits_are_never_lost(tmp_path, layout):
     """Writers keep writing while another thread commits: every write lands in some commit."""
     root = str(tmp_path / "r")
-    a = hd.array((120, 2), name="race/a", dtype="int32", chunks=(1, 2), storage=root)
+    a = hd.array((120, 2), name="race/a", dtype="int32", **layout((4, 2)), storage=root)
     stop = threading.Event()
     commits = []
 
