@@ -421,6 +421,7 @@ class Input:
     written: Callable[[], Iterable[tuple[slice, ...]]] | None = None  # None: anywhere
     fill_value: Any = 0
     close: Callable[[], None] = lambda: None
+    shards: tuple[int, ...] | None = None  # the shard shape of a sharded source (hub or zarr)
 
 
 FILE_SUFFIXES = (".npy", ".h5", ".hdf5", ".zarr")
@@ -450,14 +451,14 @@ def open_input(spec: str, args: argparse.Namespace) -> Input:
         if a.is_view:
             raise UsageError(f"cp copies whole arrays; {spec!r} is a view")
         src = a.frozen_view.source.current()
-        chunks = a.storage_chunks
+        objects = a.storage_chunks
 
         def regions() -> Iterator[tuple[slice, ...]]:
             for coords in written_chunks(a):
-                yield tuple(slice(j * c, min((j + 1) * c, n)) for j, c, n in zip(coords, chunks, a.shape))
+                yield tuple(slice(j * c, min((j + 1) * c, n)) for j, c, n in zip(coords, objects, a.shape))
 
-        return Input(a.name, a.shape, a.dtype, lambda sel: read_selection(src, sel, a.name), chunks, regions,
-                     a.fill_value)
+        return Input(a.name, a.shape, a.dtype, lambda sel: read_selection(src, sel, a.name), a.chunks, regions,
+                     a.fill_value, shards=a.shards)
     path, inner = _file_part(spec)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no file or folder {path!r}")
@@ -490,7 +491,8 @@ def open_input(spec: str, args: argparse.Namespace) -> Input:
     except Exception as exc:
         raise FileNotFoundError(f"{spec!r} is not a zarr array ({type(exc).__name__}); for a group name the "
                                 "array as DIR:PATH") from None
-    return Input(spec, z.shape, z.dtype, lambda sel: np.asarray(z[sel]), tuple(z.chunks))
+    return Input(spec, z.shape, z.dtype, lambda sel: np.asarray(z[sel]), tuple(z.chunks),
+                 shards=tuple(z.shards) if getattr(z, "shards", None) else None)
 
 
 def _dst_written(dst: Any) -> set[tuple[int, ...]]:
@@ -567,6 +569,22 @@ def copy(inp: Input, dst: Any, jobs: int = 8, progress: bool | None = None) -> d
     return counts
 
 
+def _ints(text: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(c) for c in text.split(","))
+    except ValueError:
+        raise UsageError(f"{option} {text!r}: expected integers separated by commas, e.g. 1,512,512,3") from None
+
+
+def _shards_option(text: str | None, source: tuple[int, ...] | None) -> Any:
+    """``--shards``: 'auto', 'none' or a shape; absent: the source's shards (None when it has none)."""
+    if text is None:
+        return source
+    if text in ("auto", "none"):
+        return None if text == "none" else "auto"
+    return _ints(text, "--shards")
+
+
 def cmd_cp(args: argparse.Namespace) -> int:
     import hubdask as hd
     from hubdask.api import locate
@@ -576,7 +594,8 @@ def cmd_cp(args: argparse.Namespace) -> int:
     try:
         dst_storage = args.dst_storage or _storage(args)
         root, n = locate(args.dst, dst_storage)
-        chunks = tuple(int(c) for c in args.chunks.split(",")) if args.chunks else inp.chunks
+        chunks = _ints(args.chunks, "--chunks") if args.chunks else inp.chunks
+        shards = _shards_option(args.shards, inp.shards if not args.chunks else None)
         if repository(root, n.path).exists():
             dst = hd.load(args.dst, storage=root)
             if not hasattr(dst, "shape"):
@@ -586,8 +605,11 @@ def cmd_cp(args: argparse.Namespace) -> int:
                                  f"{inp.label!r} has shape {tuple(inp.shape)} and dtype {inp.dtype}")
         else:
             if chunks is not None:  # keep the source's chunking where it fits hubdask's rules
-                chunks = tuple(max(1, min(c, s)) for c, s in zip(chunks, inp.shape))
-            dst = hd.array(tuple(inp.shape), args.dst, dtype=inp.dtype, chunks=chunks, storage=root,
+                fits = tuple(max(1, min(c, s)) for c, s in zip(chunks, inp.shape))
+                if isinstance(shards, tuple):  # a chunk cut to the shape: one per shard along that axis
+                    shards = tuple(f if f != c else s for f, c, s in zip(fits, chunks, shards))
+                chunks = fits
+            dst = hd.array(tuple(inp.shape), args.dst, dtype=inp.dtype, chunks=chunks, shards=shards, storage=root,
                            fill_value=inp.fill_value)
         t0 = time.perf_counter()
         counts = copy(inp, dst, jobs=args.jobs, progress=_progress(args))
@@ -656,6 +678,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("dst", help="hub name or URL (created if missing)")
     sp.add_argument("--dst-storage", metavar="ROOT", help="root for DST when it has no URL (default: --storage)")
     sp.add_argument("--chunks", help="chunk shape of a new DST, e.g. 10,512,512,3 (default: the source's)")
+    sp.add_argument("--shards", help="shard shape of a new DST: a multiple of its chunks, e.g. 1024,512,512,3, "
+                                     "'auto' or 'none' (default: the source's when --chunks is not given)")
     sp.add_argument("-j", "--jobs", type=int, default=8, help="chunks copied at once (default 8)")
     sp.add_argument("-m", "--message", help="commit DST with this message after copying")
     sp = add("rm", cmd_rm, "delete a dataset with all its versions")

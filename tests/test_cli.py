@@ -375,3 +375,40 @@ def test_progress_bars_are_plain_text_without_ipywidgets(monkeypatch):
         with progress.bar(3, "x", progress=True) as bar:
             bar.update(3)
     assert type(bar).__module__ == "tqdm.std"
+
+
+def test_cp_keeps_or_sets_the_shard_layout(root, s3_root, capsys, tmp_path):
+    """cp of a sharded array keeps its shards (one object per shard, whole shards written); --shards
+    sets them for a file source ('auto' or a shape) or drops them ('none'); a bad shape is one line."""
+    import zarr
+
+    x = data((24, 6, 8))
+    src = hd.array(x.shape, "sh/src", dtype="int32", chunks=(2, 6, 8), shards=(8, 6, 8))
+    src[:] = x
+    src[5, 0, 0] = -1
+    x[5, 0, 0] = -1
+    code, out, _ = run(capsys, "cp", "sh/src", f"{s3_root}/sh/copy")
+    assert code == 0 and "chunks written 3" in out, out  # three shards, not twelve chunks
+    copy = hd.load(f"{s3_root}/sh/copy")
+    assert copy.chunks == (2, 6, 8) and copy.shards == (8, 6, 8)
+    np.testing.assert_array_equal(copy.read(), x)
+    assert "already equal 3" in run(capsys, "cp", "sh/src", f"{s3_root}/sh/copy")[1]
+    z = zarr.create_array(str(tmp_path / "s.zarr"), shape=x.shape, chunks=(4, 6, 8), shards=(12, 6, 8),
+                          dtype="int32", zarr_format=3)
+    z[:] = x
+    assert run(capsys, "cp", str(tmp_path / "s.zarr"), "sh/fromzarr")[0] == 0
+    assert (hd.load("sh/fromzarr").chunks, hd.load("sh/fromzarr").shards) == ((4, 6, 8), (12, 6, 8))
+    np.save(tmp_path / "x.npy", x)
+    assert run(capsys, "cp", str(tmp_path / "x.npy"), "sh/auto", "--chunks", "1,6,8", "--shards", "auto")[0] == 0
+    assert hd.load("sh/auto").shards == (24, 6, 8)  # the whole small array in one shard
+    assert run(capsys, "cp", str(tmp_path / "x.npy"), "sh/set", "--chunks", "3,6,8", "--shards", "6,6,8")[0] == 0
+    assert hd.load("sh/set").shards == (6, 6, 8)
+    assert run(capsys, "cp", "sh/src", "sh/plain", "--shards", "none")[0] == 0
+    assert hd.load("sh/plain").shards is None and hd.load("sh/plain").chunks == (2, 6, 8)
+    for name in ("sh/auto", "sh/set", "sh/plain", "sh/fromzarr"):
+        np.testing.assert_array_equal(hd.load(name).read(), x)
+    code, _, err = run(capsys, "cp", str(tmp_path / "x.npy"), "sh/bad", "--chunks", "3,6,8", "--shards", "4,6,8")
+    assert code == 1 and "'sh/bad'" in err and "multiple of chunks (3, 6, 8)" in err
+    code, _, err = run(capsys, "cp", str(tmp_path / "x.npy"), "sh/bad", "--shards", "big")
+    assert code == 2 and "--shards 'big'" in err
+    assert "sh/bad" not in hd.ls("sh")

@@ -88,3 +88,34 @@ def test_image_folder_bad_input(root, tmp_path):
     assert ds["images"].shape == (13, 3, 4) and ds["images"].dtype == np.uint8
     with pytest.raises(ValueError, match="one subfolder of images per class"):
         ingest.from_image_folder("in/none", top / "cat", storage=root)
+
+
+def test_ingest_into_sharded_arrays(root, tmp_path):
+    """Every ingest takes chunks= and shards= ('auto', a shape, or per array); one object per shard."""
+    x = np.random.default_rng(2).integers(0, 255, (40, 4, 4), dtype=np.uint8)
+    y = np.arange(40)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    ds = ingest.from_npy("sh/npy", {"images": tmp_path / "x.npy", "labels": tmp_path / "y.npy"}, storage=root,
+                         chunks={"images": (2, 4, 4), "labels": (8,)}, shards={"images": (10, 4, 4), "labels": "auto"})
+    assert (ds["images"].chunks, ds["images"].shards) == ((2, 4, 4), (10, 4, 4))
+    assert ds["labels"].shards == (40,)
+    np.testing.assert_array_equal(ds["images"].read(), x)
+    np.testing.assert_array_equal(ds["labels"].read(), y)
+    objects = [p for p in (tmp_path / "root/sh/npy/@hub/nodes").rglob("images/c/*/*/*") if p.is_file()]
+    assert len(objects) == 4  # four shards of 10 images, not twenty chunks
+    group = zarr.open_group(str(tmp_path / "src.zarr"), mode="w")
+    group.create_array("images", data=x, chunks=(7, 4, 4))
+    ds = ingest.from_zarr("sh/z", tmp_path / "src.zarr", storage=root, chunks=(1, 4, 4), shards="auto")
+    assert ds["images"].chunks == (1, 4, 4) and ds["images"].shards == (40, 4, 4)
+    np.testing.assert_array_equal(ds["images"].read(), x)
+    ds = ingest.from_arrays("sh/arr", images=x, chunks=(4, 4, 4), shards=(8, 4, 4), storage=root, commit="m")
+    assert ds["images"].shards == (8, 4, 4) and ds.log()[0].message == "m"
+    ds = ingest.from_image_folder("sh/pets", _folder(tmp_path), chunks=(1, 6, 8, 3), shards=(4, 6, 8, 3),
+                                  storage=root)
+    assert ds["images"].shards == (4, 6, 8, 3)
+    np.testing.assert_array_equal(ds["images"].read()[:, 0, 0, 0], [0, 10, 20, 30, 100, 110, 120, 130, 200, 210, 220, 230])
+    before = snapshot(root)
+    with pytest.raises(ValueError, match=r"'sh/bad'.*'images'.*multiple of chunks"):
+        ingest.from_image_folder("sh/bad", tmp_path / "imgs", chunks=(2, 6, 8, 3), shards=(3, 6, 8, 3), storage=root)
+    assert snapshot(root) == before

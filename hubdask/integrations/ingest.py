@@ -29,17 +29,32 @@ from hubdask.export import to_zarr  # noqa: F401  (where callers used to find it
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 PROBE_BATCH = 256  # images per scan task
+_DATASET_OPTIONS = {"storage", "storage_options", "exist_ok", "commit", "progress"}  # hd.dataset's own keywords
 
 
 # --- numpy, .npy, HDF5, zarr --------------------------------------------------------------------------
 
 
-def from_arrays(name: str, **arrays: Any) -> Dataset:
+def _laid_out(arrays: dict[str, Any], chunks: Any, shards: Any) -> dict[str, Any]:
+    """``arrays`` as hd.dataset specs with ``chunks`` and ``shards`` (as for hd.array; a dict gives them
+    per array name, anything else applies to every array)."""
+    if chunks is None and shards is None:
+        return arrays
+
+    def pick(value: Any, key: str) -> Any:
+        return value.get(key) if isinstance(value, dict) else value
+
+    return {key: dict(data=data, chunks=pick(chunks, key), shards=pick(shards, key)) for key, data in arrays.items()}
+
+
+def from_arrays(name: str, chunks: Any = None, shards: Any = None, **arrays: Any) -> Dataset:
     """``hd.dataset(name, images=np_array, labels=...)``: arrays (numpy, dask, hd.Array) written and committed.
 
-    Keywords of hd.dataset (``storage``, ``exist_ok``, ``commit``, ``progress``) pass through.
+    ``chunks`` and ``shards`` as for hd.array (``shards="auto"`` shards every array; a dict gives them
+    per array). Keywords of hd.dataset (``storage``, ``exist_ok``, ``commit``, ``progress``) pass through.
     """
-    return dataset(name, **arrays)
+    options = {k: arrays.pop(k) for k in _DATASET_OPTIONS & set(arrays)}
+    return dataset(name, **_laid_out(arrays, chunks, shards), **options)
 
 
 class FileArray:
@@ -90,8 +105,10 @@ class FileArray:
         return f"FileArray({self.kind}, {self.path!r}{', ' + repr(self.key) if self.key else ''}, {self.shape}, {self.dtype})"
 
 
-def from_npy(name: str, files: dict[str, str | os.PathLike] | None = None, **kwargs: Any) -> Dataset:
-    """One array per ``.npy`` file: ``from_npy(name, {"images": "x.npy", "labels": "y.npy"})``."""
+def from_npy(name: str, files: dict[str, str | os.PathLike] | None = None, chunks: Any = None,
+             shards: Any = None, **kwargs: Any) -> Dataset:
+    """One array per ``.npy`` file: ``from_npy(name, {"images": "x.npy", "labels": "y.npy"})`` (``chunks``,
+    ``shards`` as for from_arrays)."""
     if not files:
         raise TypeError(f"dataset {name!r}: expected files={{array name: path.npy}}")
     arrays = {}
@@ -100,12 +117,13 @@ def from_npy(name: str, files: dict[str, str | os.PathLike] | None = None, **kwa
             arrays[key] = FileArray("npy", path)
         except (OSError, ValueError) as exc:
             raise ValueError(f"dataset {name!r}: cannot read {os.fspath(path)!r} as a .npy file ({exc})") from exc
-    return dataset(name, **arrays, **kwargs)
+    return dataset(name, **_laid_out(arrays, chunks, shards), **kwargs)
 
 
-def from_hdf5(name: str, path: str | os.PathLike, keys: Any = None, **kwargs: Any) -> Dataset:
+def from_hdf5(name: str, path: str | os.PathLike, keys: Any = None, chunks: Any = None, shards: Any = None,
+              **kwargs: Any) -> Dataset:
     """HDF5 datasets as arrays: ``keys`` is a list of HDF5 paths, a dict {array name: HDF5 path}, or None
-    for every dataset at the file's top level."""
+    for every dataset at the file's top level (``chunks``, ``shards`` as for from_arrays)."""
     import h5py
 
     try:
@@ -126,12 +144,13 @@ def from_hdf5(name: str, path: str | os.PathLike, keys: Any = None, **kwargs: An
                            f"top-level datasets: {', '.join(top) or 'none'}") from exc
     if not arrays:
         raise ValueError(f"dataset {name!r}: {os.fspath(path)!r} holds no HDF5 datasets at its top level")
-    return dataset(name, **arrays, **kwargs)
+    return dataset(name, **_laid_out(arrays, chunks, shards), **kwargs)
 
 
 def from_zarr(name: str, url: str | os.PathLike, keys: Any = None, storage_options: dict | None = None,
-              **kwargs: Any) -> Dataset:
-    """The arrays of a zarr group (v2 or v3; ``keys`` picks some), or a single zarr array as ``data``."""
+              chunks: Any = None, shards: Any = None, **kwargs: Any) -> Dataset:
+    """The arrays of a zarr group (v2 or v3; ``keys`` picks some), or a single zarr array as ``data``;
+    ``chunks``, ``shards`` as for from_arrays (default: hubdask's automatic chunks, unsharded)."""
     import dask.array as da
     import zarr
 
@@ -151,7 +170,7 @@ def from_zarr(name: str, url: str | os.PathLike, keys: Any = None, storage_optio
         components = {k: k for k in wanted}
     arrays = {key: da.from_zarr(url, component=comp, storage_options=storage_options)
               for key, comp in components.items()}
-    return dataset(name, **arrays, **kwargs)
+    return dataset(name, **_laid_out(arrays, chunks, shards), **kwargs)
 
 
 # --- folders of images --------------------------------------------------------------------------------
@@ -209,7 +228,7 @@ def _list_images(name: str, folder: Path, extensions: tuple[str, ...]) -> tuple[
 
 
 def from_image_folder(name: str, folder: str | os.PathLike, *, resize: tuple[int, int] | None = None,
-                      mode: str | None = None, on_error: str = "raise", chunks: Any = None,
+                      mode: str | None = None, on_error: str = "raise", chunks: Any = None, shards: Any = None,
                       images_key: str = "images", labels_key: str = "labels",
                       extensions: tuple[str, ...] = IMAGE_EXTENSIONS, progress: bool | None = None,
                       commit: str | bool = True, storage: Any = None,
@@ -219,6 +238,7 @@ def from_image_folder(name: str, folder: str | os.PathLike, *, resize: tuple[int
     ``mode``: the Pillow mode every image is converted to ("RGB", "L"...; default: the first image's).
     ``resize=(h, w)`` resizes every image; without it all images must have the first image's size.
     ``on_error``: "raise" (default) stops at an unreadable image, naming it; "skip" leaves it out and warns.
+    ``chunks``, ``shards``: of the images (as for hd.array; e.g. ``chunks=(1, h, w, c), shards="auto"``).
     """
     import dask
     import dask.array as da
@@ -259,15 +279,17 @@ def from_image_folder(name: str, folder: str | os.PathLike, *, resize: tuple[int
     shape = (len(paths), *size) + ((bands,) if bands > 1 else ())
     dtype = np.dtype("uint8") if mode not in ("I", "I;16", "F") else np.dtype("int32" if mode == "I" else
                                                                               "uint16" if mode == "I;16" else "float32")
+    from hubdask.shards import check_shards
     from hubdask.spec import check_shape_dtype_chunks
 
     _, _, chunks = check_shape_dtype_chunks(f"dataset {name!r}", shape, dtype, chunks)
-    step = chunks[0]
+    shards = check_shards(f"dataset {name!r}, array {images_key!r}", shards, shape, chunks, dtype.itemsize)
+    step = (shards or chunks)[0]  # one decode task per storage object
     pieces = [da.from_delayed(dask.delayed(_decode)(paths[i:i + step], mode, size, resize is not None, dtype),
                               shape=(len(paths[i:i + step]),) + shape[1:], dtype=dtype)
               for i in range(0, len(paths), step)]
     images = da.concatenate(pieces, axis=0)
-    ds = dataset(name, **{images_key: dict(data=images, chunks=chunks), labels_key: labels},
+    ds = dataset(name, **{images_key: dict(data=images, chunks=chunks, shards=shards), labels_key: labels},
                  progress=progress, commit=False, storage=storage, storage_options=storage_options)
     ds[labels_key].frozen_view.source.zarr().attrs.update({"class_names": classes})
     if commit:
