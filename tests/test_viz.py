@@ -195,6 +195,24 @@ def test_viewer_serves_slices_reading_only_their_chunks(s3_root, moto_server, mo
         server.close()
 
 
+def test_viewer_of_a_sharded_array_shows_its_shards_and_written_slices(tmp_path):
+    """The page names the shard shape; the written ranges are whole shards (the storage object), not
+    inner chunks counted as shards."""
+    a = hd.array((100, 8, 8), "viz/sh", dtype="uint8", chunks=(1, 8, 8), shards=(10, 8, 8), storage=str(tmp_path))
+    a[23] = 5
+    a[41:43] = 7
+    server = serve(hd.load("viz/sh", storage=str(tmp_path)))
+    try:
+        meta = json.loads(get(server.url + "meta")[1])
+        assert meta["chunks"] == [1, 8, 8] and meta["shards"] == [10, 8, 8]
+        assert meta["written"] == [[20, 30], [40, 50]]
+        assert b"meta.shards" in get(server.url)[1]
+        st = json.loads(get(server.url + "stats?i=42")[1])
+        assert st["min"] == st["max"] == 7
+    finally:
+        server.close()
+
+
 # --- the viewer in a real browser -----------------------------------------------------------------
 
 

@@ -85,7 +85,7 @@ async function init() {
   meta = await (await fetch("meta")).json();
   document.title = "hubdask view " + meta.name;
   $("title").textContent = meta.name;
-  $("sub").textContent = `${meta.shape.join(" × ")} ${meta.dtype}, chunks ${meta.chunks.join(" × ")}, in ${meta.root}`;
+  $("sub").textContent = `${meta.shape.join(" × ")} ${meta.dtype}, chunks ${meta.chunks.join(" × ")}${meta.shards ? ", shards " + meta.shards.join(" × ") : ""}, in ${meta.root}`;
   $("slider").max = meta.length - 1; $("num").max = meta.length - 1;
   if (!meta.sliced) $("controls").style.display = "none";
   $("slider").addEventListener("input", (e) => go(Number(e.target.value)));

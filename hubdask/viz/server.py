@@ -47,17 +47,19 @@ class Viewer:
         a = self.array
         return {
             "name": a.name, "root": safe_url(view_of(a).source.root.url), "shape": list(a.shape), "dtype": str(a.dtype),
-            "chunks": list(a.chunks), "sliced": self.sliced, "length": self.length,
+            "chunks": list(a.chunks), "shards": None if a.shards is None else list(a.shards),
+            "sliced": self.sliced, "length": self.length,
             "chunk0": a.chunks[0] if self.sliced else self.length, "fixed_axes": len(self._lead),
             "written": self.written_ranges(),
         }
 
     def written_ranges(self) -> list[list[int]]:
-        """[start, stop) ranges of axis-0 indices whose chunks hold written data (merged, bounded)."""
+        """[start, stop) ranges of axis-0 indices whose storage objects (chunks, or shards) hold written
+        data (merged, bounded)."""
         a = self.array
         if not self.sliced or a.is_view:
             return [[0, self.length]]
-        c, n = a.chunks[0], a.shape[0]
+        c, n = a.storage_chunks[0], a.shape[0]
         rows = sorted({coords[0] for coords in written_chunks(a)})[:MAX_WRITTEN_RANGES]
         out: list[list[int]] = []
         for r in rows:
