@@ -5,8 +5,10 @@
 Data: uint8 (N, 512, 512) random integers in [0, 32), chunks (1, 512, 512) = 256 KiB, shards of
 --per-shard chunks, encoded bytes + zstd(0) + crc32c (hubdask's default) by every tool. For each tool
 and layout: objects stored, requests the S3 server logged and MB/s (logical bytes, best of --repeats)
-of a whole write and a whole read (hubdask's disk cache bypassed), then ratios against zarr-python
-with the same layout (ObjectStore, obstore). Then lost updates: one shard written by one task per inner
+of a whole write and (after an untimed commit, at the commit id) a whole read (hubdask's disk cache
+bypassed), and of small reads (one inner chunk
+each, ``a[i, :64]`` for 8 rows spread over the array: requests per read and ms per read, best of
+--repeats), then ratios against zarr-python with the same layout (ObjectStore, obstore). Then lost updates: one shard written by one task per inner
 chunk at once (dask threads), zarr-python via dask.array.store (lock=False) against hubdask's a[i] = ... writes.
 """
 
@@ -58,12 +60,14 @@ def main() -> None:
     n, k = args.chunks, args.per_shard
     data = np.random.default_rng(0).integers(0, 32, (n, *FRAME), dtype=np.uint8)
     nbytes = data.nbytes
+    picks = [int(i) for i in np.linspace(1, n - 2, 8)]
+    version: dict = {}  # rows in different shards, one inner chunk each
     rows, results = [], {}
     with moto_s3() as s3:
         server, bucket = s3["server"], s3["bucket"]
         for layout, shards in (("unsharded", None), ("sharded", (k, *FRAME))):
             for tool in ("hubdask", "zarr-python"):
-                w_best = r_best = None
+                w_best = r_best = s_best = None
                 for rep in range(args.repeats):
                     prefix = f"{tool}-{layout}-{uuid.uuid4().hex[:8]}"
                     if tool == "hubdask":
@@ -75,7 +79,10 @@ def main() -> None:
                             a[...] = data
 
                         def read(root=root):
-                            return np.asarray(hd.load("bench/sh", storage=root, cache=False))
+                            return np.asarray(hd.load(version["name"], storage=root, cache=False))
+
+                        def small(root=root):
+                            return [version["array"][i, :64].read() for i in picks]
                     else:
                         store = ObjectStore(S3Store(bucket, prefix=prefix, endpoint=s3["endpoint"],
                                                     region=s3["region"], aws_skip_signature=False,
@@ -88,23 +95,35 @@ def main() -> None:
 
                         def read(z=z):
                             return z[...]
+
+                        def small(z=z):
+                            return [z[i, :64] for i in picks]
                     wt, wreq = timed(server, write)
+                    if tool == "hubdask":  # reads are of the commit (a branch read also lists its refs)
+                        version["name"] = f"bench/sh:{a.commit('bench')}"
+                        version["array"] = hd.load(version["name"], storage=root, cache=False)
                     out = {}
                     rt, rreq = timed(server, lambda: out.setdefault("v", read()))
                     assert np.array_equal(out["v"], data), f"{tool} {layout}: read back differs"
+                    st, sreq = timed(server, lambda: out.__setitem__("s", small()))
+                    assert all(np.array_equal(v, data[i, :64]) for v, i in zip(out["s"], picks)), f"{tool} small"
                     stored = objects(server, bucket, prefix)
                     w_best = min(w_best or wt, wt)
                     r_best = min(r_best or rt, rt)
+                    s_best = min(s_best or st, st)
                 results[(tool, layout)] = dict(objects=stored, write_requests=wreq, read_requests=rreq,
-                                               write_mbps=nbytes / w_best / MB, read_mbps=nbytes / r_best / MB)
+                                               write_mbps=nbytes / w_best / MB, read_mbps=nbytes / r_best / MB,
+                                               small_requests=sreq / len(picks), small_ms=1000 * s_best / len(picks))
         lost = lost_updates(hd, zarr, ObjectStore, S3Store, s3, spec, k)
     for (tool, layout), r in results.items():
         peer = results[("zarr-python", layout)]
         rows.append([tool, layout, str(r["objects"]), str(r["write_requests"]), str(r["read_requests"]),
                      fmt(r["write_mbps"]), fmt(r["read_mbps"]),
-                     fmt(r["write_mbps"] / peer["write_mbps"], ".2f"), fmt(r["read_mbps"] / peer["read_mbps"], ".2f")])
+                     fmt(r["write_mbps"] / peer["write_mbps"], ".2f"), fmt(r["read_mbps"] / peer["read_mbps"], ".2f"),
+                     fmt(r["small_requests"]), fmt(r["small_ms"]), fmt(peer["small_ms"] / r["small_ms"], ".2f")])
     table = markdown_table(["tool", "layout", "objects", "write requests", "read requests", "write MB/s",
-                            "read MB/s", "write x zarr", "read x zarr"], rows)
+                            "read MB/s", "write x zarr", "read x zarr", "small read requests", "small read ms",
+                            "small read x zarr"], rows)
     lost_table = markdown_table(["tool", "writers into one shard", "inner chunks lost"],
                                 [[t, str(k), f"{v} of {k}"] for t, v in lost.items()])
     text = f"{n} chunks of 256 KiB ({nbytes / MB:.0f} MiB), shards of {k} chunks, moto S3\n\n{table}\n\n{lost_table}\n"
