@@ -14,9 +14,12 @@ import hubdask as hd
 
 @st.composite
 def arrays(draw):
+    """(shape, chunks, shards): chunks that need not divide the shape, and half the time shards of 1 to 3
+    chunks per axis (partial shards at the edges)."""
     shape = tuple(draw(st.lists(st.integers(1, 9), min_size=1, max_size=3)))
     chunks = tuple(draw(st.integers(1, n)) for n in shape)
-    return shape, chunks
+    shards = tuple(c * draw(st.integers(1, 3)) for c in chunks) if draw(st.booleans()) else None
+    return shape, chunks, shards
 
 
 @st.composite
@@ -70,10 +73,10 @@ def model_write(ref: np.ndarray, index: tuple, value) -> None:
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(arrays(), st.data())
 def test_views_match_the_numpy_model(spec, data):
-    shape, chunks = spec
+    shape, chunks, shards = spec
     root = f"memory://m{uuid.uuid4().hex}"
     ref = np.arange(int(np.prod(shape)), dtype="int32").reshape(shape) + 1
-    a = hd.array(shape, name="h/a", dtype="int32", chunks=chunks, fill_value=-7, storage=root)
+    a = hd.array(shape, name="h/a", dtype="int32", chunks=chunks, shards=shards, fill_value=-7, storage=root)
     a[...] = ref
     for _ in range(3):  # writes, with scalar or array values
         index = index_for(data.draw, shape, unique=True)

@@ -35,12 +35,13 @@ def spans(n: int, c: int):
 
 class VersionedArrayModel(RuleBasedStateMachine):
     root_kind = "local"
+    layout: dict = {"chunks": CHUNKS}
 
     @initialize()
     def create(self) -> None:
         self.root = (f"/tmp/hubdask-model-{uuid.uuid4().hex}" if self.root_kind == "local"
                      else f"memory://model-{uuid.uuid4().hex}")
-        self.arr = hd.array(SHAPE, name="m/x", dtype="int16", chunks=CHUNKS, storage=self.root)
+        self.arr = hd.array(SHAPE, name="m/x", dtype="int16", **self.layout, storage=self.root)
         first = self.arr.commit_id
         self.commits = {first: np.zeros(SHAPE, np.int16)}  # commit id -> its data
         self.parents = {first: ()}
@@ -206,7 +207,11 @@ class LocalModel(VersionedArrayModel):
 
 
 class MemoryModel(VersionedArrayModel):
+    """The same rules over a sharded array: the storage objects (shards) are CHUNKS, of 1x1 inner chunks,
+    so writes, merges and gc work inside shards."""
+
     root_kind = "memory"
+    layout = {"chunks": (1, 1), "shards": CHUNKS}
 
 
 @pytest.fixture(autouse=True)
