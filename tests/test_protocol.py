@@ -99,6 +99,25 @@ def test_a_writer_whose_lock_lease_expired_cannot_overwrite(any_root, monkeypatc
     assert got[0] == 1 and got[5] == 5, got
 
 
+@pytest.mark.parametrize("fence", [True, pytest.param(False, marks=pytest.mark.xfail(strict=True, reason="fence off"))])
+def test_a_stale_splice_of_a_shard_cannot_drop_another_inner_chunk(any_root, monkeypatch, fence):
+    """A patches inner chunk 0 of a shard and has read the shard (its other inner chunks' bytes to
+    splice); B's write of inner chunk 2 of the same shard returns; A's write lands after it. A must
+    re-read the shard and splice B's new inner chunk, not the bytes it read before."""
+    monkeypatch.setenv("HUBDASK_LOCKS", "off")  # two holders of the shard's lock: a lease expired under A
+    a = hd.array((16,), name="p/splice", dtype="int64", chunks=(4,), shards=(16,), storage=any_root)
+    a[:] = 3
+    pause = Pause(monkeypatch, "A", fence)
+    t = as_actor("A", a.__setitem__, 0, 1)
+    assert pause.reached.wait(30)
+    hd.load("p/splice", storage=any_root)[9] = 5  # B, returned
+    pause.release()
+    t.join(30)
+    expected = np.full(16, 3)
+    expected[0], expected[9] = 1, 5
+    np.testing.assert_array_equal(hd.load("p/splice", storage=any_root).read(), expected)
+
+
 def test_writers_sharing_no_scheduler_lose_nothing_on_s3(s3_root, tmp_path):
     """Defect 3: two processes on one S3 root with their own HUBDASK_CACHE (two machines without a dask
     scheduler) patch different elements of one chunk 60 times each: all 120 updates are there."""
