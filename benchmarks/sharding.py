@@ -115,6 +115,7 @@ def main() -> None:
                                                write_mbps=nbytes / w_best / MB, read_mbps=nbytes / r_best / MB,
                                                small_requests=sreq / len(picks), small_ms=1000 * s_best / len(picks))
         lost = lost_updates(hd, zarr, ObjectStore, S3Store, s3, spec, k)
+    local = local_small_reads(hd, zarr, spec, data)
     for (tool, layout), r in results.items():
         peer = results[("zarr-python", layout)]
         rows.append([tool, layout, str(r["objects"]), str(r["write_requests"]), str(r["read_requests"]),
@@ -126,9 +127,39 @@ def main() -> None:
                             "small read x zarr"], rows)
     lost_table = markdown_table(["tool", "writers into one shard", "inner chunks lost"],
                                 [[t, str(k), f"{v} of {k}"] for t, v in lost.items()])
-    text = f"{n} chunks of 256 KiB ({nbytes / MB:.0f} MiB), shards of {k} chunks, moto S3\n\n{table}\n\n{lost_table}\n"
+    local_table = markdown_table(["tool (local folder, one shard of all chunks)", "small read ms", "x zarr"],
+                                 [[t, fmt(v), fmt(local["zarr-python"] / v, ".2f")] for t, v in local.items()])
+    text = (f"{n} chunks of 256 KiB ({nbytes / MB:.0f} MiB), shards of {k} chunks, moto S3\n\n{table}\n\n"
+            f"{lost_table}\n\n{local_table}\n")
     print(text)
-    write_results("sharding", {"results": {f"{t}/{l}": r for (t, l), r in results.items()}, "lost": lost}, text)
+    write_results("sharding", {"results": {f"{t}/{l}": r for (t, l), r in results.items()}, "lost": lost,
+                               "local_small_read_ms": local}, text)
+
+
+def local_small_reads(hd, zarr, spec, data: np.ndarray, reads: int = 16) -> dict[str, float]:
+    """ms per small read (``a[i, :64]``, one inner chunk) of a local array stored as one shard of every
+    chunk, median of ``reads``: hubdask (index and inner chunk by pread) against zarr-python (LocalStore)."""
+    import statistics
+    import tempfile
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        a = hd.array(data.shape, "bench/local", dtype="uint8", chunks=(1, *FRAME), shards=data.shape, storage=tmp)
+        a[...] = data
+        x = hd.load(f"bench/local:{a.commit('bench')}", storage=tmp)
+        z = zarr.create_array(f"{tmp}/z.zarr", shape=data.shape, chunks=(1, *FRAME), shards=data.shape,
+                              dtype="uint8", compressors=spec.compressors("zstd"), zarr_format=3)
+        z[...] = data
+        rows = np.random.default_rng(1).integers(0, len(data), reads)
+        for tool, read in (("hubdask", lambda i: x[i, :64].read()), ("zarr-python", lambda i: z[i, :64])):
+            times = []
+            for i in rows:
+                t0 = time.perf_counter()
+                got = read(int(i))
+                times.append(time.perf_counter() - t0)
+                assert np.array_equal(got, data[i, :64]), tool
+            out[tool] = 1000 * statistics.median(times)
+    return out
 
 
 def lost_updates(hd, zarr, ObjectStore, S3Store, s3, spec, k: int) -> dict[str, int]:
