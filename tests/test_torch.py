@@ -424,3 +424,34 @@ def test_without_memfd_batches_go_through_torch_shared_memory(s3_root, monkeypat
     batches = list(ds.pytorch(batch_size=16, shuffle=True, num_workers=2, return_index=True))
     assert sorted(i for b in batches for i in check(b)) == list(range(N))
     assert set(handoff._MAPS) == before
+
+
+# --- block buffers reused by the read-ahead (stream.Spares) ---------------------------------------------
+
+
+def test_block_buffers_are_reused_only_after_their_last_draw(s3_root, monkeypatch):
+    """Blocks decode into the buffers of finished blocks, never into one that a draw read ahead still
+    needs: a shuffle buffer spanning blocks, a wide read-ahead, the last rank's share wrapping to the
+    start of the epoch, every sample's values right; and an epoch of 10 blocks reads into a few buffers."""
+    from hubdask.integrations import stream
+
+    taken = []
+    real_take = stream.Spares.take
+
+    def take(self, key, shape, dtype):
+        buf = real_take(self, key, shape, dtype)
+        if key == "images" and shape[0] == 32:
+            taken.append(id(buf))
+        return buf
+
+    monkeypatch.setattr(stream.Spares, "take", take)
+    ds = make(s3_root)
+    loader = ds.pytorch(batch_size=5, shuffle=True, seed=3, buffer_size=40, prefetch=8, return_index=True,
+                        rank=6, world_size=7)
+    seen = [i for batch in loader for i in check(batch)]
+    assert len(seen) == 43 and len(set(seen)) == 43  # 300 = 6 * 43 + 42: the last share wraps by one
+    taken.clear()
+    seen = [i for batch in ds.pytorch(batch_size=8, shuffle=True, seed=4, buffer_size=48, prefetch=2,
+                                      return_index=True) for i in check(batch)]
+    assert sorted(seen) == list(range(N))
+    assert len(taken) == 9 and len(set(taken)) <= 6, (len(taken), len(set(taken)))

@@ -21,6 +21,7 @@ a stream over a tag or commit reads the same data forever.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -266,8 +267,33 @@ def _whole(src: Source, shape: tuple[int, ...], name: str) -> np.ndarray:
     return arr
 
 
-def read_block(plan: Plan, b: int) -> dict[str, np.ndarray]:
-    """Rows of block ``b`` of every array: whole chunks through the chunk engine, small arrays from memory."""
+class Spares:
+    """Block buffers whose blocks are done, for the next reads to decode into: a fresh multi-MB array is
+    new memory whose every page the kernel zeroes on first touch (a third of a cold epoch's CPU), a
+    reused one is mapped already. Thread-safe (reads run in the read-ahead threads)."""
+
+    def __init__(self) -> None:
+        self._free: dict[tuple, list[np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        with self._lock:
+            found = self._free.get((key, shape, dtype))
+            if found:
+                return found.pop()
+        return np.empty(shape, dtype)
+
+    def give(self, plan: Plan, block: dict[str, np.ndarray]) -> None:
+        """Take back a block's buffers once nothing views them (preloaded arrays are views: kept out)."""
+        with self._lock:
+            for k, v in block.items():
+                if k not in plan.preload:
+                    self._free.setdefault((k, v.shape, v.dtype), []).append(v)
+
+
+def read_block(plan: Plan, b: int, spares: Spares | None = None) -> dict[str, np.ndarray]:
+    """Rows of block ``b`` of every array: whole chunks through the chunk engine (decoded into a buffer
+    from ``spares`` when given), small arrays from memory."""
     start, stop = plan.block(b)
     out = {}
     for k, src in plan.sources.items():
@@ -276,7 +302,8 @@ def read_block(plan: Plan, b: int) -> dict[str, np.ndarray]:
             out[k] = _whole(src, shape, f"{plan.name}[{k}]")[start:stop]
         else:
             sel = (slice(start, stop, 1),) + tuple(slice(0, n, 1) for n in shape[1:])
-            out[k] = read_selection(src, sel, f"{plan.name}[{k}]")
+            buf = None if spares is None else spares.take(k, (stop - start,) + shape[1:], plan.dtypes[k])
+            out[k] = read_selection(src, sel, f"{plan.name}[{k}]", buf)
     return out
 
 
@@ -287,6 +314,22 @@ def _new_arrays(specs: dict[str, tuple[tuple[int, ...], np.dtype]]) -> dict[str,
     return {k: np.empty(shape, dtype) for k, (shape, dtype) in specs.items()}
 
 
+class _Compact(dict):
+    """A block's rows not served yet, copied out of its buffers so that those can be reused; ``pos``
+    maps a row of the block to its row here (-1: served already, not kept)."""
+
+    pos: np.ndarray
+
+
+COMPACT_AT = 0.25  # a held block is compacted once at most this fraction of its rows is left to serve
+
+
+def _done(value: Any) -> Future:
+    f: Future = Future()
+    f.set_result(value)
+    return f
+
+
 def serve(plan: Plan, todo: Iterable[Draw], prefetch: int = 2, return_index: bool = False,
           alloc: Alloc | None = None) -> Iterator[dict[str, np.ndarray]]:
     """The data of each draw (a dict of new, writable arrays), reading the blocks the coming draws need
@@ -294,14 +337,22 @@ def serve(plan: Plan, todo: Iterable[Draw], prefetch: int = 2, return_index: boo
     not slowed by the others) and holding a block until its last draw. With
     ``alloc({key: (shape, dtype)}) -> {key: array}`` the rows are gathered into the arrays it gives
     (e.g. reused shared memory, so that handing the batch to another process copies nothing): the
-    mapping it returns is what is yielded."""
+    mapping it returns is what is yielded.
+
+    Memory: a shuffle buffer drains a block slowly (its last rows linger while later blocks come in,
+    so a worker would hold most of its blocks at once, each in fresh memory). Once a held block has at
+    most COMPACT_AT of its rows left to serve, those rows are copied out and its buffers go back to
+    ``Spares``, into which the next blocks decode (memory already mapped)."""
     pool = ThreadPoolExecutor(max(prefetch, 1), thread_name_prefix="hubdask-prefetch")
+    spares = Spares()
     held: dict[int, Future] = {}
     needed: dict[int, int] = {}  # block -> draws read ahead that use it
     dead: set[int] = set()  # blocks past their last draw, kept while a draw read ahead needs them
+    served_rows: dict[int, np.ndarray] = {}  # held block -> which of its rows were served
     ahead: deque[tuple[np.ndarray, list[int], list[int], int]] = deque()
     fresh = 0  # blocks whose reads the draws ahead started: the read-ahead bound
     served = 0  # the bound ramps up from 1: the first draw's block is read alone, at full speed
+    rows = plan.block_rows
     source = iter(todo)
     exhausted = False
     try:
@@ -312,13 +363,13 @@ def serve(plan: Plan, todo: Iterable[Draw], prefetch: int = 2, return_index: boo
                     exhausted = True
                     break
                 ids, released = nxt
-                blocks = np.unique(ids // plan.block_rows).tolist()
+                blocks = np.unique(ids // rows).tolist()
                 started = 0
                 for b in blocks:
                     needed[b] = needed.get(b, 0) + 1
                     dead.discard(b)
                     if b not in held:
-                        held[b] = pool.submit(read_block, plan, b)
+                        held[b] = pool.submit(read_block, plan, b, spares)
                         started += 1
                 ahead.append((ids, released, blocks, started))
                 fresh += started
@@ -326,20 +377,46 @@ def serve(plan: Plan, todo: Iterable[Draw], prefetch: int = 2, return_index: boo
                 return
             ids, released, blocks, started = ahead.popleft()
             fresh -= started
+            local = {b: ids[ids // rows == b] - b * rows for b in blocks} if len(blocks) > 1 else {blocks[0]: ids - blocks[0] * rows}
+            for b in blocks:  # a compacted block lacks rows served already: a sample drawn twice (the
+                data = held[b].result()  # epoch's padding wraps to its start) reads the block again
+                if isinstance(data, _Compact) and (data.pos[local[b]] < 0).any():
+                    held[b] = _done(read_block(plan, b, spares))
             out = _gather(plan, {b: held[b].result() for b in blocks}, ids, alloc or _new_arrays, return_index)
             for b in blocks:
                 needed[b] -= 1
+                start, stop = plan.block(b)
+                done = served_rows.setdefault(b, np.zeros(stop - start, bool))
+                done[local[b]] = True
             dead.update(released)
             for b in [b for b in dead if not needed.get(b)]:
                 dead.discard(b)
                 needed.pop(b, None)
-                held.pop(b, None)
+                served_rows.pop(b, None)
+                data = held.pop(b).result()
+                if not isinstance(data, _Compact):
+                    spares.give(plan, data)  # its rows are gathered: the buffers are free
+            for b in blocks:
+                if b in held and not isinstance(held[b].result(), _Compact):
+                    done = served_rows[b]
+                    if len(done) - np.count_nonzero(done) <= COMPACT_AT * len(done):
+                        held[b] = _done(_compact(plan, held[b].result(), done, spares))
             served += 1
             yield out
     finally:
         for f in held.values():
             f.cancel()
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _compact(plan: Plan, block: dict[str, np.ndarray], served: np.ndarray, spares: Spares) -> _Compact:
+    """The rows of ``block`` not ``served`` as a _Compact; the block's buffers go back to ``spares``."""
+    keep = np.flatnonzero(~served)
+    out = _Compact({k: v[keep] for k, v in block.items()})
+    out.pos = np.full(len(served), -1, np.int64)
+    out.pos[keep] = np.arange(len(keep))
+    spares.give(plan, block)
+    return out
 
 
 def _gather(plan: Plan, data: dict[int, dict[str, np.ndarray]], ids: np.ndarray, alloc: Alloc,
@@ -356,6 +433,8 @@ def _gather(plan: Plan, data: dict[int, dict[str, np.ndarray]], ids: np.ndarray,
         out[INDEX_KEY][...] = ids
     if len(data) == 1 and len(ids) and ids[-1] - ids[0] == len(ids) - 1 and np.all(np.diff(ids) == 1):
         lo = int(ids[0]) - next(iter(data)) * rows
+        if isinstance(first, _Compact):  # the rows kept are in order: a run stays a run
+            lo = int(first.pos[lo])
         for key, v in first.items():
             out[key][...] = v[lo:lo + len(ids)]
         return out
@@ -363,6 +442,8 @@ def _gather(plan: Plan, data: dict[int, dict[str, np.ndarray]], ids: np.ndarray,
     for b, block in data.items():
         where = np.nonzero(blk == b)[0]
         local = ids[where] - b * rows
+        if isinstance(block, _Compact):
+            local = block.pos[local]
         for key, v in block.items():
             if len(where) == len(ids):
                 np.take(v, local, axis=0, out=out[key])
