@@ -268,9 +268,10 @@ def _whole(src: Source, shape: tuple[int, ...], name: str) -> np.ndarray:
 
 
 class Spares:
-    """Block buffers whose blocks are done, for the next reads to decode into: a fresh multi-MB array is
-    new memory whose every page the kernel zeroes on first touch (a third of a cold epoch's CPU), a
-    reused one is mapped already. Thread-safe (reads run in the read-ahead threads)."""
+    """Block buffers whose rows are copied out, for the next reads to decode into: a fresh multi-MB
+    array is new memory whose every page the kernel zeroes on first touch (the largest item of a cold
+    epoch's worker CPU when every block had its own), a reused one is mapped already. Thread-safe
+    (reads run in the read-ahead threads)."""
 
     def __init__(self) -> None:
         self._free: dict[tuple, list[np.ndarray]] = {}
@@ -332,7 +333,7 @@ class _Rows:
         n = len(next(iter(block.values())))
         if len(self.free) < n:
             self._grow(block, n - len(self.free))
-        got, self.free = self.free[len(self.free) - n:], self.free[:len(self.free) - n]
+        got, self.free = self.free[len(self.free) - n:].copy(), self.free[:len(self.free) - n]
         for k, v in block.items():
             self.arrays[k][got] = v
         self.slots[b] = got
