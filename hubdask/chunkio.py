@@ -385,13 +385,18 @@ def _put(chunk: np.ndarray, inner: tuple, piece: np.ndarray) -> None:
         sub[np.ix_(*(i if isinstance(i, np.ndarray) else np.arange(n) for i, n in zip(arrays, sub.shape)))] = piece
 
 
-def read(source: Source, sel: tuple[int | slice, ...], name: str) -> np.ndarray | None:
-    """The selection as a new array, or None when the array's codecs need zarr (caller falls back)."""
+def read(source: Source, sel: tuple[int | slice, ...], name: str, out: np.ndarray | None = None) -> np.ndarray | None:
+    """The selection as a new array (or in ``out``, of its shape and dtype), or None when the array's
+    codecs need zarr (caller falls back)."""
     lay = layout(source)
     if lay is None:
         return None
     out_shape, parts, n = plan(sel, lay)
-    out = np.empty(out_shape, lay.dtype)
+    if out is None:
+        out = np.empty(out_shape, lay.dtype)
+    elif out.shape != out_shape or out.dtype != lay.dtype:
+        raise ValueError(f"dataset {name!r}: an output buffer of shape {out.shape} and dtype {out.dtype} for a "
+                         f"selection of shape {out_shape} and dtype {lay.dtype}; expected the selection's")
     if n == 0 or out.size == 0:
         return out
     parts = list(parts)
@@ -408,17 +413,22 @@ def read(source: Source, sel: tuple[int | slice, ...], name: str) -> np.ndarray 
     return out
 
 
-def read_selection(source: Source, sel: tuple, name: str) -> np.ndarray:
+def read_selection(source: Source, sel: tuple, name: str, out: np.ndarray | None = None) -> np.ndarray:
     """Read a selection of ints, ascending slices and ascending distinct index arrays (orthogonal, like
     zarr's oindex): the engine above (every touched chunk fetched concurrently, threaded decode straight
-    into the output), or zarr for codec chains the engine does not run. Only touched chunks are read.
-    Decode failures become a CorruptChunkError naming the dataset."""
-    out = read(source, sel, name)
-    if out is not None:
-        return out
+    into the output: ``out`` when given, e.g. a reused buffer whose pages are already mapped), or zarr for
+    codec chains the engine does not run. Only touched chunks are read. Decode failures become a
+    CorruptChunkError naming the dataset."""
+    got = read(source, sel, name, out)
+    if got is not None:
+        return got
     try:  # codec chains the engine does not run: zarr reads (the selection is valid: checked by grid)
         arr = source.zarr()
-        return np.asarray(arr.oindex[sel] if any(isinstance(s, np.ndarray) for s in sel) else arr[sel])
+        got = np.asarray(arr.oindex[sel] if any(isinstance(s, np.ndarray) for s in sel) else arr[sel])
+        if out is None:
+            return got
+        out[...] = got
+        return out
     except (ValueError, RuntimeError) as exc:  # what zarr's codecs raise for bytes they cannot decode
         raise CorruptChunkError(
             f"dataset {name!r}: a chunk in selection {sel} is corrupted in storage ({exc}); expected bytes "

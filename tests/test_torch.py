@@ -424,3 +424,42 @@ def test_without_memfd_batches_go_through_torch_shared_memory(s3_root, monkeypat
     batches = list(ds.pytorch(batch_size=16, shuffle=True, num_workers=2, return_index=True))
     assert sorted(i for b in batches for i in check(b)) == list(range(N))
     assert set(handoff._MAPS) == before
+
+
+# --- memory a worker holds: rows in reused slots (stream._Rows), blocks in reused buffers (stream.Spares)
+
+
+def test_rows_are_held_in_reused_slots_and_blocks_in_reused_buffers(s3_root, monkeypatch):
+    """A block's buffer is reused by the next read only once its rows are copied out, and a slot only
+    once its sample is served: a shuffle buffer spanning blocks, a wide read-ahead, the last rank's
+    share wrapping to the start of the epoch, every sample's values right. An epoch of 10 blocks reads
+    into a few buffers and holds its rows in one allocation of slots (never grown)."""
+    from hubdask.integrations import stream
+
+    taken, grown = [], []
+    real_take, real_grow = stream.Spares.take, stream._Rows._grow
+
+    def take(self, key, shape, dtype):
+        buf = real_take(self, key, shape, dtype)
+        if key == "images" and shape[0] == 32:
+            taken.append(id(buf))
+        return buf
+
+    def grow(self, block, need):
+        grown.append(need)
+        return real_grow(self, block, need)
+
+    monkeypatch.setattr(stream.Spares, "take", take)
+    monkeypatch.setattr(stream._Rows, "_grow", grow)
+    ds = make(s3_root)
+    loader = ds.pytorch(batch_size=5, shuffle=True, seed=3, buffer_size=40, prefetch=8, return_index=True,
+                        rank=6, world_size=7)
+    seen = [i for batch in loader for i in check(batch)]
+    assert len(seen) == 43 and len(set(seen)) == 43  # 300 = 6 * 43 + 42: the last share wraps by one
+    taken.clear()
+    grown.clear()
+    seen = [i for batch in ds.pytorch(batch_size=8, shuffle=True, seed=4, buffer_size=48, prefetch=2,
+                                      return_index=True) for i in check(batch)]
+    assert sorted(seen) == list(range(N))
+    assert len(taken) == 9 and len(set(taken)) <= 4, (len(taken), len(set(taken)))
+    assert len(grown) == 1, grown  # the slots, made once for the buffer and three blocks

@@ -21,6 +21,7 @@ a stream over a tag or commit reads the same data forever.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -266,8 +267,34 @@ def _whole(src: Source, shape: tuple[int, ...], name: str) -> np.ndarray:
     return arr
 
 
-def read_block(plan: Plan, b: int) -> dict[str, np.ndarray]:
-    """Rows of block ``b`` of every array: whole chunks through the chunk engine, small arrays from memory."""
+class Spares:
+    """Block buffers whose rows are copied out, for the next reads to decode into: a fresh multi-MB
+    array is new memory whose every page the kernel zeroes on first touch (the largest item of a cold
+    epoch's worker CPU when every block had its own), a reused one is mapped already. Thread-safe
+    (reads run in the read-ahead threads)."""
+
+    def __init__(self) -> None:
+        self._free: dict[tuple, list[np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        with self._lock:
+            found = self._free.get((key, shape, dtype))
+            if found:
+                return found.pop()
+        return np.empty(shape, dtype)
+
+    def give(self, plan: Plan, block: dict[str, np.ndarray]) -> None:
+        """Take back a block's buffers once nothing views them (preloaded arrays are views: kept out)."""
+        with self._lock:
+            for k, v in block.items():
+                if k not in plan.preload:
+                    self._free.setdefault((k, v.shape, v.dtype), []).append(v)
+
+
+def read_block(plan: Plan, b: int, spares: Spares | None = None) -> dict[str, np.ndarray]:
+    """Rows of block ``b`` of every array: whole chunks through the chunk engine (decoded into a buffer
+    from ``spares`` when given), small arrays from memory."""
     start, stop = plan.block(b)
     out = {}
     for k, src in plan.sources.items():
@@ -276,7 +303,8 @@ def read_block(plan: Plan, b: int) -> dict[str, np.ndarray]:
             out[k] = _whole(src, shape, f"{plan.name}[{k}]")[start:stop]
         else:
             sel = (slice(start, stop, 1),) + tuple(slice(0, n, 1) for n in shape[1:])
-            out[k] = read_selection(src, sel, f"{plan.name}[{k}]")
+            buf = None if spares is None else spares.take(k, (stop - start,) + shape[1:], plan.dtypes[k])
+            out[k] = read_selection(src, sel, f"{plan.name}[{k}]", buf)
     return out
 
 
@@ -287,21 +315,84 @@ def _new_arrays(specs: dict[str, tuple[tuple[int, ...], np.dtype]]) -> dict[str,
     return {k: np.empty(shape, dtype) for k, (shape, dtype) in specs.items()}
 
 
+class _Rows:
+    """The samples a worker holds, in slots of one reused array per key: a block's rows are copied in
+    when its first draw is served and their slots are freed as they are served. A shuffle buffer
+    drains a block slowly (its last rows linger while later blocks come in), so holding whole blocks
+    would keep most of a worker's blocks in memory, each in fresh pages that the kernel zeroes on
+    first touch; slots keep about the buffer's samples, in memory mapped already."""
+
+    def __init__(self, capacity: int = 0) -> None:
+        self.capacity = capacity  # slots made at the first load: growing later copies into new memory
+        self.arrays: dict[str, np.ndarray] = {}
+        self.free = np.empty(0, np.int64)  # free slots (a stack: the last ones are taken first)
+        self.slots: dict[int, np.ndarray] = {}  # block -> the slot of each of its rows (-1: served)
+
+    def load(self, b: int, block: dict[str, np.ndarray]) -> None:
+        """Copy the rows of block ``b`` into free slots (growing the arrays when too few are free)."""
+        n = len(next(iter(block.values())))
+        if len(self.free) < n:
+            self._grow(block, n - len(self.free))
+        got, self.free = self.free[len(self.free) - n:].copy(), self.free[:len(self.free) - n]
+        for k, v in block.items():
+            self.arrays[k][got] = v
+        self.slots[b] = got
+
+    def _grow(self, block: dict[str, np.ndarray], need: int) -> None:
+        old = len(next(iter(self.arrays.values()))) if self.arrays else 0
+        size = max(old * 2, old + need, self.capacity)
+        for k, v in block.items():
+            grown = np.empty((size,) + v.shape[1:], v.dtype)
+            if old:
+                grown[:old] = self.arrays[k]
+            self.arrays[k] = grown
+        self.free = np.concatenate([np.arange(size - 1, old - 1, -1, dtype=np.int64), self.free])
+
+    def has(self, b: int, local: np.ndarray) -> bool:
+        found = self.slots.get(b)
+        return found is not None and bool((found[local] >= 0).all())
+
+    def take(self, plan: Plan, ids: np.ndarray, blocks: list[int]) -> np.ndarray:
+        """The slots of samples ``ids`` (in blocks ``blocks``, all loaded), freed for later rows."""
+        rows = plan.block_rows
+        if len(blocks) == 1:
+            where = [slice(None)]
+        else:
+            where = [np.flatnonzero(ids // rows == b) for b in blocks]
+        out = np.empty(len(ids), np.int64)
+        for b, w in zip(blocks, where):
+            local = ids[w] - b * rows
+            out[w] = self.slots[b][local]
+            self.slots[b][local] = -1
+        self.free = np.concatenate([self.free, out])
+        return out
+
+    def drop(self, b: int) -> None:
+        """Block ``b`` is past its last draw: free the slots of its rows not served (outside this part)."""
+        left = self.slots.pop(b, None)
+        if left is not None:
+            self.free = np.concatenate([self.free, left[left >= 0]])
+
+
 def serve(plan: Plan, todo: Iterable[Draw], prefetch: int = 2, return_index: bool = False,
-          alloc: Alloc | None = None) -> Iterator[dict[str, np.ndarray]]:
+          alloc: Alloc | None = None, buffer_size: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """The data of each draw (a dict of new, writable arrays), reading the blocks the coming draws need
     ahead in threads (``prefetch`` reads in flight, from one at the start: the first draw's block is
-    not slowed by the others) and holding a block until its last draw. With
-    ``alloc({key: (shape, dtype)}) -> {key: array}`` the rows are gathered into the arrays it gives
-    (e.g. reused shared memory, so that handing the batch to another process copies nothing): the
-    mapping it returns is what is yielded."""
+    not slowed by the others) into reused buffers (Spares), and holding a block's rows (_Rows) until
+    they are served. With ``alloc({key: (shape, dtype)}) -> {key: array}`` the rows are gathered into
+    the arrays it gives (e.g. reused shared memory, so that handing the batch to another process
+    copies nothing): the mapping it returns is what is yielded. ``buffer_size``: the draws' shuffle
+    buffer, to size the slots for (the buffer, a block coming in, the rows of blocks at the part's ends)."""
     pool = ThreadPoolExecutor(max(prefetch, 1), thread_name_prefix="hubdask-prefetch")
-    held: dict[int, Future] = {}
+    spares = Spares()
+    kept = _Rows(buffer_size + 3 * plan.block_rows if buffer_size else 0)
+    held: dict[int, Future | None] = {}  # block -> its read (None: its rows are in ``kept``)
     needed: dict[int, int] = {}  # block -> draws read ahead that use it
     dead: set[int] = set()  # blocks past their last draw, kept while a draw read ahead needs them
     ahead: deque[tuple[np.ndarray, list[int], list[int], int]] = deque()
     fresh = 0  # blocks whose reads the draws ahead started: the read-ahead bound
     served = 0  # the bound ramps up from 1: the first draw's block is read alone, at full speed
+    rows = plan.block_rows
     source = iter(todo)
     exhausted = False
     try:
@@ -312,13 +403,13 @@ def serve(plan: Plan, todo: Iterable[Draw], prefetch: int = 2, return_index: boo
                     exhausted = True
                     break
                 ids, released = nxt
-                blocks = np.unique(ids // plan.block_rows).tolist()
+                blocks = np.unique(ids // rows).tolist()
                 started = 0
                 for b in blocks:
                     needed[b] = needed.get(b, 0) + 1
                     dead.discard(b)
                     if b not in held:
-                        held[b] = pool.submit(read_block, plan, b)
+                        held[b] = pool.submit(read_block, plan, b, spares)
                         started += 1
                 ahead.append((ids, released, blocks, started))
                 fresh += started
@@ -326,7 +417,18 @@ def serve(plan: Plan, todo: Iterable[Draw], prefetch: int = 2, return_index: boo
                 return
             ids, released, blocks, started = ahead.popleft()
             fresh -= started
-            out = _gather(plan, {b: held[b].result() for b in blocks}, ids, alloc or _new_arrays, return_index)
+            for b in blocks:
+                read = held[b]
+                if read is None and not kept.has(b, ids[ids // rows == b] - b * rows):
+                    read = pool.submit(read_block, plan, b, spares)  # a sample drawn again (padding
+                    kept.drop(b)  # wraps the epoch to its start) whose rows were served: read again
+                if read is not None:
+                    block = read.result()
+                    kept.load(b, block)
+                    spares.give(plan, block)  # copied into the slots: the buffers are free
+                    held[b] = None
+            slots = kept.take(plan, ids, blocks)
+            out = _gather(kept.arrays, slots, ids, alloc or _new_arrays, return_index)
             for b in blocks:
                 needed[b] -= 1
             dead.update(released)
@@ -334,38 +436,26 @@ def serve(plan: Plan, todo: Iterable[Draw], prefetch: int = 2, return_index: boo
                 dead.discard(b)
                 needed.pop(b, None)
                 held.pop(b, None)
+                kept.drop(b)
             served += 1
             yield out
     finally:
         for f in held.values():
-            f.cancel()
+            if f is not None:
+                f.cancel()
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _gather(plan: Plan, data: dict[int, dict[str, np.ndarray]], ids: np.ndarray, alloc: Alloc,
+def _gather(arrays: dict[str, np.ndarray], slots: np.ndarray, ids: np.ndarray, alloc: Alloc,
             return_index: bool = False) -> dict[str, np.ndarray]:
-    """Rows ``ids`` of the held blocks, stacked in order into arrays from ``alloc`` (with the sample
+    """Rows ``slots`` of the held samples, stacked in order into arrays from ``alloc`` (with the sample
     ids under INDEX_KEY when ``return_index``)."""
-    rows = plan.block_rows
-    first = next(iter(data.values()))
-    specs = {key: ((len(ids),) + v.shape[1:], v.dtype) for key, v in first.items()}
+    specs = {key: ((len(ids),) + v.shape[1:], v.dtype) for key, v in arrays.items()}
     if return_index:
         specs[INDEX_KEY] = ((len(ids),), np.dtype(np.int64))
     out = alloc(specs)
     if return_index:
         out[INDEX_KEY][...] = ids
-    if len(data) == 1 and len(ids) and ids[-1] - ids[0] == len(ids) - 1 and np.all(np.diff(ids) == 1):
-        lo = int(ids[0]) - next(iter(data)) * rows
-        for key, v in first.items():
-            out[key][...] = v[lo:lo + len(ids)]
-        return out
-    blk = ids // rows
-    for b, block in data.items():
-        where = np.nonzero(blk == b)[0]
-        local = ids[where] - b * rows
-        for key, v in block.items():
-            if len(where) == len(ids):
-                np.take(v, local, axis=0, out=out[key])
-            else:
-                out[key][where] = v[local]
+    for key, v in arrays.items():
+        np.take(v, slots, axis=0, out=out[key])
     return out

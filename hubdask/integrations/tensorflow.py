@@ -38,7 +38,7 @@ def tf_dataset(ds: Any, batch_size: int | None = None, shuffle: bool = False, se
         else:
             order_seed = None
         share = Share(order_seed, shuffle, index, count, 1, batch_size, buffer_size, drop_last)
-        for item in serve(plan, worker_draws(plan, share, 0), prefetch, return_index):
+        for item in serve(plan, worker_draws(plan, share, 0), prefetch, return_index, None, buffer_size if shuffle else 0):
             if batch_size is not None:
                 yield item
                 continue

@@ -166,7 +166,7 @@ class StreamDataset(_TorchIterable):
         # a worker's batches go to the loop's process: gather them into memory shared with it
         to_loop = batched and get_worker_info() is not None
         alloc = (handoff.take if handoff.available() else _shared) if to_loop else None
-        data = serve(self.plan, todo, self.prefetch, self.return_index, alloc)
+        data = serve(self.plan, todo, self.prefetch, self.return_index, alloc, self.buffer_size if self.shuffle else 0)
         if self.transform is None:
             for item in data:
                 if self.batch_size is None:
