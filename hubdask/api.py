@@ -161,7 +161,7 @@ def open_at(root: Root, n: Name, repo, state, path: str = "", cache: bool = True
     src = Source.at(root, n.path, path, state.commit, state.head, cache=cache)
     if meta.get("node_type") == "group":
         return Dataset(src, display)
-    return Array(src, display, meta=src.zarr(meta).metadata)  # the metadata read above: no second GET
+    return Array(src, display, meta=src.zarr(None if src.meta_seq else meta).metadata)  # no second GET
 
 
 def _node_metadata(repo, state, path: str, display: str, cache: bool = True) -> dict:

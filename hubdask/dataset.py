@@ -11,7 +11,6 @@ samples are out of scope (pad them, or keep one array per size).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any
 
@@ -60,7 +59,7 @@ class Dataset(Versioned):
         src = self._fresh_source()
         out = {}
         for key, zarray in sorted(self._group(src).arrays()):
-            out[key] = Array(dataclasses.replace(src, path=key), self._array_name(key), meta=zarray.metadata)
+            out[key] = Array(src.for_array(key), self._array_name(key), meta=None if src.meta_changed else zarray.metadata)
         return out
 
     def keys(self) -> list[str]:
@@ -78,7 +77,7 @@ class Dataset(Versioned):
                             f"{type(key).__name__}; for samples use ds[name][i] or ds.pytorch()")
         src = self._fresh_source()
         try:
-            return Array(dataclasses.replace(src, path=key), self._array_name(key))
+            return Array(src.for_array(key), self._array_name(key))
         except FileNotFoundError:
             pass
         except Exception as exc:  # zarr raises different errors for a missing node across versions

@@ -19,7 +19,14 @@ round trip that no cache may save, since refs move):
   writer process with its first write (the write returns only once its mark has landed): without
   either, the node holds no returned write, and readers take every chunk from the base commit (and its
   disk cache); with only the committing process's own, a commit knows the node's content without
-  listing it, from two GETs of fixed names (a LIST costs more, and on some servers grows with the bucket).
+  listing it, from two GETs of fixed names (a LIST costs more, and on some servers grows with the bucket);
+- ``meta-NODE``, put (before the new metadata) by every resize or append of an array in open node NODE:
+  the shape is versioned state, and a head whose listing shows the mark tells readers that the node's
+  metadata, not the base commit's, is the array's (without it the cached metadata of the base commit is
+  current). Pruned with the node's written marks.
+The branch's names are only ever added or deleted, never renamed: a LIST taken at any instant of a
+claim or a prune shows the new head's name, or the one before it (kept: KEEP), so a standing branch
+always resolves.
 A crash before a mark leaves the safe answer (look in the node). Datasets made before claims have head
 records ``SEQ`` in the folder itself; they are read (GET) where no name says more. Temp files of an
 interrupted create (``*.partial``) are never read as records.
@@ -49,6 +56,7 @@ class Head:
     node: str
     base: str | None
     written: bool = True  # the open node may hold writes (False: the listing proved it empty)
+    meta: bool = False  # the open node may hold new metadata (a resize or append: its meta mark was listed)
     listing: "_Listing | None" = dataclasses.field(default=None, compare=False, repr=False)  # what it was read from
 
 
@@ -58,8 +66,21 @@ def written_key(ds: str, branch: str, node: str, many: bool = False) -> str:
     return f"{head_prefix(ds, branch)}written-{node}{'.many' if many else ''}"
 
 
+def meta_key(ds: str, branch: str, node: str) -> str:
+    """The meta mark of ``node``, the open node of ``branch``: its arrays' metadata (shape) changed there."""
+    return f"{head_prefix(ds, branch)}meta-{node}"
+
+
+def mark_meta(root: Root, ds: str, branch: str, node: str) -> None:
+    """Put the meta mark of ``node`` (idempotent; before the metadata it announces)."""
+    root.put(meta_key(ds, branch, node), b"")
+
+
 def _marked_node(name: str) -> str | None:
-    return name[len("written-"):].split(".")[0] if name.startswith("written-") else None
+    for mark in ("written-", "meta-"):
+        if name.startswith(mark):
+            return name[len(mark):].split(".")[0]
+    return None
 
 
 async def mark_written(root: Root, ds: str, branch: str, node: str, writer: str) -> None:
@@ -113,6 +134,7 @@ class _Listing:
     pointers: dict[int, list[tuple[str, str | None]]]
     marked: set[str]
     keys: list[str]
+    meta: set[str] = dataclasses.field(default_factory=set)
 
 
 def _list(root: Root, ds: str, branch: str) -> _Listing:
@@ -129,7 +151,8 @@ def _parse_listing(ds: str, branch: str, listed: list[str]) -> _Listing:
         if len(parts) == 3 and parts[0].isdigit():
             pointers.setdefault(int(parts[0]), []).append((parts[1], None if parts[2] == "-" else parts[2]))
     return _Listing(sorted({int(n) for n in names if n.isdigit()} | set(pointers)), pointers,
-                    {_marked_node(n) for n in names if n.startswith("written-")}, keys)
+                    {_marked_node(n) for n in names if n.startswith("written-")}, keys,
+                    {_marked_node(n) for n in names if n.startswith("meta-")})
 
 
 def read_head(root: Root, ds: str, branch: str) -> Head | None:
@@ -140,7 +163,8 @@ def read_head(root: Root, ds: str, branch: str) -> Head | None:
         named = listing.pointers.get(seq, [])
         head = Head(branch, seq, *named[0]) if len(named) == 1 else read_head_at(root, ds, branch, seq)
         if head is not None:
-            return dataclasses.replace(head, written=head.node in listing.marked, listing=listing)
+            return dataclasses.replace(head, written=head.node in listing.marked, meta=head.node in listing.meta,
+                                       listing=listing)
     return None
 
 
@@ -213,10 +237,11 @@ def _prune(root: Root, ds: str, branch: str, seq: int, node: str, listing: _List
         head = name.split(".")[0]
         if head.isdigit() and int(head) < cut:
             gone.append(k)
-        elif name.startswith("written-") and _marked_node(name) not in kept_nodes:
+        elif _marked_node(name) is not None and _marked_node(name) not in kept_nodes:
             gone.append(k)
     dropped = {n for s, named in listing.pointers.items() if s < cut for n, _ in named} - kept_nodes
-    gone = sorted(set(gone) | {written_key(ds, branch, n, many) for n in dropped for many in (False, True)})
+    gone = sorted(set(gone) | {written_key(ds, branch, n, many) for n in dropped for many in (False, True)}
+                  | {meta_key(ds, branch, n) for n in dropped})
     import asyncio
 
     from hubdask.storage import sync
