@@ -180,6 +180,13 @@ class Array(Versioned):
         self._view = view.reshaped(src)
         return self
 
+    def grow_to(self, shape: Any, *, lock: bool | str | None = None) -> "Array":
+        """Grow every axis to at least ``shape`` (never shrinks; concurrent growers agree on the largest)."""
+        view = self._whole("grow")
+        ends = grow.check_shape(shape, view.ndim, view.what)
+        self._view = view.reshaped(grow.grow_to(view.source, view.what, ends, lock))
+        return self
+
     def append(self, values: Any, axis: int = 0, *, lock: bool | str | None = None) -> tuple[slice, ...]:
         """Append ``values`` along ``axis``; returns the region written (a tuple of slices). Concurrent
         appenders (threads, processes, dask workers) each get their own region, none lost."""

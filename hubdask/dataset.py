@@ -85,6 +85,25 @@ class Dataset(Versioned):
                 raise
         raise NotFoundError(f"dataset {self._name!r} has no array {key!r}; arrays: {', '.join(self.keys()) or 'none'}")
 
+    def append(self, samples: dict[str, Any], axis: int = 0, *, lock: bool | str | None = None) -> tuple[slice, ...]:
+        """Append one batch to every array of the dataset together (``{"images": batch, "labels": labels}``):
+        sample i is the same sample in every array, even with concurrent appenders. Returns the rows written
+        along ``axis`` (a 1-tuple of slices)."""
+        from hubdask import grow
+
+        arrays = self.arrays
+        if not isinstance(samples, dict) or set(samples) != set(arrays):
+            got = sorted(samples) if isinstance(samples, dict) else type(samples).__name__
+            raise ValueError(f"dataset {self._name!r}: append a dict with one batch for every array "
+                             f"({', '.join(arrays)}), got {got}")
+        lengths = {k: a.shape[axis] for k, a in arrays.items() if a.ndim}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"dataset {self._name!r}: its arrays have different lengths along axis {axis} "
+                             f"({lengths}); a joint append needs them equal")
+        parts = [(a.frozen_view.source, a.name, samples[k], a.dtype, a.storage_chunks) for k, a in arrays.items()]
+        start, k, _ = grow.append_together(parts, axis, f"dataset {self._name!r}", lock)
+        return (slice(start, start + k),)
+
     @property
     def num_samples(self) -> int:
         """The common length of the arrays along axis 0 (ValueError if they differ)."""

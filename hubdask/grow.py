@@ -175,3 +175,37 @@ def _axis(axis: Any, ndim: int, what: str) -> int:
     if not isinstance(axis, (int, np.integer)) or not -ndim <= axis < ndim:
         raise ValueError(f"{what}: axis must be an integer in [{-ndim}, {ndim}), got {axis!r}")
     return int(axis) % ndim
+
+
+def append_together(parts: list[tuple[Source, str, Any, np.dtype, Shape]], axis: int, what: str,
+                    lock: bool | str | None = None) -> tuple[int, int, list[Source]]:
+    """Append to several arrays of one dataset so that row i is the same sample in each, with any number
+    of concurrent appenders: the rows are reserved on the first array alone (change_shape, its length is
+    the dataset's counter), and every other array is grown to at least the reserved end (grow_to never
+    shrinks) and written at the same rows. ``parts``: (source, name, values, dtype, storage chunks) per
+    array. Returns (first row, rows appended, the sources the writes landed in)."""
+    datas, ks = [], set()
+    for src, name, values, dtype, _ in parts:
+        _writable(src, name, "append")
+        shape = tuple(src.zarr().metadata.shape)
+        ax = _axis(axis, len(shape), name)
+        data = coerce(values, dtype, np.shape(values), name)
+        if data.ndim != len(shape) or data.shape[:ax] + data.shape[ax + 1:] != shape[:ax] + shape[ax + 1:]:
+            raise ValueError(f"{name}: appended values of shape {data.shape} must match the array's shape {shape} "
+                             f"on every axis but {ax}")
+        datas.append((data, ax))
+        ks.add(data.shape[ax])
+    if len(ks) != 1:
+        raise ValueError(f"{what}: append the same number of samples to every array, got "
+                         f"{ {p[1]: d.shape[a] for p, (d, a) in zip(parts, datas)} }")
+    (k,) = ks
+    first_src, first_name, _, _, first_chunks = parts[0]
+    region, landed = append(first_src, first_name, datas[0][0], datas[0][1], parts[0][3], first_chunks, lock)
+    start = region[datas[0][1]].start
+    out = [landed]
+    for (src, name, _, _, chunks), (data, ax) in zip(parts[1:], datas[1:]):
+        ends = tuple(start + k if i == ax else 0 for i in range(data.ndim))
+        src = grow_to(src, name, ends, lock)
+        sel = tuple(slice(start, start + k) if i == ax else slice(0, n) for i, n in enumerate(data.shape))
+        out.append(write_region(src, sel, data, tuple(src.zarr().metadata.shape), chunks, lock) if k else src)
+    return start, k, out
