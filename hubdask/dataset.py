@@ -96,10 +96,6 @@ class Dataset(Versioned):
             got = sorted(samples) if isinstance(samples, dict) else type(samples).__name__
             raise ValueError(f"dataset {self._name!r}: append a dict with one batch for every array "
                              f"({', '.join(arrays)}), got {got}")
-        lengths = {k: a.shape[axis] for k, a in arrays.items() if a.ndim}
-        if len(set(lengths.values())) > 1:
-            raise ValueError(f"dataset {self._name!r}: its arrays have different lengths along axis {axis} "
-                             f"({lengths}); a joint append needs them equal")
         parts = [(a.frozen_view.source, a.name, samples[k], a.dtype, a.storage_chunks) for k, a in arrays.items()]
         start, k, _ = grow.append_together(parts, axis, f"dataset {self._name!r}", lock)
         return (slice(start, start + k),)
