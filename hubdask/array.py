@@ -66,7 +66,7 @@ class Array(Versioned):
 
     @_source.setter
     def _source(self, source: Source) -> None:  # a commit or merge moved the branch (history.Versioned)
-        self._view = self._view.at(source)
+        self._view = self._view.reshaped(source)  # a merge may bring another shape
 
     @property
     def _axes(self) -> tuple[grid.Axis, ...]:

@@ -321,3 +321,67 @@ def test_head_resolves_mid_prune(tmp_path, monkeypatch, keep):
     r = appended["r"]
     assert final.shape == (9, 2) and (r.start, r.stop) == (6, 9)
     np.testing.assert_array_equal(final[6:9], rows(9, 3))
+
+
+# --- merges of shapes ------------------------------------------------------------------------------
+
+def test_merge_resized_branch_into_unresized(any_root):
+    a = hd.array((6, 2), "t/mg", dtype="int64", chunks=(4, 2), storage=any_root)
+    a[:] = np.arange(12).reshape(6, 2)
+    a.commit("base")
+    exp = a.branch("exp")
+    exp.append(rows(5, 5))  # grows exp to 11 rows; its edge chunk 1 (rows 4..7) changes
+    exp.commit("appended on exp")
+    a[5] = [-1, -1]  # main changes an element of the same edge chunk, without resizing
+    a.commit("edit on main")
+    a.merge("exp")
+    assert a.shape == (11, 2)
+    expect = np.concatenate([np.arange(12).reshape(6, 2), rows(5, 5)])
+    expect[5] = -1
+    np.testing.assert_array_equal(np.asarray(hd.load("t/mg", storage=any_root)), expect)
+
+
+def test_merge_both_appended_conflicts_unless_strategy(any_root):
+    a = hd.array((0, 2), "t/mc", dtype="int64", chunks=(4, 2), storage=any_root)
+    a.append(rows(1, 2))
+    a.commit("base")
+    exp = a.branch("exp")
+    exp.append(rows(2, 3))
+    exp.commit("exp appends")
+    a.append(rows(3, 1))
+    a.commit("main appends")
+    with pytest.raises(ConflictError, match=r"t/mc.*ours \(3, 2\), theirs \(5, 2\)"):
+        a.merge("exp")
+    assert hd.load("t/mc", storage=any_root).shape == (3, 2)
+    a.merge("exp", strategy="theirs")
+    merged = hd.load("t/mc", storage=any_root)
+    assert merged.shape == (5, 2)
+    np.testing.assert_array_equal(np.asarray(merged), np.concatenate([rows(1, 2), rows(2, 3)]))
+
+
+def test_merge_shrunk_branch_drops_chunks_outside(any_root):
+    a = hd.array((12,), "t/ms", dtype="int64", chunks=(4,), storage=any_root)
+    a[:] = np.arange(12)
+    a.commit("base")
+    exp = a.branch("exp")
+    exp.resize((4,))
+    exp.commit("shrunk")
+    a.merge("exp")
+    assert a.shape == (4,)
+    a.resize((12,))
+    np.testing.assert_array_equal(np.asarray(a), np.r_[np.arange(4), np.zeros(8, "int64")])
+
+
+def test_sharded_resize_and_append(any_root):
+    a = hd.array((0, 4), "t/sh", dtype="int64", chunks=(2, 4), shards=(4, 4), storage=any_root)
+    for o in range(3):
+        a.append(np.repeat((o * 1000 + np.arange(3))[:, None], 4, axis=1))
+    assert a.shape == (9, 4)
+    want = np.concatenate([np.repeat((o * 1000 + np.arange(3))[:, None], 4, axis=1) for o in range(3)])
+    np.testing.assert_array_equal(np.asarray(a), want)
+    a.resize((5, 4))
+    a.resize((9, 4))
+    want[5:] = 0
+    np.testing.assert_array_equal(np.asarray(a), want)
+    a.commit("sharded")
+    np.testing.assert_array_equal(np.asarray(hd.load("t/sh", storage=any_root)), want)

@@ -45,6 +45,11 @@ from hubdask.versioning.layout import head_prefix, tag_key
 
 SEQ_DIGITS = 12
 KEEP = 2  # head records kept: the newest and the one before it
+# LISTs of a folder that show no head before a branch counts as missing: a local folder's listing was
+# seen (ext4, Python 3.11, hundreds of marks created and deleted beside the names by other processes)
+# to miss both standing names once in thousands; the next LIST had them. Costs nothing for a branch
+# that exists; a missing branch costs LIST_TRIES LISTs.
+LIST_TRIES = 3
 
 
 @dataclass(frozen=True)
@@ -158,13 +163,14 @@ def _parse_listing(ds: str, branch: str, listed: list[str]) -> _Listing:
 def read_head(root: Root, ds: str, branch: str) -> Head | None:
     """The current head of ``branch``, or None if there is no such branch: one LIST (plus a GET of the
     record when its name copy is missing or ambiguous)."""
-    listing = _list(root, ds, branch)
-    for seq in reversed(listing.seqs):  # a half-deleted branch may lack its newest record: take the newest readable
-        named = listing.pointers.get(seq, [])
-        head = Head(branch, seq, *named[0]) if len(named) == 1 else read_head_at(root, ds, branch, seq)
-        if head is not None:
-            return dataclasses.replace(head, written=head.node in listing.marked, meta=head.node in listing.meta,
-                                       listing=listing)
+    for _ in range(LIST_TRIES):
+        listing = _list(root, ds, branch)
+        for seq in reversed(listing.seqs):  # a half-deleted branch may lack its newest record: the newest readable
+            named = listing.pointers.get(seq, [])
+            head = Head(branch, seq, *named[0]) if len(named) == 1 else read_head_at(root, ds, branch, seq)
+            if head is not None:
+                return dataclasses.replace(head, written=head.node in listing.marked, meta=head.node in listing.meta,
+                                           listing=listing)
     return None
 
 
