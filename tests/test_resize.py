@@ -385,3 +385,24 @@ def test_sharded_resize_and_append(any_root):
     np.testing.assert_array_equal(np.asarray(a), want)
     a.commit("sharded")
     np.testing.assert_array_equal(np.asarray(hd.load("t/sh", storage=any_root)), want)
+
+
+def test_log_diff_cli_and_repr_show_shape_changes(tmp_path):
+    root = str(tmp_path / "root")
+    a = hd.array((4, 2), "t/l", dtype="int64", chunks=(2, 2), storage=root)
+    first = a.commit("first")
+    a.append(rows(1, 3))
+    assert "resized; 4 × 2 at the last commit" in a._repr_html_()
+    a.commit("appended")
+    assert a.shape_changes(a.log()[0]) == {"": ((4, 2), (7, 2))}
+    assert a.shape_changes(first) == {}
+    meta = [c for c in a.diff(first) if c.key == "zarr.json"]
+    assert meta and meta[0].shape == ((4, 2), (7, 2))
+    env = {"HUBDASK_ROOT": root}
+    from helpers import run_python
+
+    out = run_python("from hubdask.cli import main; main(['log', 't/l'])", env)
+    assert out.returncode == 0 and "appended  [3 changed]  (shape: 4 x 2 -> 7 x 2)" in out.stdout, out.stderr
+    a.resize((2, 2))
+    out = run_python("from hubdask.cli import main; main(['info', 't/l'])", env)
+    assert "2 x 2 (resized: 7 x 2 at the last commit)" in out.stdout, out.stderr
