@@ -178,11 +178,16 @@ def test_processes_append_while_commits_race(any_root, tmp_path):
     k_of, n = {1: 3, 2: 5, 3: 4}, 8
     appenders = {o: _spawn(APPENDER, any_root, str(o), str(k), str(n)) for o, k in k_of.items()}
     regions = {}
-    for o, p in appenders.items():
-        out, err = p.communicate(timeout=600)
-        assert p.returncode == 0, err
-        regions[o] = [tuple(r) for r in json.loads(out)]
-    open(stop, "w").close()
+    try:
+        for o, p in appenders.items():
+            out, err = p.communicate(timeout=600)
+            assert p.returncode == 0, err
+            regions[o] = [tuple(r) for r in json.loads(out)]
+    finally:
+        open(stop, "w").close()
+        for p in appenders.values():
+            if p.poll() is None:
+                p.kill()
     out, err = committer.communicate(timeout=600)
     assert committer.returncode == 0, err
     assert int(out) > 0
