@@ -411,3 +411,47 @@ def test_log_diff_cli_and_repr_show_shape_changes(tmp_path):
     a.resize((2, 2))
     out = run_python("from hubdask.cli import main; main(['info', 't/l'])", env)
     assert "2 x 2 (resized: 7 x 2 at the last commit)" in out.stdout, out.stderr
+
+
+@pytest.mark.parametrize("instant", ["before the reservation", "after the reservation"])
+def test_commit_seals_the_node_around_a_reservation(tmp_path, monkeypatch, instant):
+    """A commit of the branch exactly when an appender reserves: before its version lands (the commit
+    misses it: the rows are reserved again on the next node) or after (the commit holds it: the rows
+    stand). Either way no hole, no overlap, and the values land."""
+    from hubdask import grow
+    from hubdask.versioning import repository
+
+    root = str(tmp_path / "root")
+    a = hd.array((0, 2), "t/sr", dtype="int64", chunks=(4, 2), storage=root)
+    a.append(rows(1, 3))
+    a.commit("three rows")
+    other = hd.load("t/sr", storage=root)
+    fired = []
+
+    def commit_once():
+        if not fired:
+            fired.append(other.commit(f"commit {instant}"))
+
+    if instant == "before the reservation":
+        real = grow.refs.mark_meta
+
+        def mark_meta(*args):
+            real(*args)
+            commit_once()
+        monkeypatch.setattr(grow.refs, "mark_meta", mark_meta)
+    else:
+        repo = repository(a._source.root, "t/sr")
+        real_seal = repo.seal
+
+        def seal(node):
+            commit_once()
+            return real_seal(node)
+        monkeypatch.setattr(repo, "seal", seal)
+    region = a.append(rows(2, 2))
+    monkeypatch.undo()
+    assert fired and region == (slice(3, 5), slice(0, 2))
+    final = hd.load("t/sr", storage=root)
+    assert final.shape == (5, 2)
+    np.testing.assert_array_equal(np.asarray(final), np.concatenate([rows(1, 3), rows(2, 2)]))
+    committed = hd.load(f"t/sr:{fired[0]}", storage=root).shape
+    assert committed == ((3, 2) if instant == "before the reservation" else (5, 2))
