@@ -273,9 +273,9 @@ def test_store_grow_one_task_per_block(any_root):
 @pytest.mark.parametrize("keep", [refs.KEEP, 1])
 def test_head_resolves_mid_prune(tmp_path, monkeypatch, keep):
     """Hold a commit between its deletes of old head names and the put of its own name (the instant
-    where a reader could find no name): the head still resolves (to the head before), and an append
-    then lands exactly once. With KEEP=1 (the names before the new one all deleted) the same instant
-    finds no head at all: what the kept name prevents."""
+    where a reader could find no name): the head still resolves, and an append then lands exactly once.
+    With KEEP=1 (every name before the new one deleted) the listing at that instant holds no head name
+    at all: the hazard is real, and the kept name (or, failing it, the claims) is what resolves it."""
     root_url = str(tmp_path / "root")
     a = hd.array((0, 2), "t/m", dtype="int64", chunks=(4, 2), storage=root_url)
     for i in range(3):
@@ -307,13 +307,17 @@ def test_head_resolves_mid_prune(tmp_path, monkeypatch, keep):
     committer = threading.Thread(target=lambda: b.commit("held mid-prune"))
     committer.start()
     assert deleted.wait(60)
+    listed = refs._list(root, "t/m", "main").seqs
     during = refs.read_head(root, "t/m", "main")
+    assert during is not None and during.seq >= before.seq
     if keep == 1:
-        assert during is None
+        assert listed == []
+        refs._SEEN.clear()  # a process that never saw the branch has only the listing: then the branch is
+        assert refs.read_head(root, "t/m", "main") is None  # missing, what KEEP=2 prevents
         release.set()
         committer.join()
         return
-    assert during is not None and during.seq == before.seq
+    assert listed and during.seq == before.seq
     appended = {}
     appender = threading.Thread(target=lambda: appended.setdefault("r", hd.load("t/m", storage=root_url)
                                                                    .append(rows(9, 3))[0]))

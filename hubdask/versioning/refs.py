@@ -45,10 +45,10 @@ from hubdask.versioning.layout import head_prefix, tag_key
 
 SEQ_DIGITS = 12
 KEEP = 2  # head records kept: the newest and the one before it
-# LISTs of a folder that show no head before a branch counts as missing: a local folder's listing was
-# seen (ext4, Python 3.11, hundreds of marks created and deleted beside the names by other processes)
-# to miss both standing names once in thousands; the next LIST had them. Costs nothing for a branch
-# that exists; a missing branch costs LIST_TRIES LISTs.
+# LISTs of a folder that show no head before the claims are asked (_from_claims): a local folder's
+# listing was seen (ext4, Python 3.11, hundreds of marks created and deleted beside the names by other
+# processes) to miss both standing names once in thousands; the next LIST had them. Costs nothing for a
+# branch that exists; a missing branch costs LIST_TRIES LISTs.
 LIST_TRIES = 3
 
 
@@ -169,9 +169,36 @@ def read_head(root: Root, ds: str, branch: str) -> Head | None:
             named = listing.pointers.get(seq, [])
             head = Head(branch, seq, *named[0]) if len(named) == 1 else read_head_at(root, ds, branch, seq)
             if head is not None:
+                _seen(root, ds, branch, seq)
                 return dataclasses.replace(head, written=head.node in listing.marked, meta=head.node in listing.meta,
                                            listing=listing)
-    return None
+    return _from_claims(root, ds, branch)
+
+
+_SEEN: dict[tuple[str, str, str], int] = {}  # (root token, dataset, branch) -> the newest head seq seen here
+
+
+def _seen(root: Root, ds: str, branch: str, seq: int) -> None:
+    key = (root.token, ds, branch)
+    if seq > _SEEN.get(key, -1):
+        _SEEN[key] = seq
+
+
+def _from_claims(root: Root, ds: str, branch: str) -> Head | None:
+    """When listings showed no head: the newest claim from the newest head this process has seen on
+    (GETs of fixed names, as many as commits since; claims are never deleted while the branch stands, so
+    a branch this process saw cannot seem to vanish). Marks unknown: the node is taken as written and
+    its metadata as changed (the safe answers). None for a branch never seen here or deleted since."""
+    seq = _SEEN.get((root.token, ds, branch))
+    if seq is None:
+        return None
+    head = read_head_at(root, ds, branch, seq) or read_head_at(root, ds, branch, seq + 1)  # head 0's record is pruned
+    if head is None:
+        return None
+    while (nxt := read_head_at(root, ds, branch, head.seq + 1)) is not None:
+        head = nxt
+    _seen(root, ds, branch, head.seq)
+    return dataclasses.replace(head, written=True, meta=True)
 
 
 def read_head_at(root: Root, ds: str, branch: str, seq: int) -> Head | None:
@@ -214,6 +241,7 @@ def write_head(root: Root, ds: str, branch: str, seq: int, node: str, base: str 
         return None
     listing = prior if prior is not None else _list(root, ds, branch)
     left = _prune(root, ds, branch, seq, node, listing, also_put=_pointer_key(ds, branch, seq, node, base))
+    _seen(root, ds, branch, seq)
     return Head(branch, seq, node, base, written=False, listing=_parse_listing(ds, branch, left))
 
 
