@@ -1,10 +1,11 @@
 """Append throughput: 1, 2 and 4 concurrent appender processes into one hubdask array, against one appender.
 
-    python benchmarks/append.py [--batches 40] [--rows 16] [--repeat 3] [--backends local,moto]
+    python benchmarks/append.py [--batches 40] [--rows 16,64] [--repeat 3] [--backends local,moto]
 
 Each appender is its own process appending --batches batches of --rows rows (1 KiB per row, float32 x 256;
-chunks of 64 rows, so most batches share an edge chunk with another appender's and read-modify-write
-it under its lock). The timed span runs from a common start signal to the last appender's last append;
+chunks of 64 rows). Batches of 16 rows share edge chunks with other appenders' and read-modify-write them
+under the chunk's lock (appenders take turns there); batches of 64 rows fill whole chunks, and only the
+reservation of rows is serialized. The timed span runs from a common start signal to the last appender's last append;
 rows/s are summed over appenders. Every run checks the result: shape is the sum, every appender's
 regions hold its rows. Ratios compare runs of this run only (the machine is shared and noisy: medians
 of --repeat runs). Peer: zarr-python's own ``Array.append`` by one process (not safe for concurrent
@@ -121,7 +122,7 @@ def zarr_run(url: str, batches: int, rows: int, storage_options: dict | None = N
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batches", type=int, default=40)
-    ap.add_argument("--rows", type=int, default=16)
+    ap.add_argument("--rows", default="16,64", help="rows per batch, comma-separated sizes to measure")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--backends", default="local,moto")
     args = ap.parse_args()
@@ -133,31 +134,33 @@ def main() -> None:
         info = ctx.__enter__() if ctx else None
         try:
             root = f"s3://{info['bucket']}/append" if info else tmp
-            rates: dict[str, list[float]] = {}
-            for _ in range(args.repeat):
-                for n in (1, 2, 4):
-                    rates.setdefault(f"hubdask x{n}", []).append(hubdask_run(root, n, args.batches, args.rows))
-                url = f"s3://{info['bucket']}/zarr-{uuid.uuid4().hex[:6]}" if info else os.path.join(tmp, "zarr")
-                try:
-                    rates.setdefault("zarr x1", []).append(zarr_run(url, args.batches, args.rows))
-                except Exception as exc:  # the peer missing or failing must not hide hubdask's figures
-                    print(f"{backend}: zarr peer failed: {exc!s:.200}")
-            med = {k: statistics.median(v) for k, v in rates.items()}
-            one = med["hubdask x1"]
-            results["backends"][backend] = {"runs": rates, "median_rows_per_s": med,
-                                            "ratio_vs_one_appender": {k: v / one for k, v in med.items()}}
-            for k, v in med.items():
-                table.append([backend, k, f"{v:,.0f}", f"{v * WIDTH * 4 / 2**20:.2f}", f"{v / one:.2f}",
-                              " ".join(f"{x:,.0f}" for x in rates[k])])
-                print(f"{backend:6} {k:11} {v:10,.0f} rows/s  x{v / one:.2f} vs one appender  runs: {rates[k]}")
+            for rows in (int(r) for r in args.rows.split(",")):
+                rates: dict[str, list[float]] = {}
+                for _ in range(args.repeat):
+                    for n in (1, 2, 4):
+                        rates.setdefault(f"hubdask x{n}", []).append(hubdask_run(root, n, args.batches, rows))
+                    url = f"s3://{info['bucket']}/zarr-{uuid.uuid4().hex[:6]}" if info else os.path.join(tmp, "zarr")
+                    try:
+                        rates.setdefault("zarr x1", []).append(zarr_run(url, args.batches, rows))
+                    except Exception as exc:  # the peer missing or failing must not hide hubdask's figures
+                        print(f"{backend}: zarr peer failed: {exc!s:.200}", flush=True)
+                med = {k: statistics.median(v) for k, v in rates.items()}
+                one = med["hubdask x1"]
+                results["backends"][f"{backend}, {rows} rows"] = {
+                    "runs": rates, "median_rows_per_s": med, "ratio_vs_one_appender": {k: v / one for k, v in med.items()}}
+                for k, v in med.items():
+                    table.append([backend, str(rows), k, f"{v:,.0f}", f"{v * WIDTH * 4 / 2**20:.2f}", f"{v / one:.2f}",
+                                  " ".join(f"{x:,.0f}" for x in rates[k])])
+                    print(f"{backend:6} {rows:3} rows {k:11} {v:10,.0f} rows/s  x{v / one:.2f} vs one appender  "
+                          f"runs: {[round(x) for x in rates[k]]}", flush=True)
         finally:
             if ctx:
                 ctx.__exit__(None, None, None)
             rmtree(tmp)
     md = ("# Append throughput (benchmarks/append.py)\n\n"
-          f"{args.batches} batches x {args.rows} rows of 1 KiB per appender, chunks of {CHUNK} rows; "
+          f"{args.batches} batches of 1 KiB rows per appender ({args.rows} rows a batch), chunks of {CHUNK} rows; "
           f"medians of {args.repeat} runs.\n\n"
-          + markdown_table(["backend", "appenders", "rows/s", "MiB/s", "vs one appender", "runs"], table))
+          + markdown_table(["backend", "rows a batch", "appenders", "rows/s", "MiB/s", "vs one appender", "runs"], table))
     write_results("append", results, md)
 
 
