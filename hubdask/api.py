@@ -161,7 +161,7 @@ def open_at(root: Root, n: Name, repo, state, path: str = "", cache: bool = True
     src = Source.at(root, n.path, path, state.commit, state.head, cache=cache)
     if meta.get("node_type") == "group":
         return Dataset(src, display)
-    return Array(src, display, meta=src.zarr(meta).metadata)  # the metadata read above: no second GET
+    return Array(src, display, meta=src.zarr(None if src.meta_seq else meta).metadata)  # no second GET
 
 
 def _node_metadata(repo, state, path: str, display: str, cache: bool = True) -> dict:
@@ -258,11 +258,14 @@ def gc(name: str, dry_run: bool = True, grace: float = 3600.0, storage: Storage 
 
 def store(source: Any, target: str | Array, region: Any = None, *, storage: Storage = None,
           storage_options: dict | None = None, chunks: Any = None, compute: bool = True,
-          lock: bool | str | None = None, progress: bool | None = None, shards: Any = None) -> Any:
+          lock: bool | str | None = None, progress: bool | None = None, shards: Any = None,
+          grow: bool = False) -> Any:
     """Write a dask (or numpy) array into ``target`` in parallel: one task per storage chunk, lock-free.
 
     ``target`` is an Array or a name; a name that does not exist is created with the source's shape
     and dtype (``chunks`` or automatic, ``shards`` as for ``hd.array``). With ``compute=False`` returns the lazy dask array to compute.
+    ``grow=True``: a ``region`` (slices with explicit stops) reaching past the array's end grows it first
+    (concurrent growers agree on the largest shape), for pipelines of one task per output block.
     """
     import dask.array as da
 
@@ -278,11 +281,25 @@ def store(source: Any, target: str | Array, region: Any = None, *, storage: Stor
         else:
             target = array(source.shape, target, dtype=source.dtype, chunks=chunks, shards=shards,
                            storage=root)
+    if grow:
+        target = _grown(target, region, lock)
     job = plan(source, target, region, lock=lock)
     if not compute:
         return job
     _progress.compute(job, progress)
     return target
+
+
+def _grown(target: Array, region: Any, lock: bool | str | None) -> Array:
+    """``target`` grown so that ``region`` lies inside it (hd.store's ``grow=True``)."""
+    what = f"dataset {target.name!r}"
+    region = region if isinstance(region, tuple) else (region,)
+    if not region or not all(isinstance(r, slice) and r.stop is not None and (r.start or 0) >= 0
+                             and r.stop >= 0 and r.step in (None, 1) for r in region):
+        raise ValueError(f"{what}: store(..., grow=True) needs region= as a tuple of slices with non-negative "
+                         f"starts and explicit stops, got {region!r}")
+    ends = tuple(r.stop for r in region) + tuple(target.shape[len(region):])
+    return target.grow_to(ends, lock=lock)
 
 
 def export(obj: Any, url: str | os.PathLike, *, group: bool | str = False, storage: Storage = None,

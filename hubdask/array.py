@@ -18,7 +18,7 @@ import dask
 import dask.array as da
 import numpy as np
 
-from hubdask import daskgraph, grid
+from hubdask import daskgraph, grid, grow
 from hubdask.compute import lazy_reduce
 from hubdask.chunkio import read_selection  # noqa: F401  (where callers used to find it)
 from hubdask.daskgraph import MAX_GRAPH_TASKS, _read_block  # noqa: F401
@@ -66,7 +66,7 @@ class Array(Versioned):
 
     @_source.setter
     def _source(self, source: Source) -> None:  # a commit or merge moved the branch (history.Versioned)
-        self._view = self._view.at(source)
+        self._view = self._view.reshaped(source)  # a merge may bring another shape
 
     @property
     def _axes(self) -> tuple[grid.Axis, ...]:
@@ -154,7 +154,46 @@ class Array(Versioned):
         return view.to_dask()[tuple(expand)]
 
     def __setitem__(self, index: Any, value: Any) -> None:
-        self._view = self._view.at(setitem(self._view, index, value))
+        try:
+            landed = setitem(self._view, index, value)
+        except IndexError:
+            if self._view.source.branch is None:
+                raise
+            self._view = self._view.current()  # another writer may have grown the array since
+            landed = setitem(self._view, index, value)
+        self._view = self._view.at(landed)
+
+    # --- shape: versioned like the data (hubdask.grow) ----------------------------------------------
+
+    def _whole(self, action: str) -> View:
+        view = self._view.current()
+        if view.is_view:
+            raise ValueError(f"dataset {self.name!r}: {action} the whole array, not a view of it")
+        return view
+
+    def resize(self, new_shape: Any, *, lock: bool | str | None = None) -> "Array":
+        """Grow or shrink the array on its branch (part of the branch's next commit; older commits and
+        tags keep their shape). Chunks wholly outside a smaller shape stop counting, and growing again
+        reads the fill value, never old values. Returns self."""
+        view = self._whole("resize")
+        src = grow.resize(view.source, view.what, new_shape, view.fill_value, view.storage_chunks, lock)
+        self._view = view.reshaped(src)
+        return self
+
+    def grow_to(self, shape: Any, *, lock: bool | str | None = None) -> "Array":
+        """Grow every axis to at least ``shape`` (never shrinks; concurrent growers agree on the largest)."""
+        view = self._whole("grow")
+        ends = grow.check_shape(shape, view.ndim, view.what)
+        self._view = view.reshaped(grow.grow_to(view.source, view.what, ends, lock))
+        return self
+
+    def append(self, values: Any, axis: int = 0, *, lock: bool | str | None = None) -> tuple[slice, ...]:
+        """Append ``values`` along ``axis``; returns the region written (a tuple of slices). Concurrent
+        appenders (threads, processes, dask workers) each get their own region, none lost."""
+        view = self._whole("append to")
+        region, src = grow.append(view.source, view.what, values, axis, view.dtype, view.storage_chunks, lock)
+        self._view = view.reshaped(src)
+        return region
 
     # --- reading -----------------------------------------------------------------------------------
 

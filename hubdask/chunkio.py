@@ -657,7 +657,7 @@ def write(source: Source, sel: tuple[int | slice, ...], data: np.ndarray, name: 
         """The encoded chunk (the tombstone when it holds only the fill value, as zarr drops it)."""
         piece = data[part.out]
         if not part.whole and isinstance(lay.codec, shards.ShardCodec):  # only the inner chunks touched
-            keep = None if part.covers or old is None or store_module.is_tombstone(old) else old
+            keep = None if part.whole or old is None or store_module.is_tombstone(old) else old
             try:
                 blob = lay.codec.update(keep, part.inner, lambda box, inner: _put(box, inner, piece))
             except (ValueError, RuntimeError, TypeError) as exc:
@@ -667,7 +667,7 @@ def write(source: Source, sel: tuple[int | slice, ...], data: np.ndarray, name: 
             chunk = piece
         else:
             chunk = _scratch(lay.chunks, lay.dtype)
-            if part.covers or old is None or store_module.is_tombstone(old):
+            if part.whole or old is None or store_module.is_tombstone(old):
                 chunk[...] = lay.fill
             else:
                 _decode_into(chunk, _whole_part(part.coords, chunk.ndim), old, lay, name)
@@ -683,7 +683,8 @@ def write(source: Source, sel: tuple[int | slice, ...], data: np.ndarray, name: 
 
     async def one(part: ChunkPart, loop: asyncio.AbstractEventLoop) -> None:
         key = lay.logical_key(part.coords)
-        based: int | None = None if part.covers else store_module.known_version(root, ds, node, key)
+        # an edge chunk cut by the shape is read-modified-written too: a growing array's appenders share it
+        based: int | None = None if part.whole else store_module.known_version(root, ds, node, key)
         missing = 0
         while True:
             old = None

@@ -141,6 +141,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dims(shape: Any) -> str:
+    return " x ".join(map(str, shape)) or "()"
+
+
 def _print_info(s: Any) -> None:
     from hubdask.viz.summary import human_bytes
 
@@ -148,7 +152,9 @@ def _print_info(s: Any) -> None:
     last = s.last_commit
     ratio = f" ({100 * s.stored_bytes / s.logical_bytes:.3g}% of logical)" if s.logical_bytes and s.stored_bytes else ""
     rows = [
-        ("name", s.name), ("root", s.root), ("shape", shape), ("dtype", s.dtype),
+        ("name", s.name), ("root", s.root),
+        ("shape", shape + (f" (resized: {_dims(s.committed_shape)} at the last commit)"
+                           if s.committed_shape is not None else "")), ("dtype", s.dtype),
         ("chunks", " x ".join(map(str, s.chunks))),
         *([("shards", " x ".join(map(str, s.shards)))] if s.shards else []),
         ("shard grid" if s.shards else "chunk grid",
@@ -178,12 +184,17 @@ def cmd_log(args: argparse.Namespace) -> int:
         commits = commits[: args.n]
     if args.json:
         print(json.dumps([{"id": c.id, "parents": list(c.parents), "time": c.time, "message": c.message,
-                           "changes": len(c.changes), "tags": tags.get(c.id, [])} for c in commits]))
+                           "changes": len(c.changes), "tags": tags.get(c.id, []),
+                           "shapes": {p: [list(o), list(n)] for p, (o, n) in obj.shape_changes(c).items()}}
+                          for c in commits]))
         return 0
     for c in commits:
         label = f"  (tag: {', '.join(tags[c.id])})" if c.id in tags else ""
         merge = "  (merge)" if len(c.parents) > 1 else ""
-        print(f"{c.id}  {_when(c.time)}  {c.message or '(no message)'}  [{len(c.changes)} changed]{label}{merge}")
+        shapes = "".join(f"  (shape{' of ' + p if p else ''}: {_dims(o)} -> {_dims(n)})"
+                         for p, (o, n) in obj.shape_changes(c).items())
+        print(f"{c.id}  {_when(c.time)}  {c.message or '(no message)'}  [{len(c.changes)} changed]{label}{merge}"
+              f"{shapes}")
     return 0
 
 

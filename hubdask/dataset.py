@@ -11,7 +11,6 @@ samples are out of scope (pad them, or keep one array per size).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any
 
@@ -60,7 +59,7 @@ class Dataset(Versioned):
         src = self._fresh_source()
         out = {}
         for key, zarray in sorted(self._group(src).arrays()):
-            out[key] = Array(dataclasses.replace(src, path=key), self._array_name(key), meta=zarray.metadata)
+            out[key] = Array(src.for_array(key), self._array_name(key), meta=None if src.meta_changed else zarray.metadata)
         return out
 
     def keys(self) -> list[str]:
@@ -78,13 +77,28 @@ class Dataset(Versioned):
                             f"{type(key).__name__}; for samples use ds[name][i] or ds.pytorch()")
         src = self._fresh_source()
         try:
-            return Array(dataclasses.replace(src, path=key), self._array_name(key))
+            return Array(src.for_array(key), self._array_name(key))
         except FileNotFoundError:
             pass
         except Exception as exc:  # zarr raises different errors for a missing node across versions
             if "not found" not in str(exc).lower() and "no array" not in str(exc).lower():
                 raise
         raise NotFoundError(f"dataset {self._name!r} has no array {key!r}; arrays: {', '.join(self.keys()) or 'none'}")
+
+    def append(self, samples: dict[str, Any], axis: int = 0, *, lock: bool | str | None = None) -> tuple[slice, ...]:
+        """Append one batch to every array of the dataset together (``{"images": batch, "labels": labels}``):
+        sample i is the same sample in every array, even with concurrent appenders. Returns the rows written
+        along ``axis`` (a 1-tuple of slices)."""
+        from hubdask import grow
+
+        arrays = self.arrays
+        if not isinstance(samples, dict) or set(samples) != set(arrays):
+            got = sorted(samples) if isinstance(samples, dict) else type(samples).__name__
+            raise ValueError(f"dataset {self._name!r}: append a dict with one batch for every array "
+                             f"({', '.join(arrays)}), got {got}")
+        parts = [(a.frozen_view.source, a.name, samples[k], a.dtype, a.storage_chunks) for k, a in arrays.items()]
+        start, k, _ = grow.append_together(parts, axis, f"dataset {self._name!r}", lock)
+        return (slice(start, start + k),)
 
     @property
     def num_samples(self) -> int:

@@ -12,7 +12,7 @@ from hubdask.storage.public import listing_note
 from hubdask.versioning import Repository, repository
 from hubdask.versioning.repository import State
 from hubdask.versioning.commits import Commit
-from hubdask.versioning.diff import Change, diff
+from hubdask.versioning.diff import Change, diff, shape_changes
 from hubdask.versioning.merge import merge
 
 
@@ -102,9 +102,18 @@ class Versioned:
         return self._repo.resolve(branch).commit
 
     def log(self) -> list[Commit]:
-        """Commits of this state's history, newest first (first parents)."""
+        """Commits of this state's history, newest first (first parents); ``shape_changes(commit)`` tells
+        which arrays a commit resized."""
         state = self._repo.resolve(self.ref)
         return self._repo.log(state)
+
+    def shape_changes(self, commit: Commit | str) -> dict[str, tuple]:
+        """Array path ('' for a single array) -> (shape before, shape after) for each array that
+        ``commit`` (a Commit of ``log()`` or an id) resized or appended to."""
+        rec = self._repo.graph.get(commit) if isinstance(commit, str) else commit
+        if rec is None:
+            raise NotFoundError(f"dataset {self._name!r} has no commit {commit!r}")
+        return shape_changes(self._repo, rec)
 
     def tag(self, name: str) -> str:
         """Tag the current commit (a branch's uncommitted writes are committed first); returns the commit id."""

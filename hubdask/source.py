@@ -31,6 +31,8 @@ class Source:
     branch: str | None = None
     cache: bool = True  # read committed objects of a remote root through the local disk cache
     node_written: bool = True  # False: the head showed no written mark, the open node is empty
+    meta_seq: int = 0  # the open node's version of the array's zarr.json (0: the base commit's metadata)
+    meta_changed: bool = False  # the head showed the node's meta mark: some array's metadata changed there
 
     @classmethod
     def at(cls, root: Root, ds: str, path: str, commit: str | None, head=None, cache: bool = True) -> "Source":
@@ -40,8 +42,36 @@ class Source:
 
     def at_head(self, head) -> "Source":
         """This source at a branch head record: the one place a Source is rebuilt from a head (keeps ``cache``)."""
-        return dataclasses.replace(self, commit=head.base, node=head.node, branch=head.branch,
-                                   node_written=head.written)
+        moved = dataclasses.replace(self, commit=head.base, node=head.node, branch=head.branch,
+                                    node_written=head.written, meta_changed=getattr(head, "meta", False))
+        return moved.for_array(self.path)
+
+    def for_array(self, path: str) -> "Source":
+        """The source of array ``path`` at this state; where the head showed new metadata in the open node
+        (a resize or append), pinned to the newest version of the array's zarr.json there (one LIST)."""
+        src = dataclasses.replace(self, path=path, meta_seq=0)
+        if not self.meta_changed:
+            return src
+        from hubdask.storage import sync
+
+        return dataclasses.replace(src, meta_seq=sync(store_module.newest_version(self.root, self.ds, self.node,
+                                                                                  src.meta_key)))
+
+    def pinned_metadata(self):
+        """The array's metadata at version ``meta_seq`` of the open node (one GET)."""
+        import json
+
+        from zarr.core.metadata import ArrayV3Metadata
+
+        from hubdask.versioning import layout
+
+        raw = self.root.get(layout.version_key(self.ds, self.node, self.meta_key, self.meta_seq))
+        return ArrayV3Metadata.from_dict(json.loads(raw))
+
+    @property
+    def meta_key(self) -> str:
+        """The logical key of the array's zarr.json."""
+        return f"{self.path}/zarr.json" if self.path else "zarr.json"
 
     def current(self) -> "Source":
         """The state to read now: a branch source at its branch's head (one head resolution), a commit's itself."""
@@ -56,7 +86,8 @@ class Source:
                                                            prefix))
 
     def __dask_tokenize__(self) -> tuple:
-        return ("hubdask.Source", self.root.token, self.ds, self.path, self.commit, self.node, self.node_written)
+        return ("hubdask.Source", self.root.token, self.ds, self.path, self.commit, self.node, self.node_written,
+                self.meta_seq)
 
     @property
     def reads_node(self) -> bool:
@@ -86,6 +117,8 @@ class Source:
         from hubdask.storage.cache import immutable_reader
 
         store = self.store(immutable_reader(self.root) if self.cache else None)
+        if metadata is None and self.meta_seq:  # exactly the version the head resolved (appends go on)
+            metadata = self.pinned_metadata()
         if metadata is not None:
             from zarr.core.array import AsyncArray
             from zarr.storage import StorePath

@@ -75,7 +75,8 @@ def auto_chunks(shape: tuple[int, ...], itemsize: int, target: int | None = None
 
 
 def check_chunks(what: str, chunks: Any, shape: tuple[int, ...], dt: np.dtype) -> tuple[int, ...]:
-    """``chunks`` (None: automatic) as positive ints, one per axis, each at most the axis length."""
+    """``chunks`` (None: automatic) as positive ints, one per axis, each at most the axis length (any
+    length on an empty axis: an array made empty to be appended to)."""
     if chunks is None:
         return auto_chunks(shape, dt.itemsize)
     chunks = tuple(chunks) if isinstance(chunks, (tuple, list)) else (chunks,)
@@ -83,7 +84,7 @@ def check_chunks(what: str, chunks: Any, shape: tuple[int, ...], dt: np.dtype) -
         raise ValueError(f"{what}: chunks {chunks} has {len(chunks)} axes but shape {shape} has {len(shape)}")
     if any(isinstance(c, (bool, np.bool_)) or not isinstance(c, (int, np.integer)) or c <= 0 for c in chunks):
         raise ValueError(f"{what}: chunks {chunks} must be positive integers")
-    if any(c > max(s, 1) for c, s in zip(chunks, shape)):
+    if any(c > s > 0 for c, s in zip(chunks, shape)):
         raise ValueError(f"{what}: chunks {chunks} are larger than the shape {shape} on some axis; "
                          "expected each chunk length to be at most the axis length")
     return tuple(int(c) for c in chunks)

@@ -109,8 +109,20 @@ class View:
         return dataclasses.replace(self, source=source)
 
     def current(self) -> "View":
-        """This view at its branch's head now (a commit's view is itself)."""
-        return self if self.source.branch is None else self.at(self.source.current())
+        """This view at its branch's head now (a commit's view is itself); a whole-array view follows a
+        resize or append there to the array's new shape."""
+        return self if self.source.branch is None else self.reshaped(self.source.current())
+
+    def reshaped(self, source: Source) -> "View":
+        """This view at ``source``, with ``source``'s metadata (its shape may differ: a resize or append);
+        a whole-array view becomes the whole array at the new shape, a view of a part keeps its axes."""
+        if source.meta_seq == self.source.meta_seq and source.commit == self.source.commit:
+            return self.at(source)
+        meta = source.zarr().metadata
+        if tuple(meta.shape) == self.storage_shape:
+            return dataclasses.replace(self, source=source, metadata=meta)
+        axes = self.axes if self.is_view else grid.full(tuple(meta.shape))
+        return dataclasses.replace(self, source=source, axes=axes, metadata=meta)
 
     # --- reading ------------------------------------------------------------------------------------
 

@@ -88,18 +88,19 @@ def _last_of_each(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def partial_chunks(sel: tuple[int | slice, ...], shape: tuple[int, ...], chunks: tuple[int, ...]) -> list[tuple]:
     """Coordinates of the chunks that ``sel`` (ascending: ints, slices, distinct index arrays) touches
-    without covering them whole."""
+    without covering them whole. An edge chunk cut by the array's shape is partial even where ``sel``
+    covers all of its in-bounds part: the shape may grow (resize, append) and another writer fill the rest."""
     per_axis = []
     for s, n, c in zip(sel, shape, chunks):
         if isinstance(s, np.ndarray):  # ascending distinct indices: a chunk is covered if all of it is listed
-            per_axis.append([(j, i1 - i0 == min(c, n - j * c)) for j, i0, i1 in grid.runs_by_chunk(s, c)])
+            per_axis.append([(j, i1 - i0 == c) for j, i0, i1 in grid.runs_by_chunk(s, c)])
             continue
         if isinstance(s, int):
-            per_axis.append([(s // c, c == 1 or n - (s // c) * c == 1)])
+            per_axis.append([(s // c, c == 1)])
             continue
         start, stop, step = s.indices(n)
         span = grid.Span(start, step, len(range(start, stop, step)))
-        per_axis.append([(p.chunk, p.i1 - p.i0 == min(c, n - p.chunk * c)) for p in grid.pieces(span, c)])
+        per_axis.append([(p.chunk, p.i1 - p.i0 == c) for p in grid.pieces(span, c)])
     if all(full for axis in per_axis for _, full in axis):
         return []
     return [tuple(j for j, _ in combo) for combo in itertools.product(*per_axis)

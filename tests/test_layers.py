@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cache", ("storage.cache",)),
     ("versioning", ("versioning", "versioning.*")),
     ("array engine", ("grid", "source", "shards", "chunkio", "view", "spec", "daskgraph", "compute", "progress")),
-    ("write path and locks", ("locks", "write")),
+    ("write path and locks", ("locks", "write", "grow")),
     ("adapters", ("viz", "viz.*", "integrations", "integrations.stream", "integrations.handoff", "integrations.torch",
                   "integrations.tensorflow", "integrations.xarray_view")),
     ("Array", ("history", "array", "dataset", "export")),

@@ -236,6 +236,16 @@ class Root:
 
     @retrying("LIST")
     async def list_prefix_async(self, prefix: str) -> list[str]:
+        if isinstance(self.store, LocalStore):
+            # one scandir walk: zarr's LocalStore lists with Path.rglob, which (Python 3.11) can miss files
+            # that stand still while others in the same folder are created and deleted (a branch's head
+            # names while writers put marks beside them: the branch would seem to vanish mid-commit)
+            import asyncio
+
+            from hubdask.storage import files
+
+            folder = prefix.rstrip("/") + "/" if prefix.rstrip("/") else ""
+            return sorted(await asyncio.to_thread(files.list_sizes, self.store.root, folder, True))
         return [k async for k in self.store.list_prefix(prefix)]
 
     @retrying("LIST")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from zarr.core.buffer import default_buffer_prototype
 
 from hubdask.storage import sync
-from hubdask.versioning.commits import ChunkMap
+from hubdask.versioning.commits import ChunkMap, Commit
 from hubdask.versioning.repository import Repository, State
 
 @dataclass(frozen=True)
@@ -21,6 +21,7 @@ class Change:
     chunk: tuple[int, ...] | None
     region: tuple[slice, ...] | None
     kind: str  # "added", "modified" or "deleted"
+    shape: tuple[tuple[int, ...] | None, tuple[int, ...] | None] | None = None  # metadata: (before, after) if it changed
 
 
 _CHUNK = re.compile(r"^(?:(.*)/)?c((?:/\d+)*)$")
@@ -71,11 +72,46 @@ def diff(repo: Repository, other: str | None, ref: str) -> list[Change]:
         kind = "added" if a.get(key) is None else "deleted" if b.get(key) is None else "modified"
         parsed = parse_chunk_key(key)
         if parsed is None:
-            out.append(Change(key, key.rsplit("/", 1)[0] if "/" in key else "", None, None, kind))
+            path = key.rsplit("/", 1)[0] if "/" in key else ""
+            shape = _shape_pair(repo, key, a.get(key), b.get(key)) if key.endswith("zarr.json") else None
+            out.append(Change(key, path, None, None, kind, shape))
             continue
         path, coords = parsed
         if path not in metas:
             metas[path] = array_meta(repo, new, path) or array_meta(repo, old, path)
         region = chunk_region(metas[path], coords) if metas[path] else None
         out.append(Change(key, path, coords, region, kind))
+    return out
+
+
+def _shape_of(repo: Repository, key: str, held_by: str | None) -> tuple[int, ...] | None:
+    from hubdask.versioning import layout
+
+    if held_by is None:
+        return None
+    raw = repo.root.get(layout.object_key(repo.ds, key, held_by))
+    try:
+        shape = json.loads(raw).get("shape") if raw else None
+    except ValueError:
+        return None
+    return tuple(shape) if isinstance(shape, list) else None
+
+
+def _shape_pair(repo: Repository, key: str, old: str | None, new: str | None) -> tuple | None:
+    """(shape before, shape after) of the array whose metadata ``key`` went from ``old`` to ``new``, if
+    the shape changed (a resize or append), else None."""
+    pair = (_shape_of(repo, key, old), _shape_of(repo, key, new))
+    return pair if pair[0] != pair[1] else None
+
+
+def shape_changes(repo: Repository, commit: Commit) -> dict[str, tuple]:
+    """Array path -> (shape before, shape after) for every array whose shape ``commit`` changed against
+    its first parent (what ``log`` shows; only metadata keys the commit names are read)."""
+    parent = repo.graph.chunk_map(commit.parents[0]) if commit.parents else {}
+    out = {}
+    for key, held_by in commit.changes.items():
+        if key.endswith("zarr.json") and parent.get(key) != held_by:
+            pair = _shape_pair(repo, key, parent.get(key), held_by)
+            if pair is not None and pair[0] is not None:
+                out[key.rsplit("/", 1)[0] if "/" in key else ""] = pair
     return out

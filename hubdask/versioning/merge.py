@@ -11,6 +11,13 @@ decoded at the base, ours and theirs: an element changed on one side takes that 
 same way on both is fine, changed differently is a conflict. Conflicts raise ConflictError (nothing is
 written) unless ``strategy`` is ``"ours"`` or ``"theirs"``. Merged chunks are written into the merge
 commit's own node, which no writer ever touches.
+
+Shapes are metadata and merge first: a side that resized (or appended) while the other did not gives
+the merged shape, and the chunks are then merged element-wise within it (a state whose shape ends
+before a chunk's region reads there as the fill value); chunks wholly outside the merged shape stop
+counting. Both sides changing the shape differently (e.g. both appended along the same axis) is a
+ConflictError naming both shapes; ``strategy="ours"`` keeps our shape, ``"theirs"`` takes theirs, and
+in both the elements are merged as for any chunk (the strategy side wins where both changed one).
 """
 
 from __future__ import annotations
@@ -64,6 +71,17 @@ def _open_changes(repo: Repository, node: str) -> ChunkMap:
     return {k: layout.holder(node, seq) for k, (seq, _) in found.items()}
 
 
+def _shapes(ours: bytes | None, theirs: bytes | None, base: bytes | None) -> tuple | None:
+    """(our shape, their shape, the base's) when two versions of array metadata differ in shape, else None."""
+    import json
+
+    try:
+        got = [tuple(json.loads(m)["shape"]) if m else None for m in (ours, theirs, base)]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return tuple(got) if got[0] is not None and got[1] is not None and got[0] != got[1] else None
+
+
 class _Plan:
     """The merge of ``theirs`` into ``ours`` plus an open node's changes, against ``base``."""
 
@@ -74,8 +92,14 @@ class _Plan:
         self.ours_map = repo.graph.chunk_map(ours)
 
     def _read(self, chunk_map: ChunkMap, path: str, region: tuple) -> np.ndarray:
+        """``region`` of the array at ``chunk_map``; where that state's shape ends before the region (it
+        was resized since), the rest is the fill value."""
         store = VersionedStore(self.repo.root, self.repo.ds, chunk_map)
-        return zarr.open_array(store=store, path=path, mode="r", zarr_format=3)[region]
+        arr = zarr.open_array(store=store, path=path, mode="r", zarr_format=3)
+        out = np.full(tuple(r.stop - r.start for r in region), arr.metadata.fill_value, arr.dtype)
+        inside = tuple(slice(r.start, max(r.start, min(r.stop, n))) for r, n in zip(region, arr.shape))
+        out[tuple(slice(0, i.stop - i.start) for i in inside)] = arr[inside]
+        return out
 
     def _bytes(self, key: str, held_by: str | None) -> bytes | None:
         return None if held_by is None else self.repo.root.get(layout.object_key(self.repo.ds, key, held_by))
@@ -92,25 +116,52 @@ class _Plan:
         mb, mt = self.mb, self.mt
         out: ChunkMap = dict(node_changes)
         conflicts: dict[str, int] = {}
-        for key in sorted(set(mo) | set(mt) | set(mb)):
+        keys = sorted(set(mo) | set(mt) | set(mb))
+        # metadata first: the merged shape is what every chunk below is merged within
+        for key in (k for k in keys if parse_chunk_key(k) is None):
             ho, ht, hb = mo.get(key), mt.get(key), mb.get(key)
+            if ho == ht or ht == hb:
+                continue
+            if ho == hb:
+                out[key] = mo[key] = ht  # changed on their side only (a resize among them): taken by reference
+                if ht is None:
+                    mo.pop(key)
+                continue
+            old, new = self._bytes(key, ho), self._bytes(key, ht)
+            if old == new:
+                continue
+            if self.strategy is None:
+                shapes = _shapes(old, new, self._bytes(key, hb))
+                if shapes is not None:
+                    raise ConflictError(
+                        f"{self.what}: merging {self.ref!r} into {self.branch!r}: both sides changed the shape of "
+                        f"{key.rsplit('/', 1)[0] if '/' in key else 'the array'} (ours {shapes[0]}, theirs "
+                        f"{shapes[1]}, base {shapes[2]}), e.g. both appended; nothing was applied. Pass "
+                        "strategy='ours' to keep our shape or 'theirs' to take theirs")
+                conflicts[key] = 1
+            elif self.strategy == "theirs":
+                out[key] = mo[key] = ht
+        opened: dict[str, zarr.Array] = {}
+        for key in keys:
+            parsed = parse_chunk_key(key)
+            if parsed is None:
+                continue
+            ho, ht, hb = mo.get(key), mt.get(key), mb.get(key)
+            path, coords = parsed
+            if path not in opened:
+                opened[path] = zarr.open_array(store=VersionedStore(self.repo.root, self.repo.ds, mo), path=path,
+                                               mode="r", zarr_format=3)
+            zo = opened[path]
+            grid_shape = tuple(zo.metadata.chunk_grid.chunk_shape)  # the storage object: a shard when sharded
+            if any(j * c >= n for j, c, n in zip(coords, grid_shape, zo.shape)):
+                if ho is not None:  # wholly outside the merged shape: it stops counting, as after a resize
+                    out[key] = None
+                continue
             if ho == ht or ht == hb:
                 continue
             if ho == hb:
                 out[key] = ht  # changed on their side only: taken by reference
                 continue
-            parsed = parse_chunk_key(key)
-            if parsed is None:  # metadata changed on both sides: equal bytes or a conflict
-                if self._bytes(key, ho) != self._bytes(key, ht):
-                    if self.strategy is None:
-                        conflicts[key] = 1
-                    elif self.strategy == "theirs":
-                        out[key] = ht
-                continue
-            path, coords = parsed
-            zo = zarr.open_array(store=VersionedStore(self.repo.root, self.repo.ds, mo), path=path, mode="r",
-                                 zarr_format=3)
-            grid_shape = tuple(zo.metadata.chunk_grid.chunk_shape)  # the storage object: a shard when sharded
             region = chunk_region({"shape": zo.shape, "chunk_grid": {"configuration": {"chunk_shape": grid_shape}}},
                                   coords)
             b, o, t = self._read(mb, path, region), zo[region], self._read(mt, path, region)

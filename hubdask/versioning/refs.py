@@ -19,7 +19,14 @@ round trip that no cache may save, since refs move):
   writer process with its first write (the write returns only once its mark has landed): without
   either, the node holds no returned write, and readers take every chunk from the base commit (and its
   disk cache); with only the committing process's own, a commit knows the node's content without
-  listing it, from two GETs of fixed names (a LIST costs more, and on some servers grows with the bucket).
+  listing it, from two GETs of fixed names (a LIST costs more, and on some servers grows with the bucket);
+- ``meta-NODE``, put (before the new metadata) by every resize or append of an array in open node NODE:
+  the shape is versioned state, and a head whose listing shows the mark tells readers that the node's
+  metadata, not the base commit's, is the array's (without it the cached metadata of the base commit is
+  current). Pruned with the node's written marks.
+The branch's names are only ever added or deleted, never renamed: a LIST taken at any instant of a
+claim or a prune shows the new head's name, or the one before it (kept: KEEP), so a standing branch
+always resolves.
 A crash before a mark leaves the safe answer (look in the node). Datasets made before claims have head
 records ``SEQ`` in the folder itself; they are read (GET) where no name says more. Temp files of an
 interrupted create (``*.partial``) are never read as records.
@@ -38,6 +45,11 @@ from hubdask.versioning.layout import head_prefix, tag_key
 
 SEQ_DIGITS = 12
 KEEP = 2  # head records kept: the newest and the one before it
+# LISTs of a folder that show no head before the claims are asked (_from_claims): a local folder's
+# listing was seen (ext4, Python 3.11, hundreds of marks created and deleted beside the names by other
+# processes) to miss both standing names once in thousands; the next LIST had them. Costs nothing for a
+# branch that exists; a missing branch costs LIST_TRIES LISTs.
+LIST_TRIES = 3
 
 
 @dataclass(frozen=True)
@@ -49,6 +61,7 @@ class Head:
     node: str
     base: str | None
     written: bool = True  # the open node may hold writes (False: the listing proved it empty)
+    meta: bool = False  # the open node may hold new metadata (a resize or append: its meta mark was listed)
     listing: "_Listing | None" = dataclasses.field(default=None, compare=False, repr=False)  # what it was read from
 
 
@@ -58,8 +71,21 @@ def written_key(ds: str, branch: str, node: str, many: bool = False) -> str:
     return f"{head_prefix(ds, branch)}written-{node}{'.many' if many else ''}"
 
 
+def meta_key(ds: str, branch: str, node: str) -> str:
+    """The meta mark of ``node``, the open node of ``branch``: its arrays' metadata (shape) changed there."""
+    return f"{head_prefix(ds, branch)}meta-{node}"
+
+
+def mark_meta(root: Root, ds: str, branch: str, node: str) -> None:
+    """Put the meta mark of ``node`` (idempotent; before the metadata it announces)."""
+    root.put(meta_key(ds, branch, node), b"")
+
+
 def _marked_node(name: str) -> str | None:
-    return name[len("written-"):].split(".")[0] if name.startswith("written-") else None
+    for mark in ("written-", "meta-"):
+        if name.startswith(mark):
+            return name[len(mark):].split(".")[0]
+    return None
 
 
 async def mark_written(root: Root, ds: str, branch: str, node: str, writer: str) -> None:
@@ -113,6 +139,7 @@ class _Listing:
     pointers: dict[int, list[tuple[str, str | None]]]
     marked: set[str]
     keys: list[str]
+    meta: set[str] = dataclasses.field(default_factory=set)
 
 
 def _list(root: Root, ds: str, branch: str) -> _Listing:
@@ -129,19 +156,49 @@ def _parse_listing(ds: str, branch: str, listed: list[str]) -> _Listing:
         if len(parts) == 3 and parts[0].isdigit():
             pointers.setdefault(int(parts[0]), []).append((parts[1], None if parts[2] == "-" else parts[2]))
     return _Listing(sorted({int(n) for n in names if n.isdigit()} | set(pointers)), pointers,
-                    {_marked_node(n) for n in names if n.startswith("written-")}, keys)
+                    {_marked_node(n) for n in names if n.startswith("written-")}, keys,
+                    {_marked_node(n) for n in names if n.startswith("meta-")})
 
 
 def read_head(root: Root, ds: str, branch: str) -> Head | None:
     """The current head of ``branch``, or None if there is no such branch: one LIST (plus a GET of the
     record when its name copy is missing or ambiguous)."""
-    listing = _list(root, ds, branch)
-    for seq in reversed(listing.seqs):  # a half-deleted branch may lack its newest record: take the newest readable
-        named = listing.pointers.get(seq, [])
-        head = Head(branch, seq, *named[0]) if len(named) == 1 else read_head_at(root, ds, branch, seq)
-        if head is not None:
-            return dataclasses.replace(head, written=head.node in listing.marked, listing=listing)
-    return None
+    for _ in range(LIST_TRIES):
+        listing = _list(root, ds, branch)
+        for seq in reversed(listing.seqs):  # a half-deleted branch may lack its newest record: the newest readable
+            named = listing.pointers.get(seq, [])
+            head = Head(branch, seq, *named[0]) if len(named) == 1 else read_head_at(root, ds, branch, seq)
+            if head is not None:
+                _seen(root, ds, branch, seq)
+                return dataclasses.replace(head, written=head.node in listing.marked, meta=head.node in listing.meta,
+                                           listing=listing)
+    return _from_claims(root, ds, branch)
+
+
+_SEEN: dict[tuple[str, str, str], int] = {}  # (root token, dataset, branch) -> the newest head seq seen here
+
+
+def _seen(root: Root, ds: str, branch: str, seq: int) -> None:
+    key = (root.token, ds, branch)
+    if seq > _SEEN.get(key, -1):
+        _SEEN[key] = seq
+
+
+def _from_claims(root: Root, ds: str, branch: str) -> Head | None:
+    """When listings showed no head: the newest claim from the newest head this process has seen on
+    (GETs of fixed names, as many as commits since; claims are never deleted while the branch stands, so
+    a branch this process saw cannot seem to vanish). Marks unknown: the node is taken as written and
+    its metadata as changed (the safe answers). None for a branch never seen here or deleted since."""
+    seq = _SEEN.get((root.token, ds, branch))
+    if seq is None:
+        return None
+    head = read_head_at(root, ds, branch, seq) or read_head_at(root, ds, branch, seq + 1)  # head 0's record is pruned
+    if head is None:
+        return None
+    while (nxt := read_head_at(root, ds, branch, head.seq + 1)) is not None:
+        head = nxt
+    _seen(root, ds, branch, head.seq)
+    return dataclasses.replace(head, written=True, meta=True)
 
 
 def read_head_at(root: Root, ds: str, branch: str, seq: int) -> Head | None:
@@ -184,6 +241,7 @@ def write_head(root: Root, ds: str, branch: str, seq: int, node: str, base: str 
         return None
     listing = prior if prior is not None else _list(root, ds, branch)
     left = _prune(root, ds, branch, seq, node, listing, also_put=_pointer_key(ds, branch, seq, node, base))
+    _seen(root, ds, branch, seq)
     return Head(branch, seq, node, base, written=False, listing=_parse_listing(ds, branch, left))
 
 
@@ -213,10 +271,11 @@ def _prune(root: Root, ds: str, branch: str, seq: int, node: str, listing: _List
         head = name.split(".")[0]
         if head.isdigit() and int(head) < cut:
             gone.append(k)
-        elif name.startswith("written-") and _marked_node(name) not in kept_nodes:
+        elif _marked_node(name) is not None and _marked_node(name) not in kept_nodes:
             gone.append(k)
     dropped = {n for s, named in listing.pointers.items() if s < cut for n, _ in named} - kept_nodes
-    gone = sorted(set(gone) | {written_key(ds, branch, n, many) for n in dropped for many in (False, True)})
+    gone = sorted(set(gone) | {written_key(ds, branch, n, many) for n in dropped for many in (False, True)}
+                  | {meta_key(ds, branch, n) for n in dropped})
     import asyncio
 
     from hubdask.storage import sync

@@ -101,7 +101,8 @@ def repr_html(obj: Any) -> str:
     s = summarize(array, max_sized=REPR_MAX_SIZED)
     view = array.is_view
     rows = [
-        ("shape", _fmt_shape(array.shape) + ("" if not view else f" (view of {_fmt_shape(s.shape)})")),
+        ("shape", _fmt_shape(array.shape) + ("" if not view else f" (view of {_fmt_shape(s.shape)})")
+         + ("" if s.committed_shape is None else f" (resized; {_fmt_shape(s.committed_shape)} at the last commit)")),
         ("dtype", str(s.dtype)),
         ("chunks", _fmt_shape(array.chunks) + ("" if not view or array.chunks == s.chunks
                                                 else f" (stored array: {_fmt_shape(s.chunks)})")),

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hubdask.shards import shard_shape
+from hubdask.source import Source
 from hubdask.names import safe_url  # noqa: F401  (shown roots: credentials left out)
 from hubdask.storage import sync
 from hubdask.versioning import repository
@@ -85,6 +86,7 @@ class Summary:
     last_commit: Commit | None = None
     uncommitted: int = 0
     shards: tuple[int, ...] | None = None  # the storage object of a sharded array; ``grid`` counts them
+    committed_shape: tuple[int, ...] | None = None  # the shape at the base commit, where a branch resized since
 
     @property
     def total_chunks(self) -> int:
@@ -96,6 +98,7 @@ class Summary:
             "name": self.name, "root": self.root, "ref": self.ref, "branch": self.branch, "commit": self.commit,
             "shape": list(self.shape), "dtype": self.dtype, "chunks": list(self.chunks),
             "shards": None if self.shards is None else list(self.shards), "grid": list(self.grid),
+            "committed_shape": None if self.committed_shape is None else list(self.committed_shape),
             "fill_value": self.fill_value, "chunks_total": self.total_chunks, "chunks_written": self.written,
             "logical_bytes": self.logical_bytes, "stored_bytes": self.stored_bytes,
             "branches": self.branches, "tags": self.tags, "uncommitted_chunks": self.uncommitted,
@@ -125,7 +128,17 @@ def summarize(array: Any, max_sized: int | None = 2000) -> Summary:
         fill_value=fill.item() if hasattr(fill, "item") else fill,
         written=len(written), logical_bytes=math.prod(shape) * array.dtype.itemsize, stored_bytes=stored,
         branches=repo.branches(), tags=repo.tags(), last_commit=last, uncommitted=uncommitted,
+        committed_shape=_committed_shape(src, shape),
     )
+
+
+def _committed_shape(src: Any, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The array's shape at the base commit of a branch that resized it since (None otherwise)."""
+    if src.node is None or not src.meta_seq or src.commit is None:
+        return None
+    base = Source.at(src.root, src.ds, src.path, src.commit, cache=src.cache)
+    old = tuple(base.zarr().metadata.shape)
+    return old if old != shape else None
 
 
 def human_bytes(n: float | None) -> str:
