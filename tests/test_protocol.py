@@ -573,3 +573,60 @@ def test_a_commit_by_the_only_writer_lists_nothing(any_root, monkeypatch):
     monkeypatch.undo()
     np.testing.assert_array_equal(hd.load(f"p/cost:{cid}", storage=any_root).read(), np.full((64, 4), 2))
     assert [c.message for c in hd.load("p/cost", storage=any_root).log()][:2] == ["second", "first"]
+
+
+@pytest.mark.parametrize("action", ["tag", "commit"])
+def test_gc_collecting_a_late_writers_temp_file_neither_breaks_nor_tears_the_write(tmp_path, monkeypatch, action):
+    """A writer stalled between writing a ref's temp file and moving it into place (past gc's grace)
+    has the temp file collected by gc at that instant: the write still lands whole (a fresh temp file),
+    with no raw FileNotFoundError, and no temp file is left."""
+    from pathlib import Path
+
+    from hubdask.storage import files
+
+    root = str(tmp_path / "root")
+    a = hd.array((4,), name="p/late", dtype="int32", storage=root)
+    a[:] = 1
+    first = a.commit("one")
+    real, collected = files._temp_beside, []
+
+    def temp_then_gc(path, parts):
+        tmp = real(path, parts)
+        if "/refs/" in str(path) and not collected:
+            os.utime(tmp, (0, 0))  # older than the grace: the writer stalled here
+            gc = threading.Thread(target=hd.gc, args=("p/late",), kwargs=dict(storage=root, grace=60, dry_run=False))
+            gc.start()
+            gc.join()
+            collected.append(not tmp.exists())
+        return tmp
+
+    monkeypatch.setattr(files, "_temp_beside", temp_then_gc)
+    if action == "tag":
+        assert a.tag("v1") == first
+        assert hd.load("p/late:v1", storage=root).commit_id == first
+    else:
+        a[0] = 2
+        cid = a.commit("two")
+        np.testing.assert_array_equal(hd.load(f"p/late:{cid}", storage=root).read(), [2, 1, 1, 1])
+        assert hd.load("p/late", storage=root).commit_id == cid
+    assert collected == [True]
+    assert not [k for k in files.list_sizes(Path(root), "p/late/", temps=True) if k.endswith(".partial")]
+
+
+def test_a_temp_file_collected_every_time_fails_with_hubdasks_error(tmp_path, monkeypatch):
+    """A temp file that vanishes before every attempt: a StorageError naming the object, nothing written."""
+    from hubdask.storage import files
+
+    target = tmp_path / "x" / "obj"
+    real = files._temp_beside
+
+    def vanishing(path, parts):
+        tmp = real(path, parts)
+        tmp.unlink()
+        return tmp
+
+    monkeypatch.setattr(files, "_temp_beside", vanishing)
+    for write in (files.write_atomic, files.create_exclusive):
+        with pytest.raises(hd.StorageError, match="obj.*temp file was removed"):
+            write(target, b"data")
+        assert not target.exists() and not list(target.parent.iterdir())
