@@ -630,3 +630,65 @@ def test_a_temp_file_collected_every_time_fails_with_hubdasks_error(tmp_path, mo
         with pytest.raises(hd.StorageError, match="obj.*temp file was removed"):
             write(target, b"data")
         assert not target.exists() and not list(target.parent.iterdir())
+
+
+@pytest.mark.parametrize("fence", [True, pytest.param(False, marks=pytest.mark.xfail(strict=True, reason="no floor: the stale claim is accepted"))])
+def test_a_stale_claimer_cannot_win_a_trimmed_head(any_root, monkeypatch, fence):
+    """The claim log is trimmed: committer A seals the open node and stalls just before claiming the
+    next head; B finishes A's commit and commits on until that claim and many after it are trimmed; A
+    resumes and re-creates the trimmed claim. It must lose (the floor), return its commit as the one the
+    branch holds, and its next write must land where readers of the branch see it."""
+    from hubdask.versioning import refs
+
+    monkeypatch.setattr(refs, "TRIM_EVERY", 4)
+    monkeypatch.setattr(refs, "CLAIMS_KEPT", 2)
+    if not fence:
+        monkeypatch.setattr(refs, "_floors", lambda root, ds, branch: {})
+    a = hd.array((4,), name="p/stale", dtype="int32", chunks=(4,), storage=any_root)
+    a[:] = 1
+    a.commit("one")
+    reached, go, real = threading.Event(), threading.Event(), refs._claim
+
+    def paused(*args):
+        if WHO.get() == "A" and not reached.is_set():
+            reached.set()
+            assert go.wait(60)
+        return real(*args)
+
+    monkeypatch.setattr(refs, "_claim", paused)
+    sa = hd.load("p/stale", storage=any_root)
+    sa[0] = 2
+    out: list = []
+    t = as_actor("A", lambda: out.append(sa.commit("A's")))
+    assert reached.wait(30)
+    b = hd.load("p/stale", storage=any_root)
+    finished = b.commit("finishes A's")  # the same commit: B moved the branch onto it
+    for i in range(12):  # past three trims: A's claim is long gone
+        b[1] = 10 + i
+        b.commit(f"b{i}")
+    assert open_root(any_root).get(refs.claim_key("p/stale", "main", 2)) is None  # A's claim was trimmed
+    go.set()
+    t.join(60)
+    assert out == [finished]
+    sa[2] = 7  # through A's handle, after its commit returned
+    np.testing.assert_array_equal(hd.load("p/stale", storage=any_root).read(), [2, 21, 7, 1])
+
+
+def test_the_claim_log_stays_short_however_long_the_history(tmp_path, monkeypatch):
+    """Trimming keeps refs/log/BRANCH/ at a bounded size: at most TRIM_EVERY + CLAIMS_KEPT claims and a
+    floor record, after many commits; every commit of the history still reads."""
+    from hubdask.versioning import refs
+
+    monkeypatch.setattr(refs, "TRIM_EVERY", 8)
+    monkeypatch.setattr(refs, "CLAIMS_KEPT", 3)
+    root = str(tmp_path / "root")
+    a = hd.array((2,), name="p/short", dtype="int32", storage=root)
+    commits = []
+    for i in range(50):
+        a[0] = i
+        commits.append(a.commit(f"c{i}"))
+    log = open_root(root).list_prefix(layout.head_log_prefix("p/short", "main"))
+    floors = [k for k in log if "floor-" in k]
+    assert len(floors) == 1 and len(log) - 1 <= 8 + 3, log
+    for i, cid in enumerate(commits):
+        assert hd.load(f"p/short:{cid}", storage=root).read()[0] == i

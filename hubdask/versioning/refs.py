@@ -4,8 +4,17 @@ A branch is a sequence of heads numbered SEQ; the head is the highest SEQ named 
 ``refs/heads/BRANCH/``. Moving a branch means claiming SEQ+1: creating ``refs/log/BRANCH/SEQ`` (its
 record: the open node, where uncommitted writes go, and the base commit), which exactly one writer can
 do, on every backend that supports exclusive create (local link, memory, S3 If-None-Match); the winner
-then names it in the folder. Claims are kept (a few bytes per commit, never listed to resolve a branch),
-so a creator however late can never win a number twice. A tag is one record ``refs/tags/TAG``.
+then names it in the folder. A tag is one record ``refs/tags/TAG``.
+
+The claim log is trimmed behind a floor, so it holds a bounded number of claims however long the
+history: every ``TRIM_EVERY``-th winner creates the floor record ``refs/log/BRANCH/floor-F`` (F = its SEQ
+minus ``CLAIMS_KEPT``) and only then deletes the claims below F. A claim is accepted only if no floor
+above it exists once it was created: a stale claimer (one that read the head and stalled past its
+lease, while the branch moved on and was trimmed) can re-create a trimmed number, but the floor that
+preceded the deletion is there by then, so it loses and removes its claim. Floor records are created
+exclusively and only ever deleted below a higher one, so the highest is monotonic even when a stalled
+trimmer creates an old one late. The floors are one short LIST (a handful of objects), paid by claimers,
+never by readers.
 
 Empty objects in the branch's folder let one LIST answer a read, with no GET (on S3 each request is a
 round trip that no cache may save, since refs move):
@@ -38,6 +47,8 @@ from hubdask.versioning.layout import head_prefix, tag_key
 
 SEQ_DIGITS = 12
 KEEP = 2  # head records kept: the newest and the one before it
+TRIM_EVERY = 64  # every TRIM_EVERY-th head trims the claim log
+CLAIMS_KEPT = 16  # claims kept below the trimming head (readers need the newest one or two)
 
 
 @dataclass(frozen=True)
@@ -99,6 +110,53 @@ def record_key(ds: str, branch: str, seq: int) -> str:
 def claim_key(ds: str, branch: str, seq: int) -> str:
     """The claim of head ``seq``: created exclusively by the one writer that moves the branch there."""
     return f"{layout.head_log_prefix(ds, branch)}{seq:0{SEQ_DIGITS}d}"
+
+
+def floor_prefix(ds: str, branch: str) -> str:
+    """Where the floor records of ``branch``'s claim log live (``floor-F``: no claim below F is valid)."""
+    return f"{layout.head_log_prefix(ds, branch)}floor-"
+
+
+def _floors(root: Root, ds: str, branch: str) -> dict[int, str]:
+    """The floor records of ``branch``: floor -> key (one LIST of a few objects)."""
+    prefix = floor_prefix(ds, branch)
+    found = (k for k in root.list_sizes(prefix) if not layout.is_temp(k))  # a string prefix, as S3 LIST
+    return {int(k[len(prefix):]): k for k in found if k[len(prefix):].isdigit()}
+
+
+def _claim(root: Root, ds: str, branch: str, seq: int, record: bytes) -> bool:
+    """Claim head ``seq``: create its claim, then check no floor above it exists (else the claim was
+    trimmed long ago and this claimer is stale: it removes what it made and loses). A winner whose SEQ is
+    a multiple of ``TRIM_EVERY`` then trims the log."""
+    key = claim_key(ds, branch, seq)
+    if not root.create(key, record):
+        return False
+    floors = _floors(root, ds, branch)
+    floor = max(floors, default=0)
+    if floor > seq:
+        root.delete(key)
+        return False
+    if seq % TRIM_EVERY == 0 and seq - CLAIMS_KEPT > floor:
+        _trim(root, ds, branch, seq - CLAIMS_KEPT, floor, floors)
+    return True
+
+
+def _trim(root: Root, ds: str, branch: str, new: int, old: int, floors: dict[int, str]) -> None:
+    """Raise the floor to ``new`` (its record first: from then on no claim below it is accepted), then
+    delete the claims from ``old`` up to it and the lower floor records; best effort (a failure or a crash
+    leaves some claims behind, never a claim that could be accepted twice)."""
+    import asyncio
+
+    from hubdask.storage import sync
+
+    if not root.create(f"{floor_prefix(ds, branch)}{new:0{SEQ_DIGITS}d}", b""):
+        return  # another trimmer of this floor: it deletes
+    gone = [claim_key(ds, branch, s) for s in range(max(old, 1), new)] + [k for f, k in floors.items() if f < new]
+
+    async def run() -> None:
+        await asyncio.gather(*(root.delete_async(k) for k in gone), return_exceptions=True)
+
+    sync(run())
 
 
 def _pointer_key(ds: str, branch: str, seq: int, node: str, base: str | None) -> str:
@@ -169,8 +227,8 @@ def parse_record(raw: bytes, ds: str, key: str, fields: tuple[str, ...]) -> dict
 def write_head(root: Root, ds: str, branch: str, seq: int, node: str, base: str | None,
                prior: _Listing | None = None) -> Head | None:
     """Claim head ``seq`` (open node ``node`` on commit ``base``), then name it in the branch's folder;
-    the new head, or None if another writer claimed it first (the branch moved). A claim is never
-    deleted with the branch standing, so a creator however late can never win a number twice.
+    the new head, or None if another writer claimed it first (the branch moved) or the number is below
+    the claim log's floor (this writer is stale): a creator however late can never win a number twice.
 
     ``prior``: the listing head ``seq - 1`` was read from, pruned in the round trip that names the new
     head (without it the folder is listed first); the new head carries what the folder then holds, as
@@ -179,8 +237,8 @@ def write_head(root: Root, ds: str, branch: str, seq: int, node: str, base: str 
     # head 0 is recorded in the folder itself, where listing finds it even if its creator died before
     # naming it (a half-made branch or dataset is then seen, and finished or cleared); being never moved
     # to, it needs no claim that outlives the pruning of its record
-    claim = claim_key(ds, branch, seq) if seq else record_key(ds, branch, 0)
-    if not root.create(claim, json.dumps({"node": node, "base": base}).encode()):
+    record = json.dumps({"node": node, "base": base}).encode()
+    if not (_claim(root, ds, branch, seq, record) if seq else root.create(record_key(ds, branch, 0), record)):
         return None
     listing = prior if prior is not None else _list(root, ds, branch)
     left = _prune(root, ds, branch, seq, node, listing, also_put=_pointer_key(ds, branch, seq, node, base))
