@@ -6,15 +6,15 @@ record: the open node, where uncommitted writes go, and the base commit), which 
 do, on every backend that supports exclusive create (local link, memory, S3 If-None-Match); the winner
 then names it in the folder. A tag is one record ``refs/tags/TAG``.
 
-The claim log is trimmed behind a floor, so it holds a bounded number of claims however long the
-history: every ``TRIM_EVERY``-th winner creates the floor record ``refs/log/BRANCH/floor-F`` (F = its SEQ
-minus ``CLAIMS_KEPT``) and only then deletes the claims below F. A claim is accepted only if no floor
-above it exists once it was created: a stale claimer (one that read the head and stalled past its
-lease, while the branch moved on and was trimmed) can re-create a trimmed number, but the floor that
-preceded the deletion is there by then, so it loses and removes its claim. Floor records are created
-exclusively and only ever deleted below a higher one, so the highest is monotonic even when a stalled
-trimmer creates an old one late. The floors are one short LIST (a handful of objects), paid by claimers,
-never by readers.
+The claim log is trimmed window by window, so the claims it holds are bounded however long the
+history: the winner of head ``(W+1) * TRIM_EVERY + CLAIMS_KEPT`` creates the floor record
+``refs/log/BRANCH/floor-W`` and only then deletes window W's claims (heads ``W * TRIM_EVERY`` up to the
+next window's). A claim is accepted only if, once it was created, its window has no floor record: a
+stale claimer (one that read the head and stalled past its lease while the branch moved on and was
+trimmed) can re-create a trimmed number, but the floor record that preceded the deletion is there by
+then, so it loses and removes its claim. Checking costs one GET of a fixed name (a LIST would grow with
+the bucket on some servers), paid by claimers only; a floor record is an empty object, one per
+``TRIM_EVERY`` heads, never listed.
 
 Empty objects in the branch's folder let one LIST answer a read, with no GET (on S3 each request is a
 round trip that no cache may save, since refs move):
@@ -112,49 +112,47 @@ def claim_key(ds: str, branch: str, seq: int) -> str:
     return f"{layout.head_log_prefix(ds, branch)}{seq:0{SEQ_DIGITS}d}"
 
 
-def floor_prefix(ds: str, branch: str) -> str:
-    """Where the floor records of ``branch``'s claim log live (``floor-F``: no claim below F is valid)."""
-    return f"{layout.head_log_prefix(ds, branch)}floor-"
-
-
-def _floors(root: Root, ds: str, branch: str) -> dict[int, str]:
-    """The floor records of ``branch``: floor -> key (one LIST of a few objects)."""
-    prefix = floor_prefix(ds, branch)
-    found = (k for k in root.list_sizes(prefix) if not layout.is_temp(k))  # a string prefix, as S3 LIST
-    return {int(k[len(prefix):]): k for k in found if k[len(prefix):].isdigit()}
+def floor_key(ds: str, branch: str, window: int) -> str:
+    """The floor record of claim window ``window`` (claims ``window * TRIM_EVERY`` up to the next
+    window's): once it exists, no claim of that window is valid."""
+    return f"{layout.head_log_prefix(ds, branch)}floor-{window:0{SEQ_DIGITS}d}"
 
 
 def _claim(root: Root, ds: str, branch: str, seq: int, record: bytes) -> bool:
-    """Claim head ``seq``: create its claim, then check no floor above it exists (else the claim was
-    trimmed long ago and this claimer is stale: it removes what it made and loses). A winner whose SEQ is
-    a multiple of ``TRIM_EVERY`` then trims the log."""
+    """Claim head ``seq``: create its claim, then GET the floor record of its window; if there is one,
+    the claim was trimmed long ago and this claimer is stale: it removes what it made and loses. The
+    winner of the head ``CLAIMS_KEPT`` past a window's end trims that window."""
     key = claim_key(ds, branch, seq)
     if not root.create(key, record):
         return False
-    floors = _floors(root, ds, branch)
-    floor = max(floors, default=0)
-    if floor > seq:
+    if _trimmed(root, ds, branch, seq):
         root.delete(key)
         return False
-    if seq % TRIM_EVERY == 0 and seq - CLAIMS_KEPT > floor:
-        _trim(root, ds, branch, seq - CLAIMS_KEPT, floor, floors)
+    if seq % TRIM_EVERY == CLAIMS_KEPT and seq >= TRIM_EVERY:
+        _trim(root, ds, branch, seq // TRIM_EVERY - 1)
     return True
 
 
-def _trim(root: Root, ds: str, branch: str, new: int, old: int, floors: dict[int, str]) -> None:
-    """Raise the floor to ``new`` (its record first: from then on no claim below it is accepted), then
-    delete the claims from ``old`` up to it and the lower floor records; best effort (a failure or a crash
-    leaves some claims behind, never a claim that could be accepted twice)."""
+def _trimmed(root: Root, ds: str, branch: str, seq: int) -> bool:
+    """Whether claim ``seq``'s window was trimmed (its floor record exists)."""
+    return root.get(floor_key(ds, branch, seq // TRIM_EVERY)) is not None
+
+
+def _trim(root: Root, ds: str, branch: str, window: int) -> None:
+    """Create the floor record of claim window ``window`` (first: from then on no claim of it is
+    accepted), then delete the window's claims in one round trip; best effort (a crash leaves the
+    window's claims behind, never a claim that could be accepted twice)."""
     import asyncio
 
     from hubdask.storage import sync
 
-    if not root.create(f"{floor_prefix(ds, branch)}{new:0{SEQ_DIGITS}d}", b""):
-        return  # another trimmer of this floor: it deletes
-    gone = [claim_key(ds, branch, s) for s in range(max(old, 1), new)] + [k for f, k in floors.items() if f < new]
+    if not root.create(floor_key(ds, branch, window), b""):
+        return  # trimmed already
+    first = max(window * TRIM_EVERY, 1)  # head 0 has no claim (it is recorded in the folder)
 
     async def run() -> None:
-        await asyncio.gather(*(root.delete_async(k) for k in gone), return_exceptions=True)
+        await asyncio.gather(*(root.delete_async(claim_key(ds, branch, s))
+                               for s in range(first, (window + 1) * TRIM_EVERY)), return_exceptions=True)
 
     sync(run())
 
