@@ -643,19 +643,19 @@ def test_a_stale_claimer_cannot_win_a_trimmed_head(any_root, monkeypatch, fence)
     monkeypatch.setattr(refs, "TRIM_EVERY", 4)
     monkeypatch.setattr(refs, "CLAIMS_KEPT", 2)
     if not fence:
-        monkeypatch.setattr(refs, "_trimmed", lambda *args: False)
+        monkeypatch.setattr(refs, "_floor_of", lambda ds, branch, seq: f"{ds}/@hub/no-floor")
     a = hd.array((4,), name="p/stale", dtype="int32", chunks=(4,), storage=any_root)
     a[:] = 1
     a.commit("one")
-    reached, go, real = threading.Event(), threading.Event(), refs._claim
+    reached, go, real = threading.Event(), threading.Event(), refs.write_head
 
-    def paused(*args):
+    def paused(*args, **kwargs):
         if WHO.get() == "A" and not reached.is_set():
             reached.set()
             assert go.wait(60)
-        return real(*args)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(refs, "_claim", paused)
+    monkeypatch.setattr(refs, "write_head", paused)
     sa = hd.load("p/stale", storage=any_root)
     sa[0] = 2
     out: list = []

@@ -12,9 +12,10 @@ history: the winner of head ``(W+1) * TRIM_EVERY + CLAIMS_KEPT`` creates the flo
 next window's). A claim is accepted only if, once it was created, its window has no floor record: a
 stale claimer (one that read the head and stalled past its lease while the branch moved on and was
 trimmed) can re-create a trimmed number, but the floor record that preceded the deletion is there by
-then, so it loses and removes its claim. Checking costs one GET of a fixed name (a LIST would grow with
-the bucket on some servers), paid by claimers only; a floor record is an empty object, one per
-``TRIM_EVERY`` heads, never listed.
+then, so it loses and removes its claim (and the name it put meanwhile: older than the branch's newest,
+it is never taken for the head). Checking costs one GET of a fixed name (a LIST would grow with the
+bucket on some servers), in the round trip that names the head; a floor record is an empty object, one
+per ``TRIM_EVERY`` heads, never listed.
 
 Empty objects in the branch's folder let one LIST answer a read, with no GET (on S3 each request is a
 round trip that no cache may save, since refs move):
@@ -118,24 +119,9 @@ def floor_key(ds: str, branch: str, window: int) -> str:
     return f"{layout.head_log_prefix(ds, branch)}floor-{window:0{SEQ_DIGITS}d}"
 
 
-def _claim(root: Root, ds: str, branch: str, seq: int, record: bytes) -> bool:
-    """Claim head ``seq``: create its claim, then GET the floor record of its window; if there is one,
-    the claim was trimmed long ago and this claimer is stale: it removes what it made and loses. The
-    winner of the head ``CLAIMS_KEPT`` past a window's end trims that window."""
-    key = claim_key(ds, branch, seq)
-    if not root.create(key, record):
-        return False
-    if _trimmed(root, ds, branch, seq):
-        root.delete(key)
-        return False
-    if seq % TRIM_EVERY == CLAIMS_KEPT and seq >= TRIM_EVERY:
-        _trim(root, ds, branch, seq // TRIM_EVERY - 1)
-    return True
-
-
-def _trimmed(root: Root, ds: str, branch: str, seq: int) -> bool:
-    """Whether claim ``seq``'s window was trimmed (its floor record exists)."""
-    return root.get(floor_key(ds, branch, seq // TRIM_EVERY)) is not None
+def _floor_of(ds: str, branch: str, seq: int) -> str:
+    """The floor record that, once it exists, refuses claim ``seq`` (that of its window)."""
+    return floor_key(ds, branch, seq // TRIM_EVERY)
 
 
 def _trim(root: Root, ds: str, branch: str, window: int) -> None:
@@ -235,11 +221,20 @@ def write_head(root: Root, ds: str, branch: str, seq: int, node: str, base: str 
     # head 0 is recorded in the folder itself, where listing finds it even if its creator died before
     # naming it (a half-made branch or dataset is then seen, and finished or cleared); being never moved
     # to, it needs no claim that outlives the pruning of its record
-    record = json.dumps({"node": node, "base": base}).encode()
-    if not (_claim(root, ds, branch, seq, record) if seq else root.create(record_key(ds, branch, 0), record)):
+    claim = claim_key(ds, branch, seq) if seq else record_key(ds, branch, 0)
+    if not root.create(claim, json.dumps({"node": node, "base": base}).encode()):
         return None
     listing = prior if prior is not None else _list(root, ds, branch)
-    left = _prune(root, ds, branch, seq, node, listing, also_put=_pointer_key(ds, branch, seq, node, base))
+    name = _pointer_key(ds, branch, seq, node, base)
+    left, floored = _prune(root, ds, branch, seq, node, listing, also_put=name,
+                           check=_floor_of(ds, branch, seq) if seq else None)
+    if floored:
+        # a stale claimer of a trimmed number: its name of head ``seq``, below the branch's newest
+        # (readers take the newest), and its claim go again; it lost
+        root.delete_many([name, claim])
+        return None
+    if seq % TRIM_EVERY == CLAIMS_KEPT and seq >= TRIM_EVERY:
+        _trim(root, ds, branch, seq // TRIM_EVERY - 1)
     return Head(branch, seq, node, base, written=False, listing=_parse_listing(ds, branch, left))
 
 
@@ -255,11 +250,14 @@ def name_claim(root: Root, ds: str, branch: str, seq: int) -> bool:
     return True
 
 
-def _prune(root: Root, ds: str, branch: str, seq: int, node: str, listing: _Listing, also_put: str) -> list[str]:
+def _prune(root: Root, ds: str, branch: str, seq: int, node: str, listing: _Listing, also_put: str,
+           check: str | None = None) -> tuple[list[str], bool]:
     """Create the name copy ``also_put`` of the new head and, in the same round trip, delete the names
     (and legacy records) older than the last ``KEEP`` heads, and written marks of nodes that no kept head
-    names, listed or not (their names are fixed); best effort: a failure leaves a longer listing,
-    nothing worse. Returns the keys of ``listing`` left, with ``also_put``."""
+    names, listed or not (their names are fixed), and GET ``check`` (the claim's floor record); best
+    effort: a failure leaves a longer listing, nothing worse. Returns the keys of ``listing`` left, with
+    ``also_put``, and whether ``check`` exists. (For a stale claimer all of this is harmless: its listing
+    names heads long pruned, and its name is older than the branch's newest.)"""
     cut = seq - KEEP + 1
     kept_nodes = {node} | {n for s, named in listing.pointers.items() if s >= cut for n, _ in named}
     prefix = head_prefix(ds, branch)
@@ -277,14 +275,19 @@ def _prune(root: Root, ds: str, branch: str, seq: int, node: str, listing: _List
 
     from hubdask.storage import sync
 
-    async def run() -> None:
-        done = await asyncio.gather(root.put_async(also_put, b""), *(root.delete_async(k) for k in gone),
-                                    return_exceptions=True)
-        if isinstance(done[0], BaseException):
-            raise done[0]  # the name copy matters (readers find the head by it); deletes may fail
+    async def floor() -> bool:
+        return check is not None and await root.get_async(check) is not None
 
-    sync(run())
-    return [k for k in listing.keys if k not in set(gone)] + [also_put]
+    async def run() -> bool:
+        done = await asyncio.gather(root.put_async(also_put, b""), floor(), *(root.delete_async(k) for k in gone),
+                                    return_exceptions=True)
+        for must in done[:2]:  # the name copy matters (readers find the head by it), and the floor; deletes may fail
+            if isinstance(must, BaseException):
+                raise must
+        return done[1]
+
+    floored = sync(run())
+    return [k for k in listing.keys if k not in set(gone)] + [also_put], floored
 
 
 def start_branch(root: Root, ds: str, branch: str, node: str, base: str | None) -> bool:
