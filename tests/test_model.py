@@ -172,7 +172,8 @@ class VersionedArrayModel(RuleBasedStateMachine):
             with pytest.raises(hd.NotFoundError):
                 self.open(c)
 
-    # --- the model's own merge base (the documented rule: nearest common ancestor, ties by id) --------
+    # --- the model's own merge base (the documented rule, git's: a best common ancestor, one that is no
+    # ancestor of another common one; among those the nearest, ties by id) ----------------------------
 
     def merge_base(self, a: str, b: str) -> str:
         def dist(c: str) -> dict[str, int]:
@@ -188,7 +189,9 @@ class VersionedArrayModel(RuleBasedStateMachine):
             return out
 
         da_, db = dist(a), dist(b)
-        return min(set(da_) & set(db), key=lambda c: (da_[c] + db[c], c))
+        common = set(da_) & set(db)
+        below = {x for c in common for p in self.parents[c] for x in dist(p)}
+        return min(common - below, key=lambda c: (da_[c] + db[c], c))
 
     @invariant()
     def branches_read_as_modelled(self) -> None:
@@ -217,6 +220,31 @@ class MemoryModel(VersionedArrayModel):
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HUBDASK_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("revert", [True, False])
+def test_merging_a_branch_that_only_inherited_keeps_our_change(tmp_path, revert):
+    """The shortest history the model found where two common ancestors are equally near: main commits
+    C1 then C2; a and b both merge main (both then hold C1 and C2); a rewrites chunk 0 (back to C1's
+    values, or to new ones); merging b into a must keep a's chunk and raise no conflict: b changed
+    nothing since C2, the best common ancestor (C1 is C2's parent, so it is no merge base)."""
+    root = str(tmp_path / "root")
+    main = hd.array(SHAPE, name="m/x", dtype="int16", chunks=CHUNKS, storage=root)
+    main[0:2, 0:2] = [[0, 1], [2, 3]]
+    main.commit("C1")
+    a, b = main.branch("a"), main.branch("b")
+    main[0:2, 0:2] = [[-999, -998], [-997, -996]]
+    c2 = main.commit("C2")
+    a.merge("main")
+    b.merge("main")
+    ours = [[0, 1], [2, 3]] if revert else [[5, 6], [7, 8]]
+    a[0:2, 0:2] = ours
+    a.commit("a's change")
+    assert hd.load("m/x:a", storage=root)._repo.graph.merge_base(a.commit_id, b.commit_id) == c2
+    a.merge("b")
+    want = np.zeros(SHAPE, np.int16)
+    want[0:2, 0:2] = ours
+    np.testing.assert_array_equal(hd.load("m/x:a", storage=root).read(), want)
 
 
 TestLocalModel = LocalModel.TestCase

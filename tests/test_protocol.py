@@ -592,3 +592,122 @@ def test_a_commit_by_the_only_writer_lists_nothing(any_root, monkeypatch):
     monkeypatch.undo()
     np.testing.assert_array_equal(hd.load(f"p/cost:{cid}", storage=any_root).read(), np.full((64, 4), 2))
     assert [c.message for c in hd.load("p/cost", storage=any_root).log()][:2] == ["second", "first"]
+
+
+@pytest.mark.parametrize("action", ["tag", "commit"])
+def test_gc_collecting_a_late_writers_temp_file_neither_breaks_nor_tears_the_write(tmp_path, monkeypatch, action):
+    """A writer stalled between writing a ref's temp file and moving it into place (past gc's grace)
+    has the temp file collected by gc at that instant: the write still lands whole (a fresh temp file),
+    with no raw FileNotFoundError, and no temp file is left."""
+    from pathlib import Path
+
+    from hubdask.storage import files
+
+    root = str(tmp_path / "root")
+    a = hd.array((4,), name="p/late", dtype="int32", storage=root)
+    a[:] = 1
+    first = a.commit("one")
+    real, collected = files._temp_beside, []
+
+    def temp_then_gc(path, parts):
+        tmp = real(path, parts)
+        if "/refs/" in str(path) and not collected:
+            os.utime(tmp, (0, 0))  # older than the grace: the writer stalled here
+            gc = threading.Thread(target=hd.gc, args=("p/late",), kwargs=dict(storage=root, grace=60, dry_run=False))
+            gc.start()
+            gc.join()
+            collected.append(not tmp.exists())
+        return tmp
+
+    monkeypatch.setattr(files, "_temp_beside", temp_then_gc)
+    if action == "tag":
+        assert a.tag("v1") == first
+        assert hd.load("p/late:v1", storage=root).commit_id == first
+    else:
+        a[0] = 2
+        cid = a.commit("two")
+        np.testing.assert_array_equal(hd.load(f"p/late:{cid}", storage=root).read(), [2, 1, 1, 1])
+        assert hd.load("p/late", storage=root).commit_id == cid
+    assert collected == [True]
+    assert not [k for k in files.list_sizes(Path(root), "p/late/", temps=True) if k.endswith(".partial")]
+
+
+def test_a_temp_file_collected_every_time_fails_with_hubdasks_error(tmp_path, monkeypatch):
+    """A temp file that vanishes before every attempt: a StorageError naming the object, nothing written."""
+    from hubdask.storage import files
+
+    target = tmp_path / "x" / "obj"
+    real = files._temp_beside
+
+    def vanishing(path, parts):
+        tmp = real(path, parts)
+        tmp.unlink()
+        return tmp
+
+    monkeypatch.setattr(files, "_temp_beside", vanishing)
+    for write in (files.write_atomic, files.create_exclusive):
+        with pytest.raises(hd.StorageError, match="obj.*temp file was removed"):
+            write(target, b"data")
+        assert not target.exists() and not list(target.parent.iterdir())
+
+
+@pytest.mark.parametrize("fence", [True, pytest.param(False, marks=pytest.mark.xfail(strict=True, reason="no floor: the stale claim is accepted"))])
+def test_a_stale_claimer_cannot_win_a_trimmed_head(any_root, monkeypatch, fence):
+    """The claim log is trimmed: committer A seals the open node and stalls just before claiming the
+    next head; B finishes A's commit and commits on until that claim and many after it are trimmed; A
+    resumes and re-creates the trimmed claim. It must lose (the floor), return its commit as the one the
+    branch holds, and its next write must land where readers of the branch see it."""
+    from hubdask.versioning import refs
+
+    monkeypatch.setattr(refs, "TRIM_EVERY", 4)
+    monkeypatch.setattr(refs, "CLAIMS_KEPT", 2)
+    if not fence:
+        monkeypatch.setattr(refs, "_floor_of", lambda ds, branch, seq: f"{ds}/@hub/no-floor")
+    a = hd.array((4,), name="p/stale", dtype="int32", chunks=(4,), storage=any_root)
+    a[:] = 1
+    a.commit("one")
+    reached, go, real = threading.Event(), threading.Event(), refs.write_head
+
+    def paused(*args, **kwargs):
+        if WHO.get() == "A" and not reached.is_set():
+            reached.set()
+            assert go.wait(60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(refs, "write_head", paused)
+    sa = hd.load("p/stale", storage=any_root)
+    sa[0] = 2
+    out: list = []
+    t = as_actor("A", lambda: out.append(sa.commit("A's")))
+    assert reached.wait(30)
+    b = hd.load("p/stale", storage=any_root)
+    finished = b.commit("finishes A's")  # the same commit: B moved the branch onto it
+    for i in range(12):  # past three trims: A's claim is long gone
+        b[1] = 10 + i
+        b.commit(f"b{i}")
+    assert open_root(any_root).get(refs.claim_key("p/stale", "main", 2)) is None  # A's claim was trimmed
+    go.set()
+    t.join(60)
+    assert out == [finished]
+    sa[2] = 7  # through A's handle, after its commit returned
+    np.testing.assert_array_equal(hd.load("p/stale", storage=any_root).read(), [2, 21, 7, 1])
+
+
+def test_the_claim_log_stays_short_however_long_the_history(tmp_path, monkeypatch):
+    """Trimming keeps the claims of refs/log/BRANCH/ bounded (at most TRIM_EVERY + CLAIMS_KEPT), with one
+    empty floor record per trimmed window, after many commits; every commit of the history still reads."""
+    from hubdask.versioning import refs
+
+    monkeypatch.setattr(refs, "TRIM_EVERY", 8)
+    monkeypatch.setattr(refs, "CLAIMS_KEPT", 3)
+    root = str(tmp_path / "root")
+    a = hd.array((2,), name="p/short", dtype="int32", storage=root)
+    commits = []
+    for i in range(50):
+        a[0] = i
+        commits.append(a.commit(f"c{i}"))
+    log = open_root(root).list_prefix(layout.head_log_prefix("p/short", "main"))
+    floors = [k for k in log if "floor-" in k]
+    assert len(floors) == (50 - 3) // 8 and len(log) - len(floors) <= 8 + 3, log  # heads 1..50 claimed
+    for i, cid in enumerate(commits):
+        assert hd.load(f"p/short:{cid}", storage=root).read()[0] == i

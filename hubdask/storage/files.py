@@ -14,6 +14,8 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
+from hubdask.errors import StorageError
+
 TEMP_SUFFIX = ".partial"
 
 _THREAD = threading.local()
@@ -88,26 +90,41 @@ def _temp_beside(path: Path, parts: tuple) -> Path:
 def write_atomic(path: str | Path, *parts: bytes | memoryview) -> None:
     """Write the buffers ``parts``, one after the other, to ``path`` so readers see the old file or the
     whole new one, never a part."""
-    tmp = _temp_beside(Path(path), parts)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    _land(Path(path), parts, os.replace)
 
 
 def create_exclusive(path: str | Path, *parts: bytes | memoryview) -> bool:
     """Write ``parts`` to ``path`` only if nothing is there yet: True if this call created it. Readers
     see no file or the whole file (a complete temp file is hard-linked into place, which fails if the
     name exists); a crash leaves at most a temp file, which listings ignore."""
-    tmp = _temp_beside(Path(path), parts)
     try:
-        os.link(tmp, path)
+        _land(Path(path), parts, os.link)
         return True
     except FileExistsError:
         return False
-    finally:
-        tmp.unlink(missing_ok=True)
+
+
+TEMP_ATTEMPTS = 3  # fresh temp files tried when each one vanished before it landed
+
+
+def _land(path: Path, parts: tuple, move) -> None:
+    """Write a complete temp file beside ``path`` and ``move`` it into place (``os.replace`` or
+    ``os.link``). A writer stalled past gc's grace may find its temp file collected (gc removes stale
+    ``*.partial`` files): it starts again with a fresh one, so the write lands whole or not at all."""
+    for _ in range(TEMP_ATTEMPTS):
+        tmp = _temp_beside(path, parts)
+        try:
+            move(tmp, path)
+            return
+        except FileNotFoundError:
+            if not path.parent.is_dir():
+                raise StorageError(f"cannot write {str(path)!r}: its folder was removed during the write "
+                                   "(the dataset was deleted?); expected the folder to stay") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+    raise StorageError(f"cannot write {str(path)!r}: its temp file was removed before it landed, "
+                       f"{TEMP_ATTEMPTS} times (gc with a grace shorter than this write?); nothing was "
+                       "written: retry, or give gc a longer grace")
 
 
 def list_sizes(root: Path, prefix: str, temps: bool = False) -> dict[str, int]:

@@ -115,6 +115,13 @@ class Root:
 
             await obstore.put_async(store.store, key, data)
             return
+        if isinstance(store, LocalStore):  # the one local write path (files.write_atomic), as create's
+            import asyncio
+
+            from hubdask.storage import files
+
+            await asyncio.to_thread(files.write_atomic, store.root / key, data)
+            return
         await store.set(key, _PROTO.buffer.from_bytes(data))
 
     @retrying("GET")

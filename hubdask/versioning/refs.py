@@ -4,8 +4,18 @@ A branch is a sequence of heads numbered SEQ; the head is the highest SEQ named 
 ``refs/heads/BRANCH/``. Moving a branch means claiming SEQ+1: creating ``refs/log/BRANCH/SEQ`` (its
 record: the open node, where uncommitted writes go, and the base commit), which exactly one writer can
 do, on every backend that supports exclusive create (local link, memory, S3 If-None-Match); the winner
-then names it in the folder. Claims are kept (a few bytes per commit, never listed to resolve a branch),
-so a creator however late can never win a number twice. A tag is one record ``refs/tags/TAG``.
+then names it in the folder. A tag is one record ``refs/tags/TAG``.
+
+The claim log is trimmed window by window, so the claims it holds are bounded however long the
+history: the winner of head ``(W+1) * TRIM_EVERY + CLAIMS_KEPT`` creates the floor record
+``refs/log/BRANCH/floor-W`` and only then deletes window W's claims (heads ``W * TRIM_EVERY`` up to the
+next window's). A claim is accepted only if, once it was created, its window has no floor record: a
+stale claimer (one that read the head and stalled past its lease while the branch moved on and was
+trimmed) can re-create a trimmed number, but the floor record that preceded the deletion is there by
+then, so it loses and removes its claim (and the name it put meanwhile: older than the branch's newest,
+it is never taken for the head). Checking costs one GET of a fixed name (a LIST would grow with the
+bucket on some servers), in the round trip that names the head; a floor record is an empty object, one
+per ``TRIM_EVERY`` heads, never listed.
 
 Empty objects in the branch's folder let one LIST answer a read, with no GET (on S3 each request is a
 round trip that no cache may save, since refs move):
@@ -50,6 +60,8 @@ KEEP = 2  # head records kept: the newest and the one before it
 # processes) to miss both standing names once in thousands; the next LIST had them. Costs nothing for a
 # branch that exists; a missing branch costs LIST_TRIES LISTs.
 LIST_TRIES = 3
+TRIM_EVERY = 64  # every TRIM_EVERY-th head trims the claim log
+CLAIMS_KEPT = 16  # claims kept below the trimming head (readers need the newest one or two)
 
 
 @dataclass(frozen=True)
@@ -127,6 +139,36 @@ def claim_key(ds: str, branch: str, seq: int) -> str:
     return f"{layout.head_log_prefix(ds, branch)}{seq:0{SEQ_DIGITS}d}"
 
 
+def floor_key(ds: str, branch: str, window: int) -> str:
+    """The floor record of claim window ``window`` (claims ``window * TRIM_EVERY`` up to the next
+    window's): once it exists, no claim of that window is valid."""
+    return f"{layout.head_log_prefix(ds, branch)}floor-{window:0{SEQ_DIGITS}d}"
+
+
+def _floor_of(ds: str, branch: str, seq: int) -> str:
+    """The floor record that, once it exists, refuses claim ``seq`` (that of its window)."""
+    return floor_key(ds, branch, seq // TRIM_EVERY)
+
+
+def _trim(root: Root, ds: str, branch: str, window: int) -> None:
+    """Create the floor record of claim window ``window`` (first: from then on no claim of it is
+    accepted), then delete the window's claims in one round trip; best effort (a crash leaves the
+    window's claims behind, never a claim that could be accepted twice)."""
+    import asyncio
+
+    from hubdask.storage import sync
+
+    if not root.create(floor_key(ds, branch, window), b""):
+        return  # trimmed already
+    first = max(window * TRIM_EVERY, 1)  # head 0 has no claim (it is recorded in the folder)
+
+    async def run() -> None:
+        await asyncio.gather(*(root.delete_async(claim_key(ds, branch, s))
+                               for s in range(first, (window + 1) * TRIM_EVERY)), return_exceptions=True)
+
+    sync(run())
+
+
 def _pointer_key(ds: str, branch: str, seq: int, node: str, base: str | None) -> str:
     return f"{record_key(ds, branch, seq)}.{node}.{base or '-'}"
 
@@ -185,14 +227,20 @@ def _seen(root: Root, ds: str, branch: str, seq: int) -> None:
 
 
 def _from_claims(root: Root, ds: str, branch: str) -> Head | None:
-    """When listings showed no head: the newest claim from the newest head this process has seen on
-    (GETs of fixed names, as many as commits since; claims are never deleted while the branch stands, so
-    a branch this process saw cannot seem to vanish). Marks unknown: the node is taken as written and
-    its metadata as changed (the safe answers). None for a branch never seen here or deleted since."""
-    seq = _SEEN.get((root.token, ds, branch))
-    if seq is None:
+    """When listings showed no head: the newest claim (the claim log, trimmed to a bounded length, is
+    listed: its newest claims are only ever added while the branch stands, so a branch this process saw
+    cannot seem to vanish; then GETs of the numbers claimed since). Marks unknown: the node is taken as
+    written and its metadata as changed (the safe answers). None for a branch never seen here or deleted
+    since."""
+    seen = _SEEN.get((root.token, ds, branch))
+    if seen is None:
         return None
-    head = read_head_at(root, ds, branch, seq) or read_head_at(root, ds, branch, seq + 1)  # head 0's record is pruned
+    prefix = layout.head_log_prefix(ds, branch)
+    claimed = [int(n) for k in root.list_prefix(prefix) if (n := k[len(prefix):]).isdigit()]
+    head = None
+    for seq in sorted({s for s in claimed if s >= seen} | {seen, seen + 1}, reverse=True):  # head 0 has no claim
+        if (head := read_head_at(root, ds, branch, seq)) is not None:
+            break
     if head is None:
         return None
     while (nxt := read_head_at(root, ds, branch, head.seq + 1)) is not None:
@@ -226,8 +274,8 @@ def parse_record(raw: bytes, ds: str, key: str, fields: tuple[str, ...]) -> dict
 def write_head(root: Root, ds: str, branch: str, seq: int, node: str, base: str | None,
                prior: _Listing | None = None) -> Head | None:
     """Claim head ``seq`` (open node ``node`` on commit ``base``), then name it in the branch's folder;
-    the new head, or None if another writer claimed it first (the branch moved). A claim is never
-    deleted with the branch standing, so a creator however late can never win a number twice.
+    the new head, or None if another writer claimed it first (the branch moved) or the number is below
+    the claim log's floor (this writer is stale): a creator however late can never win a number twice.
 
     ``prior``: the listing head ``seq - 1`` was read from, pruned in the round trip that names the new
     head (without it the folder is listed first); the new head carries what the folder then holds, as
@@ -240,7 +288,16 @@ def write_head(root: Root, ds: str, branch: str, seq: int, node: str, base: str 
     if not root.create(claim, json.dumps({"node": node, "base": base}).encode()):
         return None
     listing = prior if prior is not None else _list(root, ds, branch)
-    left = _prune(root, ds, branch, seq, node, listing, also_put=_pointer_key(ds, branch, seq, node, base))
+    name = _pointer_key(ds, branch, seq, node, base)
+    left, floored = _prune(root, ds, branch, seq, node, listing, also_put=name,
+                           check=_floor_of(ds, branch, seq) if seq else None)
+    if floored:
+        # a stale claimer of a trimmed number: its name of head ``seq``, below the branch's newest
+        # (readers take the newest), and its claim go again; it lost
+        root.delete_many([name, claim])
+        return None
+    if seq % TRIM_EVERY == CLAIMS_KEPT and seq >= TRIM_EVERY:
+        _trim(root, ds, branch, seq // TRIM_EVERY - 1)
     _seen(root, ds, branch, seq)
     return Head(branch, seq, node, base, written=False, listing=_parse_listing(ds, branch, left))
 
@@ -257,11 +314,14 @@ def name_claim(root: Root, ds: str, branch: str, seq: int) -> bool:
     return True
 
 
-def _prune(root: Root, ds: str, branch: str, seq: int, node: str, listing: _Listing, also_put: str) -> list[str]:
+def _prune(root: Root, ds: str, branch: str, seq: int, node: str, listing: _Listing, also_put: str,
+           check: str | None = None) -> tuple[list[str], bool]:
     """Create the name copy ``also_put`` of the new head and, in the same round trip, delete the names
     (and legacy records) older than the last ``KEEP`` heads, and written marks of nodes that no kept head
-    names, listed or not (their names are fixed); best effort: a failure leaves a longer listing,
-    nothing worse. Returns the keys of ``listing`` left, with ``also_put``."""
+    names, listed or not (their names are fixed), and GET ``check`` (the claim's floor record); best
+    effort: a failure leaves a longer listing, nothing worse. Returns the keys of ``listing`` left, with
+    ``also_put``, and whether ``check`` exists. (For a stale claimer all of this is harmless: its listing
+    names heads long pruned, and its name is older than the branch's newest.)"""
     cut = seq - KEEP + 1
     kept_nodes = {node} | {n for s, named in listing.pointers.items() if s >= cut for n, _ in named}
     prefix = head_prefix(ds, branch)
@@ -280,14 +340,19 @@ def _prune(root: Root, ds: str, branch: str, seq: int, node: str, listing: _List
 
     from hubdask.storage import sync
 
-    async def run() -> None:
-        done = await asyncio.gather(root.put_async(also_put, b""), *(root.delete_async(k) for k in gone),
-                                    return_exceptions=True)
-        if isinstance(done[0], BaseException):
-            raise done[0]  # the name copy matters (readers find the head by it); deletes may fail
+    async def floor() -> bool:
+        return check is not None and await root.get_async(check) is not None
 
-    sync(run())
-    return [k for k in listing.keys if k not in set(gone)] + [also_put]
+    async def run() -> bool:
+        done = await asyncio.gather(root.put_async(also_put, b""), floor(), *(root.delete_async(k) for k in gone),
+                                    return_exceptions=True)
+        for must in done[:2]:  # the name copy matters (readers find the head by it), and the floor; deletes may fail
+            if isinstance(must, BaseException):
+                raise must
+        return done[1]
+
+    floored = sync(run())
+    return [k for k in listing.keys if k not in set(gone)] + [also_put], floored
 
 
 def start_branch(root: Root, ds: str, branch: str, node: str, base: str | None) -> bool:

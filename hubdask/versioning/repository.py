@@ -213,7 +213,8 @@ class Repository:
         when the written marks (read after the seal) show no other writer, else from a LIST of the node.
         A writer whose mark is not there yet has not returned: it finds the seal and writes again."""
         if refs.only_writer(self.root, self.ds, branch, node, store_module.WRITER):
-            return {k: None if deleted else layout.holder(node, seq)
+            holders: dict[int, str] = {}  # a handful of distinct versions across 10^4 keys: format each once
+            return {k: None if deleted else holders.get(seq) or holders.setdefault(seq, layout.holder(node, seq))
                     for k, (seq, deleted) in store_module.created_here(self.root, self.ds, node).items()}
         return self._node_changes(node)
 
