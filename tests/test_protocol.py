@@ -706,7 +706,7 @@ def test_the_claim_log_stays_short_however_long_the_history(tmp_path, monkeypatc
     for i in range(50):
         a[0] = i
         commits.append(a.commit(f"c{i}"))
-    log = open_root(root).list_prefix(layout.head_log_prefix("p/short", "main"))
+    log = open_root(root).list_prefix(physical.head_log_prefix("p/short", "main"))
     floors = [k for k in log if "floor-" in k]
     assert len(floors) == (50 - 3) // 8 and len(log) - len(floors) <= 8 + 3, log  # heads 1..50 claimed
     for i, cid in enumerate(commits):
