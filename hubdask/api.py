@@ -278,11 +278,18 @@ def store(source: Any, target: str | Array, region: Any = None, *, storage: Stor
         else:
             target = array(source.shape, target, dtype=source.dtype, chunks=chunks, shards=shards,
                            storage=root)
-    job = plan(source, target, region, lock=lock)
-    if not compute:
-        return job
-    _progress.compute(job, progress)
-    return target
+    from hubdask.write import SealedWhileStoring
+
+    while True:
+        job = plan(source, target, region, lock=lock)
+        if not compute:
+            return job
+        try:
+            _progress.compute(job, progress)
+            return target
+        except SealedWhileStoring:  # a commit sealed the node mid-store: store again at the new head
+            src = target.frozen_view.source
+            target._source = src.at_head(repository(src.root, src.ds).after_write(src.branch, src.node))
 
 
 def export(obj: Any, url: str | os.PathLike, *, group: bool | str = False, storage: Storage = None,
