@@ -119,7 +119,7 @@ def check_size(view: View) -> int:
 def grouped(source: Source) -> bool:
     """Whether reads of ``source`` go in group tasks: on remote roots, where a chunk is a request whose
     latency only many concurrent ones hide."""
-    return not source.root.is_local and source.root.scheme != "memory"
+    return source.root.is_remote
 
 
 def build(view: View) -> da.Array:

@@ -279,8 +279,7 @@ def store(source: "da.Array", target: "Viewable", region: tuple[slice, ...] | No
         raise TypeError(f"{what}: cannot store a dask array of dtype {source.dtype} into dtype {target.dtype}")
     if math.prod(extent) == 0:
         return da.zeros((), dtype=np.int64)
-    remote = not src.root.is_local and src.root.scheme != "memory"
-    group = block_group(source.chunks, chunks, WRITE_TASK_BYTES if remote else 0, target.dtype.itemsize)
+    group = block_group(source.chunks, chunks, WRITE_TASK_BYTES if src.root.is_remote else 0, target.dtype.itemsize)
     aligned = source.rechunk(aligned_chunks(offset, extent, chunks, group))
     written = aligned.map_blocks(
         _write_block, src=src, offset=offset, shape=shape, chunk_shape=chunks, target_dtype=target.dtype, what=what, lock=lock,

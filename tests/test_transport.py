@@ -107,3 +107,33 @@ def test_write_tasks_on_remote_roots_hold_about_write_task_bytes():
     assert write.block_group(((10,) * 4, (100,) * 50), (10, 100), 10 * 100 * 8 * 10, 8) == (1, 10)
     assert write.block_group(((256,) * 64, (1024,)), (256, 1024)) == (1, 1)  # local: the source's blocks
     assert daskgraph._group_extent([64, 1], 2**20) == [16, 1]  # at least MIN_GROUPS read tasks
+
+
+def test_loading_a_tag_sends_its_get_beside_the_branch_list(s3_root, monkeypatch):
+    import threading
+
+    from hubdask.versioning import refs
+
+    a = hd.array((8, 8), "t/g", dtype="int8", chunks=(4, 8), storage=s3_root)
+    a[:] = 7
+    a.tag("v1")
+    tag_asked, lists = threading.Event(), []
+    real_list, real_tag = refs._list, refs.read_tag
+
+    def waiting_list(*args):
+        lists.append(tag_asked.wait(10))  # sequential lookups would ask for the tag only after this LIST
+        return real_list(*args)
+
+    def read_tag(*args):
+        tag_asked.set()
+        return real_tag(*args)
+
+    monkeypatch.setattr(refs, "_list", waiting_list)
+    monkeypatch.setattr(refs, "read_tag", read_tag)
+    v = hd.load("t/g:v1", storage=s3_root)
+    assert lists and all(lists)
+    assert (v.read() == 7).all()
+    with pytest.raises(hd.NotFoundError, match="t/g.*no branch, tag or commit 'v9'"):
+        hd.load("t/g:v9", storage=s3_root)
+    with pytest.raises(hd.NotFoundError, match="no dataset 't/none'"):
+        hd.load("t/none:v1", storage=s3_root)

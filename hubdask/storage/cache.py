@@ -328,7 +328,7 @@ if hasattr(os, "register_at_fork"):
 
 def reader(root: Root) -> Reader | None:
     """The cache for ``root``'s committed objects, or None: local and memory roots are not cached."""
-    if root.is_local or root.scheme == "memory":
+    if not root.is_remote:
         return None
     files = _open()
     return Reader(root, files) if files is not None else None
