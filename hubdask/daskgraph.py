@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import uuid
 from typing import Any
 
@@ -40,7 +41,7 @@ def token(view: View) -> str:
 
 
 GROUP_BYTES = 32 * 2**20  # a remote root's read task fetches about this many bytes of chunks concurrently
-MIN_GROUPS = 4  # ... but a view is split into at least this many groups, so every worker thread gets one
+MIN_GROUPS = os.cpu_count() or 1  # ... but at least this many (the threaded scheduler's threads), each busy
 
 
 def _read_block(source: Source, sel: tuple, flips: tuple[int, ...], name: str,

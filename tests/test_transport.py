@@ -106,7 +106,9 @@ def test_write_tasks_on_remote_roots_hold_about_write_task_bytes():
     assert write.block_group(((256,) * 64, (1024,)), (256, 1024), 16 * 2**20, 4) == (16, 1)
     assert write.block_group(((10,) * 4, (100,) * 50), (10, 100), 10 * 100 * 8 * 10, 8) == (1, 10)
     assert write.block_group(((256,) * 64, (1024,)), (256, 1024)) == (1, 1)  # local: the source's blocks
-    assert daskgraph._group_extent([64, 1], 2**20) == [16, 1]  # at least MIN_GROUPS read tasks
+    per_group = min(32, 64 // daskgraph.MIN_GROUPS)  # at least MIN_GROUPS read tasks, at most 32 chunks each
+    assert daskgraph._group_extent([64, 1], 2**20) == [per_group, 1]
+    assert daskgraph._group_extent([3, 5], 2**20) == [1, min(5, -(-15 // daskgraph.MIN_GROUPS))]
 
 
 def test_loading_a_tag_sends_its_get_beside_the_branch_list(s3_root, monkeypatch):
