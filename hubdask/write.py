@@ -193,21 +193,14 @@ def _write_block(block: np.ndarray, src: Source, offset: tuple[int, ...], shape:
 
 def _settle_store(written: list, src: Source, what: str) -> np.ndarray:
     """After every block of a store landed: one seal check for all of them (``settle``); the blocks' count."""
-    blocks = list(dask_flatten(written))
+    from dask.core import flatten
+
+    blocks = list(flatten(written))
     created = [k for b in blocks for k in b.reshape(-1)[0]]
     if settle(src, created) is not None:
         raise SealedWhileStoring(f"{what}: a commit of branch {src.branch!r} started while hd.store was writing "
                                  "into it, so some of the writes may be missing from the branch; store again")
     return np.array(len(blocks), dtype=np.int64)
-
-
-def dask_flatten(x: Any) -> Any:
-    """The blocks in a (nested) list of a task's dependencies."""
-    if isinstance(x, (list, tuple)):
-        for v in x:
-            yield from dask_flatten(v)
-    else:
-        yield x
 
 
 WRITE_TASK_BYTES = 16 * 2**20  # on a remote root a write task writes about this many bytes of chunks concurrently
