@@ -173,21 +173,36 @@ def _s3server_module():
 
 
 @contextlib.contextmanager
-def moto_s3(bucket: str = "bench") -> Iterator[dict]:
+def moto_s3(bucket: str = "bench", latency_ms: float = 0) -> Iterator[dict]:
     """moto_server in a separate process (tests/support/s3server.py's MotoServer), the standard AWS env
     vars (AWS_ENDPOINT_URL, keys, region, AWS_ALLOW_HTTP) pointed at it for the duration, ``bucket``
-    created; yields {"endpoint", "bucket", "region"}. Stops the server and restores the env after."""
+    created; yields {"endpoint", "bucket", "region"}. With ``latency_ms`` every client goes through the
+    tests' fault proxy (tests/support/faultproxy.py, its own process) adding that much per request, what
+    a real object store costs. Stops both and restores the env after."""
     s3server = _s3server_module()
     logs = tempfile.mkdtemp(prefix="hubdask-bench-moto-")
     server = s3server.MotoServer(log_dir=logs)
     env = server.env()
     saved = {k: os.environ.get(k) for k in env}
+    proxy = None
     try:
         server.start()
         server.make_bucket(bucket)
+        endpoint = server.endpoint
+        if latency_ms:
+            proxy = subprocess.Popen([sys.executable, "-m", "tests.support.faultproxy", "--upstream", endpoint,
+                                      "--latency", str(latency_ms / 1000)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+            endpoint = proxy.stdout.readline().strip()
+            if not endpoint.startswith("http://"):
+                raise RuntimeError(f"the latency proxy did not start (it printed {endpoint!r})")
+            env = s3server.s3_env(endpoint)
         os.environ.update(env)
-        yield {"endpoint": server.endpoint, "bucket": bucket, "region": env["AWS_REGION"], "server": server}
+        yield {"endpoint": endpoint, "bucket": bucket, "region": env["AWS_REGION"], "server": server,
+               "latency_ms": latency_ms}
     finally:
+        if proxy is not None:
+            proxy.terminate()
+            proxy.wait(10)
         server.stop()
         for k, v in saved.items():
             if v is None:

@@ -1,9 +1,10 @@
 """Write and read throughput of hubdask against its peers on the same data and the same encoding.
 
     python benchmarks/read_write.py [--size-mb N] [--backend local|s3|all] [--repeats 3]
+    python benchmarks/read_write.py --latency-ms 20 --chunk-mb 1 [--s3-size-mb 64]   # S3 with 20 ms per request
 
 Data: uint8 (N*4, 512, 512) frames of random integers in [0, 32) (compressible, ~5 bits/byte), chunks
-(16, 512, 512) (4 MiB), encoded as hubdask encodes by default: zarr v3 bytes + zstd(level=0) + crc32c.
+(16, 512, 512) (4 MiB; ``--chunk-mb`` sets it: 1 = (4, 512, 512), 8 = (32, 512, 512)), encoded as hubdask encodes by default: zarr v3 bytes + zstd(level=0) + crc32c.
 Every tool writes its own copy and reads that copy back (checked against the source once, untimed).
 Every figure is the best of --repeats runs, in MB/s of logical (uncompressed) array bytes
 (MB = 2**20 bytes). Writes go to a freshly emptied location each run; hubdask's chunk cache is emptied
@@ -13,7 +14,10 @@ Peers: zarr-python (LocalStore; on S3 FsspecStore/s3fs and ObjectStore/obstore),
 from_zarr, tensorstore (zarr3 driver; file or s3 kvstore), raw fsspec ``cat`` of every chunk object
 (read; the transport ceiling; on S3 also raw obstore gets, 16 in flight), and locally a lean reader (read each chunk file, check crc32c, zstd-decode
 straight into the output on 2 threads; the practical local limit). S3 is a moto server in its own
-process, reached over HTTP.
+process, reached over HTTP; with ``--latency-ms`` (S3 only, unless --backend says otherwise) every client
+reaches it through the tests' fault proxy in its own process, adding that latency to each request (what a
+real object store costs; tests/support/faultproxy.py). icechunk (zarr-python on an icechunk session store)
+is a peer where it is installed.
 
 Results: printed, and written to benchmarks/results/read_write.{json,md} (read_write-local.* or
 read_write-s3.* for a single backend).
@@ -57,6 +61,7 @@ ZARR_FSSPEC = "zarr-python (FsspecStore, s3fs)"
 ZARR_OBSTORE = "zarr-python (ObjectStore, obstore)"
 DASK = "dask.array to_zarr / from_zarr"
 TS = "tensorstore (zarr3)"
+ICECHUNK = "icechunk (zarr-python on a session)"
 CAT = "fsspec cat (raw transport)"
 OBGET = "obstore get (raw transport)"
 LEAN = "lean read (file+zstd, 2 threads)"
@@ -216,6 +221,32 @@ def ts_read(kvstore: dict) -> np.ndarray:
     return t.read().result()
 
 
+def icechunk_storage(backend, key: str):
+    import icechunk
+
+    if backend.name == "local":
+        return icechunk.local_filesystem_storage(backend.path(key))
+    return icechunk.s3_storage(bucket=backend.bucket, prefix=f"{backend.prefix}/{key}",
+                               endpoint_url=backend.info["endpoint"], region=backend.info["region"],
+                               allow_http=True, force_path_style=True,
+                               access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
+                               secret_access_key=os.environ["AWS_SECRET_ACCESS_KEY"])
+
+
+def icechunk_write(storage, data: np.ndarray, chunks) -> None:
+    import icechunk
+
+    session = icechunk.Repository.create(storage).writable_session("main")
+    zarr_write(session.store, data, chunks)
+    session.commit("benchmark data")
+
+
+def icechunk_read(storage) -> np.ndarray:
+    import icechunk
+
+    return zarr_read(icechunk.Repository.open(storage).readonly_session(branch="main").store)
+
+
 def chunk_paths(backend, key: str, nchunks: int) -> list[str]:
     # zarr v3 default chunk key encoding, computed rather than listed
     return [backend.path(f"{key}/c/{i}/0/0") for i in range(nchunks)]
@@ -335,6 +366,14 @@ def run_backend(backend, data: np.ndarray, repeats: int, cache_dir: Path) -> lis
     except ImportError as exc:
         out += [not_available(b, TS, op, nbytes, f"tensorstore not installed ({exc})") for op in ("write", "read")]
 
+    try:
+        import icechunk  # noqa: F401
+
+        pair(ICECHUNK, "icechunk", lambda: icechunk_write(icechunk_storage(backend, "icechunk"), data, chunks),
+             lambda: icechunk_read(icechunk_storage(backend, "icechunk")))
+    except ImportError as exc:
+        out += [not_available(b, ICECHUNK, op, nbytes, f"icechunk not installed ({exc})") for op in ("write", "read")]
+
     # raw transport and the lean local reader, on zarr-python's copy
     raw = [CAT, OBGET] if b != "local" else [CAT, LEAN]
     if zarr_key is None:
@@ -408,7 +447,8 @@ def report(results: list[Measure], meta: dict) -> str:
         f"{meta['machine']['loadavg_1m_at_start']} at start), Python {meta['machine']['python']}; "
         f"data uint8 {tuple(meta['shape'])} = {meta['size_mib']:.0f} MiB per backend "
         f"(s3: {tuple(meta['s3_shape'])}), chunks {tuple(meta['chunks'])}, bytes+zstd({ZSTD_LEVEL})+crc32c; "
-        f"best of {meta['repeats']}; MB/s of logical bytes (MiB/s). "
+        f"best of {meta['repeats']}; MB/s of logical bytes (MiB/s)"
+        + (f"; S3 requests +{meta['latency_ms']:g} ms (fault proxy)" if meta.get("latency_ms") else "") + ". "
         "`hubdask/this` > 1 means hubdask is faster than that tool.",
         "",
         markdown_table(header, rows),
@@ -437,12 +477,20 @@ def main(argv=None) -> int:
     p.add_argument("--size-mb", type=int, default=512, help="array size per backend (default 512 = 2048 frames)")
     p.add_argument("--s3-size-mb", type=int, default=None,
                    help="array size on S3/moto (default: --size-mb, at most 256; moto is a Python server)")
-    p.add_argument("--backend", choices=["local", "s3", "all"], default="all")
+    p.add_argument("--backend", choices=["local", "s3", "all"], default=None,
+                   help="default: all, or s3 with --latency-ms")
+    p.add_argument("--latency-ms", type=float, default=0, help="added to every S3 request (the fault proxy)")
+    p.add_argument("--chunk-mb", type=int, default=None, help="chunk size in MiB (a multiple of 1/4; default 4)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--workdir", default=None, help="parent folder for the local copies (default: system temp)")
     p.add_argument("--keep", action="store_true", help="keep the local copies")
     p.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/")
     args = p.parse_args(argv)
+    global CHUNK_FRAMES
+    if args.chunk_mb:
+        CHUNK_FRAMES = max(1, args.chunk_mb * MB // (FRAME[0] * FRAME[1]))
+    if args.backend is None:
+        args.backend = "s3" if args.latency_ms else "all"
 
     work = Path(tempfile.mkdtemp(prefix="hubdask-bench-", dir=args.workdir))
     cache_dir = work / "hubdask-cache"
@@ -461,9 +509,10 @@ def main(argv=None) -> int:
             print("local:", flush=True)
             results += run_backend(Local(work), data, args.repeats, cache_dir)
         if args.backend in ("s3", "all"):
-            print("s3 (moto_server over HTTP):", flush=True)
+            print(f"s3 (moto_server over HTTP{f', +{args.latency_ms:g} ms per request' if args.latency_ms else ''}):",
+                  flush=True)
             try:
-                with moto_s3("bench") as info:
+                with moto_s3("bench", args.latency_ms) as info:
                     results += run_backend(S3(info, "rw"), s3_data, args.repeats, cache_dir)
             except (OSError, RuntimeError) as exc:
                 print(f"  s3: could not start moto_server: {exc}", flush=True)
@@ -478,6 +527,7 @@ def main(argv=None) -> int:
         "chunks": (CHUNK_FRAMES, *FRAME),
         "codecs": f"bytes + zstd(level={ZSTD_LEVEL}) + crc32c",
         "repeats": args.repeats,
+        "latency_ms": args.latency_ms,
         "machine": machine(),
         "versions": versions("numpy", "zarr", "dask", "numcodecs", "tensorstore", "fsspec", "s3fs", "obstore", "moto"),
         "argv": sys.argv,
@@ -487,6 +537,8 @@ def main(argv=None) -> int:
     print(md)
     if not args.no_save:
         stem = "read_write" if args.backend == "all" else f"read_write-{args.backend}"
+        if args.latency_ms or args.chunk_mb:
+            stem += f"-{args.latency_ms:g}ms-{CHUNK_FRAMES * FRAME[0] * FRAME[1] // MB}mib"
         j, m = write_results(stem, {"meta": meta, "results": [r.as_dict() for r in results]}, md)
         print(f"\nwrote {j} and {m}")
     return 0

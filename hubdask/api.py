@@ -139,9 +139,16 @@ def load(name: str, storage: Storage = None, storage_options: dict | None = None
     ``cache=False`` reads committed chunks of a remote root from storage, bypassing the local disk cache."""
     root, n = locate(name, storage, storage_options)
     repo = repository(root, n.path)
+    if n.ref is None and not repo.exists():  # the default branch is in the marker: read it first
+        _not_found(repo, n.base)
+    try:
+        state = resolve(repo, n.ref)  # a REF's lookups and the marker's GET go out together
+    except NotFoundError:
+        if not repo.exists():
+            _not_found(repo, n.base)
+        raise
     if not repo.exists():
         _not_found(repo, n.base)
-    state = resolve(repo, n.ref)
     return open_at(root, n, repo, state, _path, cache)
 
 
@@ -283,11 +290,18 @@ def store(source: Any, target: str | Array, region: Any = None, *, storage: Stor
                            storage=root)
     if grow:
         target = _grown(target, region, lock)
-    job = plan(source, target, region, lock=lock)
-    if not compute:
-        return job
-    _progress.compute(job, progress)
-    return target
+    from hubdask.write import SealedWhileStoring
+
+    while True:
+        job = plan(source, target, region, lock=lock)
+        if not compute:
+            return job
+        try:
+            _progress.compute(job, progress)
+            return target
+        except SealedWhileStoring:  # a commit sealed the node mid-store: store again at the new head
+            src = target.frozen_view.source
+            target._source = src.at_head(repository(src.root, src.ds).after_write(src.branch, src.node))
 
 
 def _grown(target: Array, region: Any, lock: bool | str | None) -> Array:

@@ -213,7 +213,7 @@ class Array(Versioned):
         repeated at the new state."""
         view = self._view
         src = view.source
-        if src.branch is None or src.root.is_local or src.root.scheme == "memory":
+        if src.branch is None or not src.root.is_remote:
             return view.current().read()  # a head check costs less than a thread here
         src = self._seen if self._seen is not None and self._seen.branch == src.branch else src
         check = _in_thread(view.source.current)

@@ -291,24 +291,15 @@ class Resolver:
     (one LIST of the node, or for a few chunks one LIST of each chunk's versions, concurrently), so every
     write that returned before the call is seen; everything else resolves in memory."""
 
-    def __init__(self, source: Source, lay: Layout, keys: Iterable[str] = ()) -> None:
+    def __init__(self, source: Source, lay: Layout, keys: Iterable[str] = (),
+                 versions: dict[str, int] | None = None) -> None:
         self.source, self.lay = source, lay
         self.root: Root = source.root
         self.store = source.store()
         self.cache = disk_cache.reader(source.root) if getattr(source, "cache", True) else None
         self.versions: dict[str, int] = {}
         if self.store.reads_node:
-            self.versions = sync(self._list_versions(list(keys)))
-
-    async def _list_versions(self, keys: list[str]) -> dict[str, int]:
-        node, ds = self.source.node, self.source.ds
-        few = LIST_EACH_CHUNK_AT_LOCAL if self.root.is_local else LIST_EACH_CHUNK_AT
-        if len(keys) <= few:
-            seqs = await asyncio.gather(*(store_module.newest_version(self.root, ds, node, k) for k in keys))
-            return {k: s for k, s in zip(keys, seqs) if s}
-        prefix = f"{self.lay.prefix}/c" if self.lay.prefix else "c"
-        found = await store_module.node_versions(self.root, ds, node, prefix)
-        return {k: seq for k, (seq, _) in found.items()}
+            self.versions = versions if versions is not None else sync(_list_versions(source, lay, list(keys)))
 
     def candidates(self, coords: tuple[int, ...]) -> tuple[str | None, str | None]:
         """(the open node's newest version of the chunk, or None; the committed object, or None): at most
@@ -323,6 +314,28 @@ class Resolver:
         return CorruptChunkError(
             f"dataset {self.source.ds!r}: object {key!r} is missing from storage; the store was modified "
             "outside hubdask")
+
+
+def node_versions(source: Source) -> dict[str, int]:
+    """The newest version of every chunk of ``source``'s array in its open node (one LIST of the node):
+    what a Resolver takes as ``versions`` when one listing serves many reads (a dask graph's)."""
+    lay = layout(source)
+    if lay is None or not source.reads_node:
+        return {}
+    return sync(_list_versions(source, lay, None))
+
+
+async def _list_versions(source: Source, lay: Layout, keys: list[str] | None) -> dict[str, int]:
+    """The open node's newest versions of ``keys`` (None: of every chunk): a LIST per key for a few, one
+    LIST of the node's chunks otherwise."""
+    root, node, ds = source.root, source.node, source.ds
+    few = LIST_EACH_CHUNK_AT_LOCAL if root.is_local else LIST_EACH_CHUNK_AT
+    if keys is not None and len(keys) <= few:
+        seqs = await asyncio.gather(*(store_module.newest_version(root, ds, node, k) for k in keys))
+        return {k: s for k, s in zip(keys, seqs) if s}
+    prefix = f"{lay.prefix}/c" if lay.prefix else "c"
+    found = await store_module.node_versions(root, ds, node, prefix)
+    return {k: seq for k, (seq, _) in found.items()}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -385,9 +398,11 @@ def _put(chunk: np.ndarray, inner: tuple, piece: np.ndarray) -> None:
         sub[np.ix_(*(i if isinstance(i, np.ndarray) else np.arange(n) for i, n in zip(arrays, sub.shape)))] = piece
 
 
-def read(source: Source, sel: tuple[int | slice, ...], name: str, out: np.ndarray | None = None) -> np.ndarray | None:
+def read(source: Source, sel: tuple[int | slice, ...], name: str, out: np.ndarray | None = None,
+         versions: dict[str, int] | None = None) -> np.ndarray | None:
     """The selection as a new array (or in ``out``, of its shape and dtype), or None when the array's
-    codecs need zarr (caller falls back)."""
+    codecs need zarr (caller falls back). ``versions``: the open node's listing (node_versions) when the
+    caller made it already."""
     lay = layout(source)
     if lay is None:
         return None
@@ -400,7 +415,7 @@ def read(source: Source, sel: tuple[int | slice, ...], name: str, out: np.ndarra
     if n == 0 or out.size == 0:
         return out
     parts = list(parts)
-    res = Resolver(source, lay, (lay.logical_key(p.coords) for p in parts))
+    res = Resolver(source, lay, (lay.logical_key(p.coords) for p in parts), versions)
     jobs = []
     for part in parts:
         mutable, committed = res.candidates(part.coords)
@@ -413,13 +428,14 @@ def read(source: Source, sel: tuple[int | slice, ...], name: str, out: np.ndarra
     return out
 
 
-def read_selection(source: Source, sel: tuple, name: str, out: np.ndarray | None = None) -> np.ndarray:
+def read_selection(source: Source, sel: tuple, name: str, out: np.ndarray | None = None,
+                   versions: dict[str, int] | None = None) -> np.ndarray:
     """Read a selection of ints, ascending slices and ascending distinct index arrays (orthogonal, like
     zarr's oindex): the engine above (every touched chunk fetched concurrently, threaded decode straight
     into the output: ``out`` when given, e.g. a reused buffer whose pages are already mapped), or zarr for
     codec chains the engine does not run. Only touched chunks are read. Decode failures become a
     CorruptChunkError naming the dataset."""
-    got = read(source, sel, name, out)
+    got = read(source, sel, name, out, versions)
     if got is not None:
         return got
     try:  # codec chains the engine does not run: zarr reads (the selection is valid: checked by grid)

@@ -77,7 +77,9 @@ class Source:
         """The state to read now: a branch source at its branch's head (one head resolution), a commit's itself."""
         if self.branch is None:
             return self
-        return self.at_head(repository(self.root, self.ds).resolve(self.branch).head)
+        repo = repository(self.root, self.ds)
+        head = repo.read_head(self.branch)  # a branch: its LIST only, no speculative tag or commit GET
+        return self.at_head(head if head is not None else repo.resolve(self.branch).head)
 
     def stored_keys(self, prefix: str) -> list[str]:
         """Logical keys under ``prefix`` that hold an object at this state (the commit's chunk set and the

@@ -26,6 +26,8 @@ from hubdask.view import view_of
 if TYPE_CHECKING:
     import dask.array as da
 
+    from hubdask.versioning.refs import Head
+
     from hubdask.view import View, Viewable
 
 
@@ -119,24 +121,39 @@ def write_region(src: Source, sel: tuple, data: np.ndarray, shape: tuple[int, ..
     turns instead of retrying. After the write landed, the node's seal is checked: if a commit sealed the
     node meanwhile, the write is repeated in the next open node (without holding any lock while waiting);
     if the dataset was deleted, its objects are taken back and NotFoundError raised."""
-    repo = repository(src.root, src.ds)
-    names = [lock_name(src.root.url, src.ds, src.branch, grid.chunk_key(c, src.path))
-             for c in partial_chunks(sel, shape, chunks)]
     while True:
-        with refusing_read_only(f"dataset {src.ds!r}", src.root.url), chunk_locks(names, lock, root=src.root):
-            begin_write(src.root, src.ds, src.node)  # before any read-modify-write looks at the node
-            created = chunkio.write(src, sel, data, src.ds)  # threaded encode, concurrent creates
-            if created is None:
-                _write_through_zarr(src, sel, data)  # codec chains the chunk engine does not run
-        try:
-            head = repo.after_write(src.branch, src.node)
-        except NotFoundError:
-            if created:
-                src.root.delete_many(created)
-            raise
+        created = write_once(src, sel, data, shape, chunks, lock)
+        head = settle(src, created)
         if head is None:
             return src
         src = src.at_head(head)
+
+
+def write_once(src: Source, sel: tuple, data: np.ndarray, shape: tuple[int, ...], chunks: tuple[int, ...],
+               lock: bool | str | None = None) -> list[str]:
+    """Write ``data`` at ``sel`` into ``src``'s open node once, its partial chunks under their locks, with
+    no seal check (``settle`` is the caller's); returns the physical keys created."""
+    names = [lock_name(src.root.url, src.ds, src.branch, grid.chunk_key(c, src.path))
+             for c in partial_chunks(sel, shape, chunks)]
+    with refusing_read_only(f"dataset {src.ds!r}", src.root.url), chunk_locks(names, lock, root=src.root):
+        begin_write(src.root, src.ds, src.node)  # before any read-modify-write looks at the node
+        created = chunkio.write(src, sel, data, src.ds)  # threaded encode, concurrent creates
+        if created is None:
+            _write_through_zarr(src, sel, data)  # codec chains the chunk engine does not run
+    return created or []
+
+
+def settle(src: Source, created: list[str]) -> "Head | None":
+    """The seal check after writes into ``src``'s open node landed: None if the node is still open (the
+    writes are the branch's); else the head to repeat them at (a commit sealed the node meanwhile, so
+    they may be missing from it). If the dataset was deleted, ``created`` is taken back and
+    NotFoundError raised."""
+    try:
+        return repository(src.root, src.ds).after_write(src.branch, src.node)
+    except NotFoundError:
+        if created:
+            src.root.delete_many(created)
+        raise
 
 
 def _write_through_zarr(src: Source, sel: tuple, data: np.ndarray) -> None:
@@ -158,13 +175,36 @@ def _write_through_zarr(src: Source, sel: tuple, data: np.ndarray) -> None:
     raise ConflictError(f"dataset {src.ds!r}: a write kept racing other writers of the same chunks; try again")
 
 
+class SealedWhileStoring(ConflictError):
+    """A commit sealed the open node while ``hd.store`` wrote into it: some of its writes may be missing
+    from the branch. ``hd.store`` (compute=True) stores again at the new head; a caller computing the
+    lazy job itself gets this error and should store again."""
+
+
 def _write_block(block: np.ndarray, src: Source, offset: tuple[int, ...], shape: tuple[int, ...],
                  chunk_shape: tuple[int, ...], target_dtype: np.dtype, what: str, lock: Any,
                  block_info: dict | None = None) -> np.ndarray:
+    """One block's write, no seal check (the job's ``_settle_store`` does one for all): its created keys."""
     loc = block_info[0]["array-location"]
     sel = tuple(slice(o + a, o + b) for o, (a, b) in zip(offset, loc))
-    write_region(src, sel, coerce(block, target_dtype, block.shape, what), shape, chunk_shape, lock)
-    return np.ones((1,) * block.ndim, dtype=np.int64)
+    out = np.empty((1,) * block.ndim, dtype=object)
+    out.reshape(-1)[0] = write_once(src, sel, coerce(block, target_dtype, block.shape, what), shape, chunk_shape, lock)
+    return out
+
+
+def _settle_store(written: list, src: Source, what: str) -> np.ndarray:
+    """After every block of a store landed: one seal check for all of them (``settle``); the blocks' count."""
+    from dask.core import flatten
+
+    blocks = list(flatten(written))
+    created = [k for b in blocks for k in b.reshape(-1)[0]]
+    if settle(src, created) is not None:
+        raise SealedWhileStoring(f"{what}: a commit of branch {src.branch!r} started while hd.store was writing "
+                                 "into it, so some of the writes may be missing from the branch; store again")
+    return np.array(len(blocks), dtype=np.int64)
+
+
+WRITE_TASK_BYTES = 16 * 2**20  # on a remote root a write task writes about this many bytes of chunks concurrently
 
 
 def aligned_chunks(offset: tuple[int, ...], extent: tuple[int, ...], chunks: tuple[int, ...],
@@ -183,10 +223,22 @@ def aligned_chunks(offset: tuple[int, ...], extent: tuple[int, ...], chunks: tup
     return tuple(out)
 
 
-def block_group(source_chunks: tuple[tuple[int, ...], ...], chunks: tuple[int, ...]) -> tuple[int, ...]:
+def block_group(source_chunks: tuple[tuple[int, ...], ...], chunks: tuple[int, ...],
+                task_bytes: int = 0, itemsize: int = 1) -> tuple[int, ...]:
     """Storage chunks per write block along each axis: blocks about as large as the source's own (its
-    parallelism and memory per task), but never less than one storage chunk."""
-    return tuple(max(1, round(max(sizes, default=c) / c)) for sizes, c in zip(source_chunks, chunks))
+    parallelism and memory per task), but never less than one storage chunk; with ``task_bytes`` (remote
+    roots: a request's latency is hidden only by many in flight) grown, last axis first, to about that
+    many bytes of chunks, within the source's extent."""
+    group = [max(1, round(max(sizes, default=c) / c)) for sizes, c in zip(source_chunks, chunks)]
+    extent = [max(1, -(-sum(sizes) // c)) for sizes, c in zip(source_chunks, chunks)]
+    for axis in reversed(range(len(group))):
+        block = math.prod(g * c for g, c in zip(group, chunks)) * itemsize
+        if block >= task_bytes:
+            break
+        others = block // (group[axis] * chunks[axis])
+        want = -(-task_bytes // max(1, others * chunks[axis]))
+        group[axis] = max(group[axis], min(extent[axis], want))
+    return tuple(group)
 
 
 def store(source: "da.Array", target: "Viewable", region: tuple[slice, ...] | None = None, *,
@@ -221,9 +273,14 @@ def store(source: "da.Array", target: "Viewable", region: tuple[slice, ...] | No
         raise TypeError(f"{what}: cannot store a dask array of dtype {source.dtype} into dtype {target.dtype}")
     if math.prod(extent) == 0:
         return da.zeros((), dtype=np.int64)
-    aligned = source.rechunk(aligned_chunks(offset, extent, chunks, block_group(source.chunks, chunks)))
+    group = block_group(source.chunks, chunks, WRITE_TASK_BYTES if src.root.is_remote else 0, target.dtype.itemsize)
+    aligned = source.rechunk(aligned_chunks(offset, extent, chunks, group))
     written = aligned.map_blocks(
         _write_block, src=src, offset=offset, shape=shape, chunk_shape=chunks, target_dtype=target.dtype, what=what, lock=lock,
-        chunks=tuple((1,) * len(c) for c in aligned.chunks), dtype=np.int64, meta=np.empty((0,) * aligned.ndim, np.int64),
+        chunks=tuple((1,) * len(c) for c in aligned.chunks), dtype=object, meta=np.empty((0,) * aligned.ndim, object),
     )
-    return written.sum()
+    from dask.highlevelgraph import HighLevelGraph
+
+    name = f"settle-{written.name}"
+    layer = {(name,): (_settle_store, written.__dask_keys__(), src, what)}
+    return da.Array(HighLevelGraph.from_collections(name, layer, dependencies=[written]), name, (), dtype=np.int64)

@@ -38,3 +38,20 @@ def internal(ds: str, rel: str = "") -> str:
     from hubdask.versioning import layout
 
     return layout.base(ds) + rel
+
+
+def chunk_reads(collection) -> int:
+    """How many chunks ``collection``'s dask graph reads from storage: a single-chunk read task is one,
+    each chunk a group read task delivers (its ``_pick`` tasks) is one; fill-value blocks are none."""
+    from hubdask import daskgraph
+
+    graph = dict(collection.__dask_graph__())
+    return sum(1 for t in graph.values() if isinstance(t, tuple) and t and t[0] in (daskgraph._read_block,
+                                                                                   daskgraph._pick))
+
+
+def chunk_blocks(collection) -> int:
+    """How many blocks (output keys) ``collection`` has: one per chunk the view touches."""
+    import dask.core
+
+    return len(list(dask.core.flatten(collection.__dask_keys__())))

@@ -162,3 +162,18 @@ def test_full_disk_turns_caching_off_and_reads_go_on(s3_root, tmp_path, monkeypa
     finally:
         cache.reset()
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_clear_and_info_after_the_cache_folder_was_deleted(s3_root, cache_dir):
+    import shutil
+
+    _, data = _make(s3_root)
+    np.testing.assert_array_equal(np.asarray(hd.load("c/arr", storage=s3_root)), data)
+    assert cache.info()["entries"] >= 4
+    shutil.rmtree(cache_dir)  # another process, or the user, removed the whole folder
+    assert cache.info()["entries"] == 0 and cache.info()["enabled"] is True
+    assert hd.cache.clear() == 0
+    np.testing.assert_array_equal(np.asarray(hd.load("c/arr", storage=s3_root)), data)  # reads go on, and
+    assert cache.info()["entries"] >= 4  # the cache fills again in the recreated folder
+    shutil.rmtree(cache_dir)
+    assert hd.cache.clear() == 0

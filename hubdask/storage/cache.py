@@ -93,10 +93,11 @@ class _Files:
             self.evict()
 
     def entries(self) -> list[tuple[Path, os.stat_result]]:
+        """Every entry on disk; none when the folder (or a part of it) was deleted meanwhile."""
         out = []
-        for sub in os.scandir(self.path):
+        for sub in _scan(self.path):
             if sub.is_dir(follow_symlinks=False):
-                for entry in os.scandir(sub.path):
+                for entry in _scan(sub.path):
                     if not entry.name.endswith(files.TEMP_SUFFIX):
                         try:
                             out.append((Path(entry.path), entry.stat(follow_symlinks=False)))
@@ -112,6 +113,7 @@ class _Files:
         """Delete the least recently used entries until the total is under EVICT_TO of the bound."""
         import filelock
 
+        self.path.mkdir(parents=True, exist_ok=True)  # the folder may have been deleted since it was opened
         with filelock.FileLock(str(self.path / ".evict.lock")):
             found = sorted(self.entries(), key=lambda e: e[1].st_mtime)
             total = sum(st.st_size for _, st in found)
@@ -128,6 +130,14 @@ class _Files:
             path.unlink(missing_ok=True)
         self._approx = 0
         return len(found)
+
+
+def _scan(path: str | Path) -> list[os.DirEntry]:
+    try:
+        with os.scandir(path) as it:
+            return list(it)
+    except FileNotFoundError:
+        return []
 
 
 def _open() -> "_Files | None":
@@ -318,7 +328,7 @@ if hasattr(os, "register_at_fork"):
 
 def reader(root: Root) -> Reader | None:
     """The cache for ``root``'s committed objects, or None: local and memory roots are not cached."""
-    if root.is_local or root.scheme == "memory":
+    if not root.is_remote:
         return None
     files = _open()
     return Reader(root, files) if files is not None else None

@@ -93,6 +93,12 @@ class Root:
         return self.scheme == "file"
 
     @property
+    def is_remote(self) -> bool:
+        """Whether every request is a network round trip (not a local folder or memory): the roots whose
+        latency only many requests in flight hide."""
+        return not self.is_local and self.scheme != "memory"
+
+    @property
     def store(self) -> Store:
         if self._store is None:
             with self._lock:

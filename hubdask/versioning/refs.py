@@ -108,7 +108,7 @@ async def mark_written(root: Root, ds: str, branch: str, node: str, writer: str)
 
     key = written_key(ds, branch, node)
     create = lambda: root.create_async(key, writer.encode())  # noqa: E731
-    first = await (create() if root.is_local or root.scheme == "memory"
+    first = await (create() if not root.is_remote
                    else retry.call(create, f"dataset {ds!r}: create {key!r}"))
     if not first:
         await root.put_async(written_key(ds, branch, node, many=True), b"")

@@ -142,13 +142,14 @@ class Repository:
     def resolve(self, ref: str) -> State:
         """A branch, a tag, a commit id or a unique prefix of one (>= 7 characters) -> State, or
         NotFoundError listing what exists."""
-        head = self.read_head(ref)
-        if head is not None:
-            return State(ref, head.base, head)
-        tagged = refs.read_tag(self.root, self.ds, ref)
-        if tagged is not None:
-            return State(ref, tagged)
-        if self.graph.get(ref) is not None:
+        full_id = len(ref) == len(new_node_id()) and all(c in "0123456789abcdef" for c in ref)
+        lookups = [lambda: self.read_head(ref), lambda: refs.read_tag(self.root, self.ds, ref),
+                   lambda: ref if full_id and self.graph.get(ref) is not None else None, self.marker]
+        found = _first_found(lookups[:3], warm=lookups[3:], together=self.root.is_remote)
+        if found is not None:
+            kind, value = found
+            return State(ref, value.base, value) if kind == 0 else State(ref, value)
+        if not full_id and self.graph.get(ref) is not None:
             return State(ref, ref)
         full = self.expand_commit_prefix(ref)
         if full is not None:
@@ -495,3 +496,31 @@ def forget(root: Root, ds: str) -> None:
     """Drop the process-wide Repository of ``ds`` (after the dataset was deleted)."""
     with _REPOS_LOCK:
         _REPOS.pop((root.token, ds), None)
+
+
+def _first_found(lookups: list[Callable[[], object]], warm: list[Callable[[], object]] = (),
+                 together: bool = False) -> tuple[int, object] | None:
+    """(index, value) of the first of ``lookups``, in order, that finds something (not None), or None.
+
+    ``together`` (a remote root, where each request costs a round trip): every lookup, and the ``warm``
+    ones whose results their callers keep, runs at once in threads, so the order costs no extra round
+    trip (a tag's GET goes beside the branch's LIST); otherwise one after the other, stopping at the first."""
+    if not together:
+        for i, fn in enumerate(lookups):
+            value = fn()
+            if value is not None:
+                return i, value
+        return None
+
+    import asyncio
+
+    async def run() -> list:
+        return await asyncio.gather(*(asyncio.to_thread(fn) for fn in (*lookups, *warm)), return_exceptions=True)
+
+    results = sync(run())[: len(lookups)]
+    for i, value in enumerate(results):
+        if isinstance(value, BaseException):
+            raise value
+        if value is not None:
+            return i, value
+    return None

@@ -154,7 +154,7 @@ async def put_version(root: Root, ds: str, node: str, key: str, data: bytes | me
 
 async def _io(root: Root, what: str, op: str, request):
     """``await request()``; on a remote root retried through transient failures (storage.retry)."""
-    if root.is_local or root.scheme == "memory":
+    if not root.is_remote:
         return await request()
     return await retry.call(request, f"{what}: {op}")
 

@@ -46,7 +46,7 @@ def stored_bytes(array: Any, keys: list[str], concurrency: int = 32) -> int:
 
     root = view_of(array).source.root
     store = root.store
-    local = root.is_local or root.scheme == "memory"
+    local = not root.is_remote
 
     async def run() -> int:
         sem = asyncio.Semaphore(concurrency)
