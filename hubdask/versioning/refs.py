@@ -55,10 +55,12 @@ from hubdask.versioning.layout import head_prefix, tag_key
 
 SEQ_DIGITS = 12
 KEEP = 2  # head records kept: the newest and the one before it
-# LISTs of a folder that show no head before the claims are asked (_from_claims): a local folder's
-# listing was seen (ext4, Python 3.11, hundreds of marks created and deleted beside the names by other
-# processes) to miss both standing names once in thousands; the next LIST had them. Costs nothing for a
-# branch that exists; a missing branch costs LIST_TRIES LISTs.
+# LISTs of a folder that show no head before the claims are asked (_from_claims). A listing is no
+# snapshot: POSIX readdir may skip entries created or deleted while it runs (ext4 walks its hash order),
+# and S3 documents no snapshot across a LIST either, so a LIST overlapping two commits' naming and
+# pruning can miss both standing names; it was seen once in thousands (hundreds of marks churning beside
+# the names); the next LIST had them. Claims are only ever added at the top, so they settle it. Costs
+# nothing for a branch that exists; a missing branch costs LIST_TRIES LISTs.
 LIST_TRIES = 3
 TRIM_EVERY = 64  # every TRIM_EVERY-th head trims the claim log
 CLAIMS_KEPT = 16  # claims kept below the trimming head (readers need the newest one or two)
