@@ -711,3 +711,28 @@ def test_the_claim_log_stays_short_however_long_the_history(tmp_path, monkeypatc
     assert len(floors) == (50 - 3) // 8 and len(log) - len(floors) <= 8 + 3, log  # heads 1..50 claimed
     for i, cid in enumerate(commits):
         assert hd.load(f"p/short:{cid}", storage=root).read()[0] == i
+
+
+def test_a_head_missed_by_every_listing_resolves_from_the_claims_after_trimming(tmp_path, monkeypatch):
+    """The worst instant for the claims fallback: every LIST of the branch's folder misses its names (a
+    listing is no snapshot) and the newest head this process saw lies in a window the claim log has
+    trimmed since. The head still resolves, to the branch's newest, not to None or a trimmed claim."""
+    from hubdask.versioning import refs
+
+    monkeypatch.setattr(refs, "TRIM_EVERY", 8)
+    monkeypatch.setattr(refs, "CLAIMS_KEPT", 3)
+    root_url = str(tmp_path / "root")
+    a = hd.array((2,), name="p/fall", dtype="int32", storage=root_url)
+    a[0] = 1
+    a.commit("early")
+    root = a._source.root
+    early = refs.read_head(root, "p/fall", "main").seq
+    for i in range(40):
+        a[0] = i
+        a.commit(f"c{i}")
+    newest = refs.read_head(root, "p/fall", "main")
+    assert root.get(refs.claim_key("p/fall", "main", early)) is None  # trimmed
+    monkeypatch.setitem(refs._SEEN, (root.token, "p/fall", "main"), early)
+    monkeypatch.setattr(refs, "_list", lambda root, ds, branch: refs._parse_listing(ds, branch, []))
+    got = refs.read_head(root, "p/fall", "main")
+    assert got is not None and (got.seq, got.node, got.base) == (newest.seq, newest.node, newest.base)
