@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import operator
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +37,9 @@ def _writable(src: Source, what: str, action: str) -> None:
     if src.branch is None:
         raise ReadOnlyError(f"{what} is opened at commit {src.commit} (a tag or commit id) and is read-only; "
                             f"cannot {action}: open a branch")
+
+
+CHANGE_FIELD = "hubdask_change"
 
 
 def change_shape(src: Source, what: str, decide: Callable[[Shape], Shape], lock: bool | str | None = None
@@ -61,6 +65,10 @@ def change_shape(src: Source, what: str, decide: Callable[[Shape], Shape], lock:
             if new == old:  # nothing to change (an append of no rows, a grow already reached)
                 return src if not seq else _pinned(src, seq), old, new
             meta["shape"] = list(new)
+            # the version's bytes name this change alone: a create whose answer was lost counts as ours
+            # when the object holds our bytes (storage.retry), and two appenders growing 6 -> 9 rows would
+            # otherwise write the very same bytes and both take rows 6:9 (a zarr v3 extension field)
+            meta[CHANGE_FIELD] = {"must_understand": False, "id": uuid.uuid4().hex}
             try:
                 made = sync(put_version(root, ds, node, key, json.dumps(meta).encode(), based_on=seq, what=what))
             except StaleRead:

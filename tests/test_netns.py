@@ -23,6 +23,7 @@ import textwrap
 import time
 import uuid
 
+import numpy as np
 import pytest
 
 from support.s3server import MotoServer, s3_env
@@ -224,5 +225,118 @@ def test_workers_on_two_hosts_write_partial_chunks_to_s3_without_loss(hosts, tmp
         writers = {line.split()[0] for line in puts}
         print("chunk PUTs per host:", {w: sum(line.startswith(w + " ") for line in puts) for w in sorted(writers)})
         assert {hosts.addr("w1"), hosts.addr("w2")} <= writers, writers
+    finally:
+        moto.stop()
+
+
+APPENDER = """
+import json, sys, time, urllib.request
+import numpy as np
+import hubdask as hd
+
+endpoint, root, first, batches, rows = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6])
+deadline = time.monotonic() + 120
+while True:  # the dataset is made by the client on another host
+    try:
+        a = hd.load("lab/grow", storage=root)
+        break
+    except Exception:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.2)
+regions = []
+for b in range(first, first + batches):
+    region = a.append(np.full((rows, 4), b, dtype="int64"))
+    regions.append([region[0].start, region[0].stop])
+print("RESULT " + json.dumps(regions), flush=True)
+"""
+
+APPEND_CLIENT = """
+import json, sys, time, urllib.request
+import numpy as np
+import hubdask as hd
+from distributed import Client
+
+endpoint, scheduler, root, batches, rows = sys.argv[1], sys.argv[2], sys.argv[3], *map(int, sys.argv[4:6])
+deadline = time.monotonic() + 60
+while True:
+    try:
+        urllib.request.urlopen(endpoint + "/moto-api/data.json", timeout=2).read()
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.2)
+import boto3
+boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="hub")
+hd.array((0, 4), "lab/grow", dtype="int64", chunks=(8, 4), storage=root)
+
+def append(b):  # on a worker: coordinated through the scheduler's locks
+    region = hd.load("lab/grow", storage=root).append(np.full((rows, 4), b, dtype="int64"))
+    return b, [region[0].start, region[0].stop]
+
+with Client(scheduler, timeout="60s") as client:
+    client.wait_for_workers(2, timeout=120)
+    workers = sorted(client.scheduler_info()["workers"])
+    futures = [client.submit(append, 1000 + i, workers=[workers[i % 2]], allow_other_workers=False, pure=False)
+               for i in range(batches)]
+    done = dict(client.gather(futures))
+print("RESULT " + json.dumps({str(b): r for b, r in done.items()}), flush=True)
+"""
+
+
+def test_appenders_on_four_hosts_each_land_in_their_own_region(hosts, tmp_path):
+    """Appenders on four simulated hosts at once into one S3 array: dask tasks on two worker hosts
+    (coordinated by the scheduler host's locks) and plain processes on two more hosts with no scheduler
+    (the conditional writes of the array's metadata alone). Every batch lands exactly once, in the region
+    its append returned, none overlaps, and the final length is the sum."""
+    moto = NamespacedMoto(host=hosts.addr("s3"), port=S3_PORT, prefix=["ip", "netns", "exec", hosts.ns["s3"]],
+                          log_dir=tmp_path)
+    moto.start()
+    rows, batches = 3, 8  # 3 rows into chunks of 8: most appends fill a partial last chunk
+    try:
+        env = {**os.environ, **s3_env(moto.endpoint), "PYTHONUNBUFFERED": "1"}
+        env.pop("HUBDASK_LOCKS", None)
+        scheduler = f"tcp://{hosts.addr('sch')}:{SCHEDULER_PORT}"
+        dask_cli = [sys.executable, "-m", "dask"]
+        hosts.run("sch", [*dask_cli, "scheduler", "--host", hosts.addr("sch"), "--port", str(SCHEDULER_PORT),
+                          "--no-dashboard"], str(tmp_path / "scheduler.log"), {**env, "HUBDASK_CACHE": str(tmp_path / "c0")})
+        for w in ("w1", "w2"):
+            hosts.run(w, [*dask_cli, "worker", scheduler, "--host", hosts.addr(w), "--nthreads", "2",
+                          "--no-dashboard", "--name", w], str(tmp_path / f"{w}.log"),
+                      {**env, "HUBDASK_CACHE": str(tmp_path / f"cache-{w}")})
+        client = hosts.run("cl", [sys.executable, "-c", textwrap.dedent(APPEND_CLIENT), moto.endpoint, scheduler,
+                                  "s3://hub/data", str(batches), str(rows)], str(tmp_path / "client.log"),
+                           {**env, "HUBDASK_CACHE": str(tmp_path / "cache-cl")})
+        plain = {host: hosts.run(host, [sys.executable, "-c", textwrap.dedent(APPENDER), moto.endpoint, "s3://hub/data",
+                                        str(first), str(batches), str(rows)], str(tmp_path / f"app-{host}.log"),
+                                 {**env, "HUBDASK_CACHE": str(tmp_path / f"cache-{host}")})
+                 for host, first in (("s3", 2000), ("sch", 3000))}  # hosts without a dask client
+        for proc in (client, *plain.values()):
+            try:
+                proc.wait(timeout=240)
+            except subprocess.TimeoutExpired:
+                pass
+        names = ["client", *(f"app-{h}" for h in plain)]
+        logs = {n: (tmp_path / f"{n}.log").read_text(errors="replace")[-3000:] for n in names}
+        results = {n: [line for line in logs[n].splitlines() if line.startswith("RESULT ")] for n in names}
+        assert all(results.values()) and client.returncode == 0, f"an appender failed:\n{json.dumps(logs, indent=1)}"
+        regions = {int(b): r for b, r in json.loads(results["client"][-1][len("RESULT "):]).items()}
+        for host, first in (("s3", 2000), ("sch", 3000)):
+            got = json.loads(results[f"app-{host}"][-1][len("RESULT "):])
+            regions.update({first + i: r for i, r in enumerate(got)})
+        assert len(regions) == 3 * batches
+        spans = sorted(regions.values())
+        assert spans == [[i * rows, (i + 1) * rows] for i in range(3 * batches)], sorted(regions.items(), key=lambda kv: kv[1])  # no overlap, no hole
+        check = subprocess.run(["ip", "netns", "exec", hosts.ns["cl"], sys.executable, "-c", textwrap.dedent("""
+            import json, sys, numpy as np, hubdask as hd
+            print(json.dumps(np.asarray(hd.load("lab/grow", storage=sys.argv[1])).tolist()))
+            """), "s3://hub/data"], capture_output=True, text=True, timeout=120,
+            env={**env, "HUBDASK_CACHE": str(tmp_path / "cache-check")})
+        assert check.returncode == 0, check.stderr[-3000:]
+        got = np.asarray(json.loads(check.stdout.strip().splitlines()[-1]))
+        assert got.shape == (3 * batches * rows, 4)
+        for b, (start, stop) in regions.items():
+            assert (got[start:stop] == b).all(), (b, start, stop, got[start:stop])
     finally:
         moto.stop()

@@ -3,6 +3,7 @@ and concurrent appenders (threads, processes racing commits, a LocalCluster) wit
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -463,3 +464,30 @@ def test_commit_seals_the_node_around_a_reservation(tmp_path, monkeypatch, insta
     np.testing.assert_array_equal(np.asarray(final), np.concatenate([rows(1, 3), rows(2, 2)]))
     committed = hd.load(f"t/sr:{fired[0]}", storage=root).shape
     assert committed == ((3, 2) if instant == "before the reservation" else (5, 2))
+
+
+def test_two_appenders_growing_to_the_same_shape_get_their_own_rows(s3_root, monkeypatch):
+    """The worst instant for a reservation on S3: two appenders (no lock between them: the conditional
+    write alone) read the same shape and create the same metadata version at once. The loser's create
+    fails, and must not count as its own although the object's shape is the very one it wanted (a create
+    whose answer was lost counts as ours when the object holds our bytes): each gets its own rows."""
+    from hubdask import grow
+
+    hd.array((0, 2), "t/same", dtype="int64", chunks=(4, 2), storage=s3_root)
+    both = threading.Barrier(2)
+    real = grow.put_version
+
+    async def together(*args, **kwargs):
+        if kwargs.get("based_on") == 0:
+            await asyncio.to_thread(both.wait, 30)  # both read version 0 (0 rows) and now create version 1
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(grow, "put_version", together)
+    handles = [hd.load("t/same", storage=s3_root) for _ in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        regions = list(pool.map(lambda i: handles[i].append(rows(10 * (i + 1), 3), lock=False), range(2)))
+    assert sorted(r[0].start for r in regions) == [0, 3]
+    got = np.asarray(hd.load("t/same", storage=s3_root))
+    assert got.shape == (6, 2)
+    for i, r in enumerate(regions):
+        np.testing.assert_array_equal(got[r], rows(10 * (i + 1), 3))
