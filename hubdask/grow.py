@@ -27,6 +27,7 @@ from hubdask.locks import chunk_locks, lock_name
 from hubdask.source import Source
 from hubdask.storage import sync
 from hubdask.versioning import layout, refs, repository
+from hubdask.versioning.diff import outside
 from hubdask.versioning.store import StaleRead, begin_write, newest_version, put_version
 from hubdask.write import coerce, write_region
 
@@ -121,23 +122,10 @@ def resize(src: Source, what: str, new_shape: Any, fill: Any, chunks: Shape,
         coords = tuple(int(x) for x in key[len(src.chunk_prefix()) + 1:].split("/")[1:])
         if len(coords) != len(new):
             continue
-        for sel in _outside(coords, chunks, new):
+        for sel in outside(coords, chunks, new):
             data = np.full(tuple(s.stop - s.start for s in sel), fill, dtype)
             src = write_region(src, sel, data, new, chunks, lock)
     return src
-
-
-def _outside(coords: Shape, chunks: Shape, shape: Shape) -> list[tuple[slice, ...]]:
-    """The parts of chunk ``coords`` past ``shape``: the whole chunk if it lies wholly outside, else one
-    slab per axis that the shape cuts (an empty list for a chunk inside)."""
-    box = [(j * c, (j + 1) * c) for j, c in zip(coords, chunks)]
-    if any(lo >= n for (lo, _), n in zip(box, shape)):
-        return [tuple(slice(lo, hi) for lo, hi in box)]
-    out = []
-    for axis, ((lo, hi), n) in enumerate(zip(box, shape)):
-        if hi > n:
-            out.append(tuple(slice(n, hi) if i == axis else slice(a, b) for i, (a, b) in enumerate(box)))
-    return out
 
 
 def append_region(old: Shape, k: int, axis: int) -> tuple[slice, ...]:

@@ -386,6 +386,34 @@ def test_merge_shrunk_branch_drops_chunks_outside(any_root):
     np.testing.assert_array_equal(np.asarray(a), np.r_[np.arange(4), np.zeros(8, "int64")])
 
 
+@pytest.mark.parametrize("shrinker", ["ours", "theirs"])
+def test_merge_shrink_then_grow_never_resurrects(any_root, shrinker):
+    """One side shrinks, the other writes into edge chunks the shrink never stored (so it reset nothing
+    there), inside and beyond the shrunk shape: the merge keeps what is inside, and growing after it reads
+    the fill value beyond, whichever side's chunk the merge kept."""
+    a = hd.array((10, 4), "t/me", dtype="int64", chunks=(4, 2), storage=any_root)
+    a[:4, :2] = 1  # only chunk (0, 0) is stored
+    a.commit("base")
+    exp = a.branch("exp")
+    small, writer = (a, exp) if shrinker == "ours" else (exp, a)
+    small.resize((6, 3))
+    small.commit("shrunk")
+    writer[7, 1] = 71  # chunk (1, 0): beyond the row edge
+    writer[2, 3] = 23  # chunk (0, 1): beyond the column edge
+    writer[5, 2] = 52  # chunk (1, 1): inside ...
+    writer[5, 3] = 53  # ... and beyond the column edge in the same chunk
+    writer.commit("written")
+    a.merge("exp")
+    want = np.zeros((10, 4), "int64")
+    want[:4, :2] = 1
+    want[5, 2] = 52
+    np.testing.assert_array_equal(np.asarray(hd.load("t/me", storage=any_root)), want[:6, :3])
+    a.resize((10, 4))
+    np.testing.assert_array_equal(np.asarray(a), want)
+    a.commit("regrown")
+    np.testing.assert_array_equal(np.asarray(hd.load("t/me", storage=any_root)), want)
+
+
 def test_sharded_resize_and_append(any_root):
     a = hd.array((0, 4), "t/sh", dtype="int64", chunks=(2, 4), shards=(4, 4), storage=any_root)
     for o in range(3):

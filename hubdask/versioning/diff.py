@@ -59,6 +59,20 @@ def chunk_region(meta: dict, coords: tuple[int, ...]) -> tuple[slice, ...]:
     return tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(coords, chunks, shape))
 
 
+def outside(coords: tuple[int, ...], chunks: tuple[int, ...], shape: tuple[int, ...]) -> list[tuple[slice, ...]]:
+    """The parts of chunk ``coords`` past ``shape``: the whole chunk if it lies wholly outside, else one
+    slab per axis that the shape cuts (an empty list for a chunk inside). A shrink resets these parts to the
+    fill value and a merge into a smaller shape rewrites them so, so that growing again reads the fill value."""
+    box = [(j * c, (j + 1) * c) for j, c in zip(coords, chunks)]
+    if any(lo >= n for (lo, _), n in zip(box, shape)):
+        return [tuple(slice(lo, hi) for lo, hi in box)]
+    out = []
+    for axis, ((lo, hi), n) in enumerate(zip(box, shape)):
+        if hi > n:
+            out.append(tuple(slice(n, hi) if i == axis else slice(a, b) for i, (a, b) in enumerate(box)))
+    return out
+
+
 def diff(repo: Repository, other: str | None, ref: str) -> list[Change]:
     """Changes from ``other`` (default: the base commit of ``ref``) to ``ref``, sorted by key."""
     new = repo.resolve(ref)

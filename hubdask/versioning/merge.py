@@ -15,12 +15,16 @@ commit's own node, which no writer ever touches.
 Shapes are metadata and merge first: a side that resized (or appended) while the other did not gives
 the merged shape, and the chunks are then merged element-wise within it (a state whose shape ends
 before a chunk's region reads there as the fill value); chunks wholly outside the merged shape stop
-counting. Both sides changing the shape differently (e.g. both appended along the same axis) is a
+counting; an edge chunk the merged shape cuts is rewritten with only what lies inside when the side it
+comes from holds values past that edge (the parts a shrink resets), so a later grow reads the fill value
+there. Both sides changing the shape differently (e.g. both appended along the same axis) is a
 ConflictError naming both shapes; ``strategy="ours"`` keeps our shape, ``"theirs"`` takes theirs, and
 in both the elements are merged as for any chunk (the strategy side wins where both changed one).
 """
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import zarr
@@ -28,7 +32,7 @@ import zarr
 from hubdask.errors import ConflictError, NotFoundError
 from hubdask.storage import sync
 from hubdask.versioning import layout
-from hubdask.versioning.diff import chunk_region, parse_chunk_key
+from hubdask.versioning.diff import chunk_region, outside, parse_chunk_key
 from hubdask.versioning.repository import MergeSpec, Repository
 from hubdask.versioning.store import VersionedStore, node_versions, put_version
 
@@ -73,8 +77,6 @@ def _open_changes(repo: Repository, node: str) -> ChunkMap:
 
 def _shapes(ours: bytes | None, theirs: bytes | None, base: bytes | None) -> tuple | None:
     """(our shape, their shape, the base's) when two versions of array metadata differ in shape, else None."""
-    import json
-
     try:
         got = [tuple(json.loads(m)["shape"]) if m else None for m in (ours, theirs, base)]
     except (ValueError, KeyError, TypeError):
@@ -101,6 +103,17 @@ class _Plan:
         out[tuple(slice(0, i.stop - i.start) for i in inside)] = arr[inside]
         return out
 
+    def _past_edge(self, side: ChunkMap, path: str, coords: tuple, grid: tuple, merged: tuple) -> bool:
+        """Whether the chunk at ``coords`` as ``side`` holds it may have values past the merged shape: the
+        side's shape reaches into a part of it that the merged shape cuts (``outside``, as a shrink resets).
+        Such a chunk is rewritten holding only what lies inside, so growing later reads the fill value."""
+        meta_key = f"{path}/zarr.json" if path else "zarr.json"
+        raw = self._bytes(meta_key, side.get(meta_key))
+        if raw is None:
+            return False
+        shape = json.loads(raw)["shape"]
+        return any(all(s.start < n for s, n in zip(sel, shape)) for sel in outside(coords, grid, merged))
+
     def _bytes(self, key: str, held_by: str | None) -> bytes | None:
         return None if held_by is None else self.repo.root.get(layout.object_key(self.repo.ds, key, held_by))
 
@@ -115,6 +128,7 @@ class _Plan:
                 mo[k] = h
         mb, mt = self.mb, self.mt
         out: ChunkMap = dict(node_changes)
+        sides = {"ours": dict(mo), "theirs": mt}  # before the metadata merge: each side's own shapes
         conflicts: dict[str, int] = {}
         keys = sorted(set(mo) | set(mt) | set(mb))
         # metadata first: the merged shape is what every chunk below is merged within
@@ -157,13 +171,20 @@ class _Plan:
                 if ho is not None:  # wholly outside the merged shape: it stops counting, as after a resize
                     out[key] = None
                 continue
-            if ho == ht or ht == hb:
-                continue
-            if ho == hb:
-                out[key] = ht  # changed on their side only: taken by reference
-                continue
             region = chunk_region({"shape": zo.shape, "chunk_grid": {"configuration": {"chunk_shape": grid_shape}}},
                                   coords)
+            if ho == ht:
+                continue
+            kept = "ours" if ht == hb else "theirs" if ho == hb else None
+            if kept is not None:  # changed on one side only: taken by reference unless the shape cut it
+                if kept == "theirs":
+                    out[key] = ht
+                held = ho if kept == "ours" else ht
+                if (held is not None and commit_node is not None
+                        and self._past_edge(sides[kept], path, coords, grid_shape, zo.shape)):
+                    values = zo[region] if kept == "ours" else self._read(mt, path, region)
+                    out[key] = self._write_merged(commit_node, path, key, region, values, mo)
+                continue
             b, o, t = self._read(mb, path, region), zo[region], self._read(mt, path, region)
             changed_o, changed_t = _differs(o, b), _differs(t, b)
             clash = changed_o & changed_t & _differs(o, t)
