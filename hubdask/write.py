@@ -176,9 +176,9 @@ def _write_through_zarr(src: Source, sel: tuple, data: np.ndarray) -> None:
 
 
 class SealedWhileStoring(ConflictError):
-    """A commit sealed the open node while ``hd.store`` wrote into it: some of its writes may be missing
-    from the branch. ``hd.store`` (compute=True) stores again at the new head; a caller computing the
-    lazy job itself gets this error and should store again."""
+    """A commit sealed the open node while a store job wrote into it: some of its writes may be missing
+    from the branch. ``store_all`` (hd.store with compute=True, dataset writes) stores again at the new
+    head; a caller computing the lazy job itself gets this error and should store again."""
 
 
 def _write_block(block: np.ndarray, src: Source, offset: tuple[int, ...], shape: tuple[int, ...],
