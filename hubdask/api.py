@@ -276,8 +276,7 @@ def store(source: Any, target: str | Array, region: Any = None, *, storage: Stor
     """
     import dask.array as da
 
-    from hubdask import progress as _progress
-    from hubdask.write import store as plan
+    from hubdask.write import store as plan, store_all
 
     if not isinstance(source, da.Array):
         source = da.from_array(np.asarray(source), chunks="auto")
@@ -290,18 +289,10 @@ def store(source: Any, target: str | Array, region: Any = None, *, storage: Stor
                            storage=root)
     if grow:
         target = _grown(target, region, lock)
-    from hubdask.write import SealedWhileStoring
-
-    while True:
-        job = plan(source, target, region, lock=lock)
-        if not compute:
-            return job
-        try:
-            _progress.compute(job, progress)
-            return target
-        except SealedWhileStoring:  # a commit sealed the node mid-store: store again at the new head
-            src = target.frozen_view.source
-            target._source = src.at_head(repository(src.root, src.ds).after_write(src.branch, src.node))
+    if not compute:
+        return plan(source, target, region, lock=lock)
+    store_all([(source, target, region)], lock=lock, progress=progress)
+    return target
 
 
 def _grown(target: Array, region: Any, lock: bool | str | None) -> Array:

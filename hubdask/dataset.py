@@ -177,10 +177,9 @@ def write_data(ds: Dataset, specs: list[ArraySpec], progress: bool | None) -> bo
     """Write the data of ``specs`` that carry some into ``ds``'s branch, in parallel; True if any did."""
     import dask.array as da
 
-    from hubdask import progress as _progress
-    from hubdask.write import store
+    from hubdask.write import store_all
 
-    jobs = []
+    stores = []
     for spec in specs:
         if spec.data is None:
             continue
@@ -189,7 +188,7 @@ def write_data(ds: Dataset, specs: list[ArraySpec], progress: bool | None) -> bo
             data = data.to_dask()
         elif not isinstance(data, da.Array):
             data = da.from_array(data, chunks=spec.shards or spec.chunks)
-        jobs.append(store(data, ds[spec.key]))
-    if jobs:
-        _progress.compute(jobs, progress)
-    return bool(jobs)
+        stores.append((data, ds[spec.key], None))
+    if stores:
+        store_all(stores, progress=progress)
+    return bool(stores)

@@ -176,9 +176,9 @@ def _write_through_zarr(src: Source, sel: tuple, data: np.ndarray) -> None:
 
 
 class SealedWhileStoring(ConflictError):
-    """A commit sealed the open node while ``hd.store`` wrote into it: some of its writes may be missing
-    from the branch. ``hd.store`` (compute=True) stores again at the new head; a caller computing the
-    lazy job itself gets this error and should store again."""
+    """A commit sealed the open node while a store job wrote into it: some of its writes may be missing
+    from the branch. ``store_all`` (hd.store with compute=True, dataset writes) stores again at the new
+    head; a caller computing the lazy job itself gets this error and should store again."""
 
 
 def _write_block(block: np.ndarray, src: Source, offset: tuple[int, ...], shape: tuple[int, ...],
@@ -284,3 +284,26 @@ def store(source: "da.Array", target: "Viewable", region: tuple[slice, ...] | No
     name = f"settle-{written.name}"
     layer = {(name,): (_settle_store, written.__dask_keys__(), src, what)}
     return da.Array(HighLevelGraph.from_collections(name, layer, dependencies=[written]), name, (), dtype=np.int64)
+
+
+def store_all(stores: list[tuple["da.Array", "Viewable", Any]], *, lock: bool | str | None = None,
+              progress: bool | None = None) -> None:
+    """Plan and compute every ``(source, target, region)`` store together (hd.store, dataset writes).
+
+    When a commit sealed a target's node mid-store (``SealedWhileStoring``), each target (an ``hd.Array``)
+    is moved to its branch's new head and the stores run again: a store rewrites the same values, so
+    repeating one is safe and leaves none of its writes missing from the branch.
+    """
+    from hubdask import progress as _progress
+
+    while True:
+        jobs = [store(source, target, region, lock=lock) for source, target, region in stores]
+        try:
+            _progress.compute(jobs, progress)
+            return
+        except SealedWhileStoring:
+            for _, target, _ in stores:
+                src = view_of(target).source
+                head = repository(src.root, src.ds).after_write(src.branch, src.node)
+                if head is not None:
+                    target._source = src.at_head(head)

@@ -127,3 +127,32 @@ def test_checkout_reopens_the_same_kind_at_the_ref(tmp_path):
     assert isinstance(whole, hd.Dataset) and sorted(whole.keys()) == ["images", "labels"]
     with pytest.raises(hd.NotFoundError, match="nope"):
         ds.checkout("nope")
+
+
+def test_dataset_writes_repeat_when_a_commit_seals_the_node_mid_write(root, monkeypatch):
+    from hubdask import write
+
+    images = np.random.default_rng(3).integers(0, 255, (32, 4), dtype=np.uint8)
+    labels = np.arange(32)
+    committed: list = []
+    real = write.write_once
+
+    def then_commit(src, *args, **kwargs):
+        created = real(src, *args, **kwargs)
+        if not committed:  # a second actor commits right after the first block of the dataset's data landed
+            other = hd.load("ml/sealed", storage=root)
+            committed.append((other.commit("mid-write"), {k: a.read() for k, a in other.arrays.items()}))
+        return created
+
+    monkeypatch.setattr(write, "write_once", then_commit)
+    ds = hd.dataset("ml/sealed", images=dict(data=images, chunks=(4, 4)), labels=dict(data=labels, chunks=(8,)),
+                    storage=root)
+    again = hd.load("ml/sealed", storage=root)
+    np.testing.assert_array_equal(again["images"].read(), images)  # every block on the branch
+    np.testing.assert_array_equal(again["labels"].read(), labels)
+    assert [c.message for c in ds.log()] == ["ingest images, labels", "mid-write", "created"]
+    cid, seen = committed[0]
+    at_commit = hd.load(f"ml/sealed:{cid}", storage=root)
+    for key, values in seen.items():  # the commit made mid-write unchanged
+        np.testing.assert_array_equal(at_commit[key].read(), values)
+    np.testing.assert_array_equal(hd.load(f"ml/sealed:{ds.log()[0].id}", storage=root)["images"].read(), images)
