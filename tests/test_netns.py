@@ -135,13 +135,7 @@ class NamespacedMoto(MotoServer):
         raise TimeoutError(f"moto server at {self.endpoint} did not start:\n{self.log_tail()}")
 
 
-CLIENT = """
-import json, sys, time, urllib.request
-import numpy as np
-import hubdask as hd
-from distributed import Client
-
-endpoint, scheduler, root = sys.argv[1:4]
+BUCKET_READY = """
 deadline = time.monotonic() + 60
 while True:  # the S3 server is on another host: wait until it answers
     try:
@@ -153,6 +147,16 @@ while True:  # the S3 server is on another host: wait until it answers
         time.sleep(0.2)
 import boto3
 boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="hub")
+"""  # the clients' first lines after their arguments: the S3 server answers, the bucket exists
+
+CLIENT = """
+import json, sys, time, urllib.request
+import numpy as np
+import hubdask as hd
+from distributed import Client
+
+endpoint, scheduler, root = sys.argv[1:4]
+""" + BUCKET_READY + """
 
 rows, cols = 64, 512
 a = hd.array((rows, cols), "lab/shared", dtype="int64", chunks=(16, cols), storage=root)
@@ -258,17 +262,7 @@ import hubdask as hd
 from distributed import Client
 
 endpoint, scheduler, root, batches, rows = sys.argv[1], sys.argv[2], sys.argv[3], *map(int, sys.argv[4:6])
-deadline = time.monotonic() + 60
-while True:
-    try:
-        urllib.request.urlopen(endpoint + "/moto-api/data.json", timeout=2).read()
-        break
-    except OSError:
-        if time.monotonic() > deadline:
-            raise
-        time.sleep(0.2)
-import boto3
-boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="hub")
+""" + BUCKET_READY + """
 hd.array((0, 4), "lab/grow", dtype="int64", chunks=(8, 4), storage=root)
 
 def append(b):  # on a worker: coordinated through the scheduler's locks
