@@ -10,7 +10,9 @@ listed before is deleted only if nothing reaches it at the later reading of the 
 never makes an unreached old object reachable again (a commit names versions of the open node that gc
 keeps, or of its own node that the seal protects). Nodes younger than ``grace`` seconds are spared
 all the same (a branch being created). Seal markers are kept: late writers rely on them. Temp files of
-interrupted writes (``*.partial``) older than ``grace`` are removed.
+interrupted writes (``*.partial``) older than ``grace`` are removed, and so are the claims of claim
+windows that have a floor record (what a trimmer that died between its floor and its deletes left): no
+such claim can be accepted or is read, whenever gc runs; claims of a window without a floor are kept.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ def gc(repo: Repository, dry_run: bool = True, grace: float = 3600.0) -> GCRepor
         elif cid not in commits and not _young(cid, cutoff):
             report.unreachable.append(full[len(base):])
     report.unreachable += _stale_temp_refs(repo, cutoff)
+    report.unreachable += [k[len(base):] for k in refs.swept_claims(repo.root, repo.ds)]
     report.unreachable.sort()
     if not dry_run:
         repo.root.delete_many([base + rel for rel in report.unreachable])

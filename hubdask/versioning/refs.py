@@ -40,6 +40,15 @@ always resolves.
 A crash before a mark leaves the safe answer (look in the node). Datasets made before claims have head
 records ``SEQ`` in the folder itself; they are read (GET) where no name says more. Temp files of an
 interrupted create (``*.partial``) are never read as records.
+
+A branch name keeps one sequence of heads for ever, across deletions. Deleting a branch claims the next
+head as a tombstone (``SEQ.deleted.-``, its claim saying who deleted it: the branch, or the whole
+dataset), after sealing the open node as deleted; creating the branch again claims the number after
+the tombstone (only a name never used starts at head 0). So the claim log and its floors are never
+deleted, a committer stalled before its claim meets a taken number (the tombstone's, or a later
+one's) or a floor, and a late head record or claim of a deleted incarnation is older than the
+tombstone, which readers take as the branch's newest head: the branch stays deleted, or resolves to
+its new incarnation. A deleted dataset keeps these records (and its seals) for the same reason.
 """
 
 from __future__ import annotations
@@ -64,6 +73,7 @@ KEEP = 2  # head records kept: the newest and the one before it
 LIST_TRIES = 3
 TRIM_EVERY = 64  # every TRIM_EVERY-th head trims the claim log
 CLAIMS_KEPT = 16  # claims kept below the trimming head (readers need the newest one or two)
+DELETED = "deleted"  # the node of a tombstone head (node ids are hex)
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,11 @@ class Head:
     written: bool = True  # the open node may hold writes (False: the listing proved it empty)
     meta: bool = False  # the open node may hold new metadata (a resize or append: its meta mark was listed)
     listing: "_Listing | None" = dataclasses.field(default=None, compare=False, repr=False)  # what it was read from
+
+    @property
+    def deleted(self) -> bool:
+        """A tombstone: the branch was deleted at this head."""
+        return self.node == DELETED
 
 
 def written_key(ds: str, branch: str, node: str, many: bool = False) -> str:
@@ -209,13 +224,13 @@ def read_head(root: Root, ds: str, branch: str) -> Head | None:
     record when its name copy is missing or ambiguous)."""
     for _ in range(LIST_TRIES):
         listing = _list(root, ds, branch)
-        for seq in reversed(listing.seqs):  # a half-deleted branch may lack its newest record: the newest readable
-            named = listing.pointers.get(seq, [])
-            head = Head(branch, seq, *named[0]) if len(named) == 1 else read_head_at(root, ds, branch, seq)
-            if head is not None:
-                _seen(root, ds, branch, seq)
-                return dataclasses.replace(head, written=head.node in listing.marked, meta=head.node in listing.meta,
-                                           listing=listing)
+        head = _newest(root, ds, branch, listing)
+        if head is not None:
+            _seen(root, ds, branch, head.seq)
+            if head.deleted:
+                return None
+            return dataclasses.replace(head, written=head.node in listing.marked, meta=head.node in listing.meta,
+                                       listing=listing)
     return _from_claims(root, ds, branch)
 
 
@@ -248,16 +263,29 @@ def _from_claims(root: Root, ds: str, branch: str) -> Head | None:
     while (nxt := read_head_at(root, ds, branch, head.seq + 1)) is not None:
         head = nxt
     _seen(root, ds, branch, head.seq)
-    return dataclasses.replace(head, written=True, meta=True)
+    return None if head.deleted else dataclasses.replace(head, written=True, meta=True)
 
 
 def read_head_at(root: Root, ds: str, branch: str, seq: int) -> Head | None:
-    """Head record number ``seq`` of ``branch`` (None if it does not exist)."""
+    """Head record number ``seq`` of ``branch`` (None if it does not exist; a tombstone is a Head)."""
+    rec = _record_at(root, ds, branch, seq)
+    return None if rec is None else Head(branch, seq, rec["node"], rec["base"])
+
+
+def tombstone_at(root: Root, ds: str, branch: str, seq: int) -> dict | None:
+    """What deleted ``branch`` at head ``seq`` (``{"deleted": True}`` and, for a branch alone, its name),
+    or None if head ``seq`` is no tombstone."""
+    rec = _record_at(root, ds, branch, seq)
+    if rec is None or rec["node"] != DELETED:
+        return None
+    return rec.get("deleted") or {"deleted": True}
+
+
+def _record_at(root: Root, ds: str, branch: str, seq: int) -> dict | None:
     for key in (claim_key(ds, branch, seq), record_key(ds, branch, seq)):  # a claim, or a legacy record
         raw = root.get(key)
         if raw is not None:
-            rec = parse_record(raw, ds, key, ("node", "base"))
-            return Head(branch, seq, rec["node"], rec["base"])
+            return parse_record(raw, ds, key, ("node", "base"))
     return None
 
 
@@ -274,7 +302,7 @@ def parse_record(raw: bytes, ds: str, key: str, fields: tuple[str, ...]) -> dict
 
 
 def write_head(root: Root, ds: str, branch: str, seq: int, node: str, base: str | None,
-               prior: _Listing | None = None) -> Head | None:
+               prior: _Listing | None = None, deleted: dict | None = None) -> Head | None:
     """Claim head ``seq`` (open node ``node`` on commit ``base``), then name it in the branch's folder;
     the new head, or None if another writer claimed it first (the branch moved) or the number is below
     the claim log's floor (this writer is stale): a creator however late can never win a number twice.
@@ -282,12 +310,17 @@ def write_head(root: Root, ds: str, branch: str, seq: int, node: str, base: str 
     ``prior``: the listing head ``seq - 1`` was read from, pruned in the round trip that names the new
     head (without it the folder is listed first); the new head carries what the folder then holds, as
     far as this process knows. A loser that finds the branch still behind the claim names the winner's
-    head (``name_claim``: its creator died between the claim and the name)."""
+    head (``name_claim``: its creator died between the claim and the name).
+
+    ``deleted``: claim a tombstone instead (node DELETED, no base), recording what deleted the branch."""
+    if deleted is not None:
+        node, base = DELETED, None
     # head 0 is recorded in the folder itself, where listing finds it even if its creator died before
     # naming it (a half-made branch or dataset is then seen, and finished or cleared); being never moved
     # to, it needs no claim that outlives the pruning of its record
     claim = claim_key(ds, branch, seq) if seq else record_key(ds, branch, 0)
-    if not root.create(claim, json.dumps({"node": node, "base": base}).encode()):
+    record = {"node": node, "base": base} if deleted is None else {"node": node, "base": base, "deleted": deleted}
+    if not root.create(claim, json.dumps(record).encode()):
         return None
     listing = prior if prior is not None else _list(root, ds, branch)
     name = _pointer_key(ds, branch, seq, node, base)
@@ -357,16 +390,36 @@ def _prune(root: Root, ds: str, branch: str, seq: int, node: str, listing: _List
     return [k for k in listing.keys if k not in set(gone)] + [also_put], floored
 
 
-def start_branch(root: Root, ds: str, branch: str, node: str, base: str | None) -> bool:
-    """Create ``branch``'s first head record (open node ``node`` on commit ``base``); False if the branch
-    exists. A create whose response was lost but that landed counts as ours (the record names ``node``)."""
-    if write_head(root, ds, branch, 0, node, base) is not None:
-        return True
+def start_branch(root: Root, ds: str, branch: str, node: str, base: str | None) -> Head | None:
+    """Create ``branch``'s first head (open node ``node`` on commit ``base``): head 0 for a name never
+    used, else the number after the tombstone of its last deletion; None if the branch exists. A
+    create whose response was lost but that landed counts as ours (the record names ``node``)."""
+    listing = _list(root, ds, branch)
+    top = _newest(root, ds, branch, listing)
+    if top is not None and not top.deleted:
+        return top if top.node == node else None
+    seq = 0 if top is None else top.seq + 1
+    made = write_head(root, ds, branch, seq, node, base, prior=listing)
+    if made is not None:
+        return made
+    if seq:
+        name_claim(root, ds, branch, seq)  # another creator, perhaps one that died before naming it
     head = read_head(root, ds, branch)
     if head is None or head.node != node:
-        return False
-    name_head(root, ds, branch, 0, node, base)
-    return True
+        return None
+    name_head(root, ds, branch, head.seq, node, base)
+    return head
+
+
+def _newest(root: Root, ds: str, branch: str, listing: _Listing) -> Head | None:
+    """The newest readable head that ``listing`` shows, tombstones included (None: a name never used, or
+    a listing that missed every name); a half-deleted branch may lack its newest record."""
+    for seq in reversed(listing.seqs):
+        named = listing.pointers.get(seq, [])
+        head = Head(branch, seq, *named[0]) if len(named) == 1 else read_head_at(root, ds, branch, seq)
+        if head is not None:
+            return head
+    return None
 
 
 def name_head(root: Root, ds: str, branch: str, seq: int, node: str, base: str | None) -> None:
@@ -375,10 +428,46 @@ def name_head(root: Root, ds: str, branch: str, seq: int, node: str, base: str |
 
 
 def list_branches(root: Root, ds: str) -> list[str]:
-    """Branches with at least one named head (one LIST; empty folders of deleted branches don't count)."""
+    """Branches whose newest named head is no tombstone (one LIST)."""
     prefix = layout.heads_prefix(ds)
-    found = (k[len(prefix):].split("/") for k in root.list_prefix(prefix) if not layout.is_temp(k))
-    return sorted({parts[0] for parts in found if len(parts) == 2 and parts[1].split(".")[0].isdigit()})
+    newest: dict[str, tuple[int, bool]] = {}
+    for k in root.list_prefix(prefix):
+        parts = k[len(prefix):].split("/")
+        if layout.is_temp(k) or len(parts) != 2 or not parts[1].split(".")[0].isdigit():
+            continue
+        fields = parts[1].split(".")
+        head = (int(fields[0]), len(fields) == 3 and fields[1] == DELETED)
+        if head > newest.get(parts[0], (-1, False)):
+            newest[parts[0]] = head
+    return sorted(b for b, (_, deleted) in newest.items() if not deleted)
+
+
+def lasting(ds: str, key: str) -> bool:
+    """Whether ``key`` is a ref record that outlives the deletion of its branch or dataset: the claim log
+    (claims and floors) and the head names (a tombstone among them); not marks, tags, temp files."""
+    rel = key[len(layout.base(ds)):]
+    if layout.is_temp(rel):
+        return False
+    if rel.startswith("refs/log/"):
+        return True
+    parts = rel.split("/")
+    return rel.startswith("refs/heads/") and len(parts) == 4 and parts[3].split(".")[0].isdigit()
+
+
+def swept_claims(root: Root, ds: str) -> list[str]:
+    """Claims of windows that have a floor record (no such claim can be accepted, none is read): what a
+    trimmer that died between its floor and its deletes, or a stale claimer that died before removing
+    its refused claim, left. Claims of windows without a floor are never returned."""
+    prefix = f"{layout.base(ds)}refs/log/"
+    keys = [k for k in root.list_prefix(prefix) if not layout.is_temp(k)]
+    floors = {(k.rsplit("/", 1)[0], int(k.rsplit("floor-", 1)[1])) for k in keys
+              if k.rsplit("/", 1)[1].startswith("floor-")}
+    out = []
+    for k in keys:
+        folder, _, name = k.rpartition("/")
+        if name.isdigit() and (folder, int(name) // TRIM_EVERY) in floors:
+            out.append(k)
+    return out
 
 
 def list_tags(root: Root, ds: str) -> dict[str, str]:

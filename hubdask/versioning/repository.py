@@ -115,13 +115,13 @@ class Repository:
         write_initial(VersionedStore(self.root, self.ds, {}, node))
         changes = self._node_changes(node)
         self.graph.write(self.graph.make(node, (), message, changes))
-        first = new_node_id()
-        if not refs.start_branch(self.root, self.ds, branch, first, node):
+        head = refs.start_branch(self.root, self.ds, branch, new_node_id(), node)
+        if head is None:
             raise AlreadyExistsError(f"dataset {self.ds!r} already exists in {self.root.url}")
         marker = {"format": FORMAT, "created": time.time(), "default_branch": branch}
         self.root.put(layout.marker_key(self.ds), json.dumps(marker).encode())
         self._marker = marker
-        return State(branch, node, refs.Head(branch, 0, first, node, written=False))
+        return State(branch, node, head)
 
     def _clear_debris(self) -> None:
         """Objects left by a creation that crashed before its marker (no marker, heads older than
@@ -130,8 +130,30 @@ class Repository:
         if not heads:
             return
         if all(h is not None and time.time() - node_time(h.node) > self.DEBRIS_AGE for h in heads):
-            keys = [k for k in self.root.list_prefix(layout.base(self.ds)) if "/seals/" not in k]
-            self.root.delete_many(keys)
+            for h in heads:
+                self._bury(h, {"deleted": True})
+            self.root.delete_many(self._doomed())
+
+    def _doomed(self) -> list[str]:
+        """The objects a deletion of the dataset removes: all but the seals (late writers read them) and
+        the ref records that outlive a branch (refs.lasting: they refuse stale claims)."""
+        base = layout.base(self.ds)
+        return [k for k in self.root.list_prefix(base)
+                if not k[len(base):].startswith("seals/") and not refs.lasting(self.ds, k)]
+
+    def _bury(self, head: refs.Head, why: dict) -> None:
+        """Delete ``head``'s branch: seal its open node as deleted (``why``: a late writer then learns
+        that its write is not kept, and a committer that last moved the branch there cannot take it for
+        open), then claim the next head as a tombstone. A branch that moved first (a commit won the
+        number) is sealed and buried at its new head; one another deleter buried is left as it is."""
+        while head is not None:
+            self.root.create(layout.seal_key(self.ds, head.node), json.dumps(why).encode())
+            seq = head.seq + 1
+            if refs.write_head(self.root, self.ds, head.branch, seq, "", None, prior=head.listing,
+                               deleted=why) is not None:
+                return
+            refs.name_claim(self.root, self.ds, head.branch, seq)  # its winner may have died before naming it
+            head = self.read_head(head.branch)
 
     def default_branch(self) -> str:
         """The branch a name without ':REF' means: the dataset's first branch (``main`` unless named)."""
@@ -364,7 +386,12 @@ class Repository:
             with self._lock:
                 self._made[branch] = moved
             return rec.id, moved
+        tombstone = refs.tombstone_at(self.root, self.ds, branch, head.seq + 1)
+        if tombstone is not None:
+            raise NotFoundError(f"{_deleted(self.ds, tombstone)} while committing; the commit was not kept")
         now = self.read_head(branch)
+        if now is None:
+            self._head(branch)  # NotFoundError: the branch or the dataset was deleted meanwhile
         if now is not None and now.seq <= head.seq and refs.name_claim(self.root, self.ds, branch, head.seq + 1):
             now = self.read_head(branch)  # the winner died before naming its head (or is about to name it)
         if now is not None and self._holds(now.base, rec):
@@ -418,8 +445,7 @@ class Repository:
     def create_branch(self, name: str, commit: str | None) -> None:
         check_part(name, "branch", f"{self.ds}:{name}")
         self._check_free(name)
-        node = new_node_id()
-        if not refs.start_branch(self.root, self.ds, name, node, commit):
+        if refs.start_branch(self.root, self.ds, name, new_node_id(), commit) is None:
             raise AlreadyExistsError(f"dataset {self.ds!r} already has a branch {name!r}")
 
     def create_tag(self, name: str, commit: str) -> None:
@@ -427,6 +453,9 @@ class Repository:
         self._check_free(name)
         if not refs.write_tag(self.root, self.ds, name, commit) and refs.read_tag(self.root, self.ds, name) != commit:
             raise AlreadyExistsError(f"dataset {self.ds!r} already has a tag {name!r}")
+        if not self.exists(refresh=True):  # a deletion began before the tag landed: its LIST may have missed it
+            self.root.delete(layout.tag_key(self.ds, name))
+            raise NotFoundError(f"dataset {self.ds!r} was deleted while tagging {name!r}; the tag was not kept")
 
     def _check_free(self, name: str) -> None:
         if refs.read_head(self.root, self.ds, name) is not None:
@@ -443,11 +472,7 @@ class Repository:
         if name == self.default_branch():
             raise ConflictError(f"dataset {self.ds!r}: {name!r} is the default branch (what a name without "
                                 ":REF opens); it cannot be deleted while the dataset exists")
-        # sealed first, like a deleted dataset's nodes: a late writer then learns that its write is not
-        # kept, and a committer that last moved the branch there cannot take it for open (commit_head)
-        self.root.create(layout.seal_key(self.ds, head.node), json.dumps({"deleted": True, "branch": name}).encode())
-        self.root.delete_prefix(layout.head_prefix(self.ds, name))
-        self.root.delete_prefix(layout.head_log_prefix(self.ds, name))  # after the names: a name never outlives its claim
+        self._bury(head, {"deleted": True, "branch": name})
 
     def delete_tag(self, name: str) -> None:
         if refs.read_tag(self.root, self.ds, name) is None:
@@ -455,15 +480,16 @@ class Repository:
         self.root.delete(layout.tag_key(self.ds, name))
 
     def delete(self) -> int:
-        """Delete the dataset: its open nodes are sealed as deleted first (a writer holding a stale
-        handle then fails with NotFoundError instead of writing where nobody reads), then the marker,
-        then every other object of the dataset (the seals stay: they are what tells late writers)."""
+        """Delete the dataset: every branch is buried first (its open node sealed as deleted: a writer
+        holding a stale handle then fails with NotFoundError instead of writing where nobody reads; a
+        tombstone head: a stalled committer cannot move a dataset created under the name later), then
+        the marker, then every other object but the seals and the ref records that outlive it."""
         for branch in self.branches():
             head = self.read_head(branch)
             if head is not None:
-                self.root.put(layout.seal_key(self.ds, head.node), json.dumps({"deleted": True}).encode())
+                self._bury(head, {"deleted": True})
         self.root.delete(layout.marker_key(self.ds))
-        keys = [k for k in self.root.list_prefix(layout.base(self.ds)) if "/seals/" not in k[len(self.ds):]]
+        keys = self._doomed()
         self.root.delete_many(keys)
         self._marker = None
         return len(keys) + 1
