@@ -186,15 +186,19 @@ def test_a_merge_racing_a_writer_keeps_both(tmp_path, monkeypatch, instant):
 
 def test_a_stale_handle_cannot_write_into_a_deleted_dataset(any_root):
     """Defect 5: a handle loaded before hd.delete writes afterwards: NotFoundError naming the dataset,
-    and nothing is left in storage but the seals that told the writer."""
+    and nothing is left in storage but the seals that told the writer and the ref records that refuse
+    late claims (refs.lasting: the claim log, the head names ending in a tombstone)."""
     a = hd.array((8,), name="p/gone", dtype="int32", chunks=(4,), storage=any_root)
     a[:] = 1
     stale = hd.load("p/gone", storage=any_root)
     hd.delete("p/gone", storage=any_root)
     with pytest.raises(hd.NotFoundError, match="p/gone"):
         stale[0:4] = 7
+    from hubdask.versioning import refs
+
     left = open_root(any_root).list_prefix("p/gone/")
-    assert left and all("/@hub/seals/" in k for k in left), left
+    assert left and all("/@hub/seals/" in k or refs.lasting("p/gone", k) for k in left), left
+    assert any(k.endswith(".deleted.-") for k in left) and not any("/nodes/" in k or "/commits/" in k for k in left)
     with pytest.raises(hd.NotFoundError, match="p/gone"):
         hd.load("p/gone", storage=any_root)
 

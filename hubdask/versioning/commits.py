@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from hubdask.errors import CorruptionError, NotFoundError
 from hubdask.storage import Root
+from hubdask.versioning import layout
 from hubdask.versioning.layout import commit_key
 
 ChunkMap = dict[str, str | None]
@@ -123,13 +124,20 @@ class CommitGraph:
         self._records[commit.id] = commit
         return commit
 
+    def _missing(self, cid: str) -> NotFoundError:
+        """The error for a commit record that is not there: its dataset was deleted (its marker is gone),
+        or the store was modified outside hubdask."""
+        if self.root.get(layout.marker_key(self.ds)) is None:
+            return NotFoundError(f"dataset {self.ds!r} was deleted (commit {cid} went with it)")
+        return NotFoundError(f"dataset {self.ds!r}: commit {cid} is missing from storage")
+
     def chain(self, commit_id: str | None) -> list[Commit]:
         """First-parent history, newest first."""
         out = []
         while commit_id is not None:
             rec = self.get(commit_id)
             if rec is None:
-                raise NotFoundError(f"dataset {self.ds!r}: commit {commit_id} is missing from storage")
+                raise self._missing(commit_id)
             out.append(rec)
             commit_id = rec.parents[0] if rec.parents else None
         return out
@@ -150,7 +158,7 @@ class CommitGraph:
                     break
             rec = self.get(cid)
             if rec is None:
-                raise NotFoundError(f"dataset {self.ds!r}: commit {cid} is missing from storage")
+                raise self._missing(cid)
             chain.append(rec)
             cid = rec.parents[0] if rec.parents and not rec.full else None
         for rec in reversed(chain):
