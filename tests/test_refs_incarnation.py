@@ -289,3 +289,48 @@ def test_gc_racing_a_live_committer_sweeps_only_below_the_floor(any_root, monkey
     monkeypatch.setattr(refs, "_list", lambda root, ds, branch: refs._parse_listing(ds, branch, []))
     head = refs.read_head(root, "p/inc", "main")
     assert head is not None and head.base == out[0]
+
+
+@pytest.mark.parametrize("deleted, where, op", [
+    ("dataset", "/refs/log/", "commit"), ("branch", "/refs/log/", "commit"), ("dataset", "/refs/tags/", "tag"),
+    ("dataset", "/nodes/", "write"), ("branch", "/nodes/", "write"), ("dataset", "/refs/heads/", "write")])
+def test_a_late_writer_whose_temp_file_the_deletion_removed_gets_not_found(tmp_path, monkeypatch, deleted, where, op):
+    """A local writer has written the temp file of its object (a claim, a tag, a chunk version, a
+    written mark) and not yet moved it into place when another process deletes the dataset or the
+    branch, removing the temp file with everything else: the writer must get NotFoundError saying what
+    was deleted (not StorageError, a normal return, or a missing commit), and nothing it wrote brings
+    the branch or the tag back."""
+    from hubdask.storage import files
+
+    root = str(tmp_path / "root")
+    a = hd.array((8,), name="p/inc", dtype="int32", chunks=(4,), storage=root)
+    a[:] = 1
+    a.commit("one")
+    exp = a.branch("exp")
+    if op != "write":
+        exp[0:2] = 5
+    real, hit = files._temp_beside, []
+
+    def temp_then_delete(path, parts):
+        tmp = real(path, parts)
+        if where in str(path) and not hit:
+            hit.append(str(path))
+            other_process(root, f'hd.delete("p/inc", storage={root!r})' if deleted == "dataset"
+                          else 'repo.delete_branch("exp")')
+        return tmp
+
+    monkeypatch.setattr(files, "_temp_beside", temp_then_delete)
+    said = "dataset 'p/inc' was deleted" if deleted == "dataset" else "branch 'exp' of dataset 'p/inc' was deleted"
+    with pytest.raises(hd.NotFoundError, match=said):
+        if op == "commit":
+            exp.commit("late")
+        elif op == "tag":
+            exp.tag("v1")
+        else:
+            exp[0:2] = 7
+    assert hit
+    monkeypatch.undo()
+    if deleted == "dataset":
+        hd.array((8,), name="p/inc", dtype="int32", chunks=(4,), storage=root)
+    now = hd.load("p/inc", storage=root)
+    assert now.branches == ["main"] and now.tags == {}
