@@ -161,7 +161,7 @@ class Array(Versioned):
                 raise
             self._view = self._view.current()  # another writer may have grown the array since
             landed = setitem(self._view, index, value)
-        self._view = self._view.at(landed)
+        self._view = self._view.reshaped(landed)  # the head it landed at may hold another's append
 
     # --- shape: versioned like the data (hubdask.grow) ----------------------------------------------
 
@@ -218,7 +218,7 @@ class Array(Versioned):
         src = self._seen if self._seen is not None and self._seen.branch == src.branch else src
         check = _in_thread(view.source.current)
         try:
-            out, failed = view.at(src).read(), None
+            out, failed = view.reshaped(src).read(), None
         except Exception as exc:  # e.g. a chunk of the old state collected since: decided below
             out, failed = None, exc
         now = self._seen = check.result()
@@ -226,7 +226,7 @@ class Array(Versioned):
             if failed is not None:
                 raise failed
             return out
-        return view.at(now).read()
+        return view.reshaped(now).read()  # a whole-array view follows a resize or append there
 
     def to_dask(self) -> da.Array:
         """A dask array with one task per storage chunk the view touches, at the branch's head now."""
