@@ -1082,6 +1082,7 @@ class Controller:
         self.next_uid = 1
         self.procs: dict[int, subprocess.Popen] = {}  # uid -> process
         self.stopped: dict[int, float] = {}            # uid -> when to SIGCONT
+        self.long: set[int] = set()                    # workers that had a long stop
         self.proxy_until: float | None = None
         self.flog = open(out / "faults.jsonl", "a", buffering=1)
         (out / "snapshots").mkdir(exist_ok=True)
@@ -1117,6 +1118,8 @@ class Controller:
             return
         kind = self.rng.choice(kinds)
         running = [u for u in self.alive() if u not in self.stopped]
+        if kind == "longstop" and (len(running) < 2 or any(u in self.long for u in self.stopped)):
+            kind = "stop"  # one long stop at a time, and never the last running worker
         if kind == "kill" and running:
             uid = self.rng.choice(running)
             self.fault(fault="kill", uid=uid)
@@ -1130,6 +1133,8 @@ class Controller:
             if self.cfg.scheduler:
                 hold = max(hold, self.cfg.lease_timeout * 2 + 1.0)  # past the lease and its validation
             self.fault(fault=kind, uid=uid, hold=round(hold, 2))
+            if kind == "longstop":
+                self.long.add(uid)
             self.procs[uid].send_signal(signal.SIGSTOP)
             self.stopped[uid] = time.monotonic() + hold
         elif kind == "kill_dask":
