@@ -47,13 +47,14 @@ def one_run(kind: str, args: argparse.Namespace, seconds: float) -> dict:
 
     work = Path(tempfile.mkdtemp(prefix=f"hubdask-torture-{kind}-"))
     os.environ["HUBDASK_CACHE"] = str(work / "cache")
-    faults = ("kill", "stop") + (("proxy",) if kind == "s3" else ()) + (("kill_dask",) if args.scheduler else ())
+    faults = (("kill", "stop") + (("longstop",) if not args.no_long_stops else ()) + (("proxy",) if kind == "s3" else ())
+              + (("kill_dask",) if args.scheduler else ()))
     try:
         with (s3_through_proxy() if kind == "s3" else contextlib.nullcontext((str(work / "root"), None))) as (root, proxy):
             cfg = torture.Config(root=root, workers=args.workers, seconds=seconds, seed=args.seed,
                                  faults=faults, fault_interval=args.fault_interval, scheduler=args.scheduler,
                                  separate_caches=kind == "s3" and not args.shared_cache,
-                                 late_landing=2.0 if kind == "s3" else 1.0)
+                                 late_landing=2.0 if kind == "s3" else 1.0, recreate=not args.no_recreate)
             print(f"\n== {kind}: {args.workers} workers, {seconds:.0f} s, faults {', '.join(faults)}"
                   f"{', one dask scheduler' if args.scheduler else ''} (run folder {work})", flush=True)
             started = time.monotonic()
@@ -79,6 +80,10 @@ def main() -> None:
     parser.add_argument("--scheduler", action="store_true", help="workers are clients of one dask scheduler")
     parser.add_argument("--shared-cache", action="store_true", help="on S3 too, one HUBDASK_CACHE for all workers")
     parser.add_argument("--keep", action="store_true", help="keep the run folders (histories, snapshots, report)")
+    parser.add_argument("--no-recreate", action="store_true",
+                        help="never delete and re-create the shared branch (a known hole while others commit to it)")
+    parser.add_argument("--no-long-stops", action="store_true",
+                        help="no SIGSTOP of 15-30 s (those let a busy branch's claim log be trimmed under a stale committer)")
     args = parser.parse_args()
     require_hubdask()
     runs = [one_run(kind, args, args.minutes * 60) for kind in args.roots.split(",")]
@@ -91,11 +96,13 @@ def main() -> None:
                             "by invariant (elements or refs in reads/commits/refs)"], rows)
     print("\n" + table)
     meta = dict(machine=machine(), workers=args.workers, seed=args.seed, scheduler=args.scheduler,
-                minutes=args.minutes)
-    stem = "torture-" + "-".join(args.roots.split(",")) + ("-scheduler" if args.scheduler else "")
+                minutes=args.minutes, recreate=not args.no_recreate, long_stops=not args.no_long_stops)
+    stem = ("torture-" + "-".join(args.roots.split(",")) + ("-scheduler" if args.scheduler else "")
+            + f"-seed{args.seed}")
     write_results(stem, dict(meta=meta, runs=runs),
                   f"# Torture run\n\n`python benchmarks/torture.py --minutes {args.minutes:g} --roots {args.roots}"
-                  f"{' --scheduler' if args.scheduler else ''} --seed {args.seed}` ({meta['machine']['time']})\n\n"
+                  f"{' --scheduler' if args.scheduler else ''}{' --no-recreate' if args.no_recreate else ''}"
+                  f"{' --no-long-stops' if args.no_long_stops else ''} --seed {args.seed}` ({meta['machine']['time']})\n\n"
                   + table + "\n")
 
 

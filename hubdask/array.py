@@ -161,7 +161,7 @@ class Array(Versioned):
                 raise
             self._view = self._view.current()  # another writer may have grown the array since
             landed = setitem(self._view, index, value)
-        self._view = self._view.at(landed)
+        self._view = self._view.reshaped(landed)  # the head it landed at may hold another's append
 
     # --- shape: versioned like the data (hubdask.grow) ----------------------------------------------
 
@@ -210,23 +210,33 @@ class Array(Versioned):
 
         On a remote root the head check (one LIST) runs while the chunks of the state last seen are read;
         only if the branch moved meanwhile (a commit, or a first write into its open node) is the read
-        repeated at the new state."""
+        repeated at the new state. A read that failed (e.g. it stalled past ``hd.gc``'s grace, which then
+        collected a version the commit since superseded) looks at the head again, on every root, and is
+        repeated there if the branch moved."""
         view = self._view
-        src = view.source
-        if src.branch is None or not src.root.is_remote:
-            return view.current().read()  # a head check costs less than a thread here
-        src = self._seen if self._seen is not None and self._seen.branch == src.branch else src
-        check = _in_thread(view.source.current)
+        if view.source.branch is None:
+            return view.read()
+        remote = view.source.root.is_remote
+        if remote:
+            seen = self._seen
+            start = seen if seen is not None and seen.branch == view.source.branch else view.source
+            check = _in_thread(view.source.current)
+        else:
+            start, check = view.source.current(), None  # a head check costs less than a thread here
         try:
-            out, failed = view.at(src).read(), None
-        except Exception as exc:  # e.g. a chunk of the old state collected since: decided below
+            out, failed = view.reshaped(start).read(), None
+        except Exception as exc:  # decided below: an error of a state the branch has left is not the read's
             out, failed = None, exc
-        now = self._seen = check.result()
-        if now == src:
+        now = check.result() if check is not None else start
+        if failed is not None and now == start:
+            now = view.source.current()  # the branch may have moved while the read ran
+        if remote:
+            self._seen = now
+        if now == start:
             if failed is not None:
                 raise failed
             return out
-        return view.at(now).read()
+        return view.reshaped(now).read()  # a whole-array view follows a resize or append there
 
     def to_dask(self) -> da.Array:
         """A dask array with one task per storage chunk the view touches, at the branch's head now."""

@@ -116,7 +116,8 @@ class View:
     def reshaped(self, source: Source) -> "View":
         """This view at ``source``, with ``source``'s metadata (its shape may differ: a resize or append);
         a whole-array view becomes the whole array at the new shape, a view of a part keeps its axes."""
-        if source.meta_seq == self.source.meta_seq and source.commit == self.source.commit:
+        same = source.meta_seq == self.source.meta_seq and source.commit == self.source.commit
+        if same and (not source.meta_seq or source.node == self.source.node):  # a version number is per node
             return self.at(source)
         meta = source.zarr().metadata
         if tuple(meta.shape) == self.storage_shape:

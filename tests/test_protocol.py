@@ -740,3 +740,31 @@ def test_a_head_missed_by_every_listing_resolves_from_the_claims_after_trimming(
     monkeypatch.setattr(refs, "_list", lambda root, ds, branch: refs._parse_listing(ds, branch, []))
     got = refs.read_head(root, "p/fall", "main")
     assert got is not None and (got.seq, got.node, got.base) == (newest.seq, newest.node, newest.base)
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_a_read_that_stalled_past_gc_reads_again_at_the_moved_head(tmp_path, monkeypatch, kind, request):
+    """Found by the torture run (a reader SIGSTOPped 16 s mid-read): after a read listed the open node's
+    newest version of a chunk, another process wrote the chunk again, committed, and ``hd.gc`` collected
+    the version the read was about to GET (superseded in a committed node). The read must not fail
+    ("missing from storage"): the branch moved, so it reads again at its head, as a read that started
+    then would."""
+    root = str(tmp_path / "root") if kind == "local" else request.getfixturevalue("s3_root")
+    a = hd.array((8,), "t/stall", dtype="int64", chunks=(4,), storage=root)
+    a[0:4] = 1
+    a[0:4] = 2
+    reader = hd.load("t/stall", storage=root)
+    original, raced = chunkio.Resolver.__init__, []
+
+    def stalled(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        if not raced and self.versions:  # the versions to read are known: the worst instant
+            raced.append(True)
+            w = hd.load("t/stall", storage=root)
+            w[0:4] = 3
+            w.commit("while the reader stalls")
+            assert hd.gc("t/stall", dry_run=False, grace=0, storage=root)
+
+    monkeypatch.setattr(chunkio.Resolver, "__init__", stalled)
+    np.testing.assert_array_equal(np.asarray(reader), [3] * 4 + [0] * 4)
+    assert raced

@@ -105,6 +105,25 @@ def test_other_handles_follow_the_shape(tmp_path):
     assert np.asarray(a)[4].tolist() == [7, 7]
 
 
+def test_a_handle_that_wrote_follows_an_append_made_since(any_root):
+    """Found by the torture checker (a read missing a returned append): a handle whose last append sits
+    in an older open node writes again after another handle committed and appended; the write lands at
+    the new head, whose metadata is a version with the same number in another node. Its reads must show
+    the other append's rows, on a local root and on S3 (each read path)."""
+    a = hd.array((0, 2), "t/w", dtype="int64", chunks=(3, 2), storage=any_root)
+    a.append(rows(1, 2))  # a's source: version 1 of the metadata in node N1
+    c = hd.load("t/w", storage=any_root)  # a reader that never writes
+    np.testing.assert_array_equal(np.asarray(c), rows(1, 2))
+    b = hd.load("t/w", storage=any_root)
+    b.commit("c")
+    b.append(rows(2, 5))  # version 1 in node N2, on the new commit
+    a[0] = [7, 7]  # lands at the head of N2
+    expected = np.concatenate([[[7, 7]], rows(1, 2)[1:], rows(2, 5)])
+    np.testing.assert_array_equal(np.asarray(a), expected)
+    assert a.shape == (7, 2)
+    np.testing.assert_array_equal(np.asarray(c), expected)
+
+
 def test_append_edge_chunk_from_two_handles(tmp_path):
     """A write that covers all of an edge chunk's in-bounds part is a partial write: a second appender's
     rows in the same chunk survive it (the edge chunk is read-modified-written)."""

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import torture
+from hubdask.versioning import refs
 from torture import Config, DatasetSpec, History, Op
 
 MINUTES = float(os.environ.get("HUBDASK_TORTURE_MINUTES", "0") or 0)
@@ -183,6 +184,114 @@ def test_a_branch_is_judged_from_its_base_commit() -> None:
     assert report.anomalies[0].ref == "b" and report.anomalies[0].detail["initial"] == "u1/s1"
 
 
+# --- shapes: resize and append ----------------------------------------------------------------------
+
+GROW = DatasetSpec("t/grow", (16,), (4,), grow=4)  # starts with 4 elements, capacity 16
+
+
+def shaped(uid: int, seq: int, kind: str, t0: float, t1: float | None, rows: int | list[int],
+           status: str = "ok") -> Op:
+    """An append (``rows``: the region [start, stop] it returned) or a resize (``rows``: the new length)."""
+    if kind == "append":
+        return Op(uid, seq, kind, GROW.name, "main", dict(rows=rows[1] - rows[0], value=v(uid, seq)), t0, t1,
+                  status if t1 is not None else "unknown", result=dict(rows=rows) if status == "ok" else None)
+    return Op(uid, seq, kind, GROW.name, "main", dict(rows=rows), t0, t1, status if t1 is not None else "unknown",
+              result=dict(rows=rows))
+
+
+def judge_grow(ops: list[Op], final: list[int]) -> torture.Report:
+    return torture.check(History(ops, t_end=100.0), FakeStorage({(GROW.name, "main"): final}), [GROW])
+
+
+def test_appends_set_the_shape_and_their_rows() -> None:
+    ops = [shaped(1, 1, "append", 0.0, 1.0, [4, 7]), shaped(2, 1, "append", 2.0, 3.0, [7, 9])]
+    assert judge_grow(ops, [0] * 4 + [v(1, 1)] * 3 + [v(2, 1)] * 2).ok
+    report = judge_grow(ops, [0] * 4 + [v(1, 1)] * 3)  # the second append's rows are gone
+    assert report.counts == {"shape": 1}
+    assert "7 rows" in report.anomalies[0].message
+    assert report.anomalies[0].detail["dominated_by"]["op"] == "u2/s1 append"
+    report = judge_grow(ops, [0] * 4 + [v(1, 1)] * 2 + [0] + [v(2, 1)] * 2)  # a returned row lost its values
+    assert report.counts == {"branch-final": 1}
+
+
+def test_a_read_after_an_append_returned_must_see_its_rows() -> None:
+    """The anomaly the checker found in hubdask (a handle that wrote kept its old shape): a read invoked
+    after an append returned, with the rows before it."""
+    app = shaped(1, 1, "append", 0.0, 1.0, [4, 9])
+    read = Op(2, 1, "read", GROW.name, "main", {}, 2.0, 3.0, "ok", snapshot=np.zeros(4, np.int64))
+    report = judge_grow([app, read], [0] * 4 + [v(1, 1)] * 5)
+    assert report.counts == {"shape": 1} and report.anomalies[0].invariant == "shape"
+    concurrent = Op(2, 1, "read", GROW.name, "main", {}, 0.5, 3.0, "ok", snapshot=np.zeros(4, np.int64))
+    assert judge_grow([app, concurrent], [0] * 4 + [v(1, 1)] * 5).ok
+
+
+def test_a_shrink_then_grow_never_brings_old_rows_back() -> None:
+    ops = [shaped(1, 1, "append", 0.0, 1.0, [4, 8]), shaped(1, 2, "resize", 2.0, 3.0, 4),
+           shaped(1, 3, "resize", 4.0, 5.0, 8)]
+    assert judge_grow(ops, [0] * 8).ok
+    report = judge_grow(ops, [0] * 4 + [v(1, 1)] * 4)
+    assert report.counts == {"branch-final": 4}
+    assert "dominated" in report.anomalies[0].message
+    assert judge_grow(ops, [0] * 4).counts == {"shape": 1}  # the grow to 8 returned last
+
+
+def test_an_append_that_died_may_have_landed_anywhere_past_the_start() -> None:
+    died = shaped(2, 1, "append", 0.5, None, [0, 0])
+    died.killed_at = 1.0
+    assert judge_grow([died], [0] * 4).ok
+    assert judge_grow([died], [0] * 4 + [v(2, 1)] * 3).ok
+    after = judge_grow([died, shaped(1, 1, "resize", 5.0, 6.0, 4)], [0] * 4 + [v(2, 1)] * 3)  # cut since
+    assert after.counts == {"shape": 1, "branch-final": 3}
+
+
+# --- a shared branch deleted and made again under its name ------------------------------------------
+
+def shared_write(uid: int, seq: int, t0: float, t1: float, status: str = "ok") -> Op:
+    return Op(uid, seq, "swrite", LINE.name, "s", dict(sel=[[0, 8]], value=v(uid, seq), whole=True), t0, t1, status)
+
+
+def recreate(uid: int, seq: int, t0: float, t1: float, base: list[int], cid: str = "c0") -> Op:
+    return Op(uid, seq, "recreate", LINE.name, "main", dict(branch="s"), t0, t1, "ok", result={"cid": cid},
+              snapshot=np.array(base, dtype=np.int64))
+
+
+def judge_shared(ops: list[Op], shared: list[int] | None, main: list[int] | None = None) -> torture.Report:
+    arrays = {(LINE.name, "main"): main or [0] * 8, (LINE.name, "c0"): [0] * 8}
+    branches = ("main",)
+    if shared is not None:
+        arrays[(LINE.name, "s")], branches = shared, ("main", "s")
+    return torture.check(History(ops, t_end=100.0), FakeStorage(arrays, branches=branches), [LINE], shared="s")
+
+
+def test_a_recreated_branch_starts_from_its_new_base() -> None:
+    ops = [shared_write(1, 1, 0.0, 1.0), recreate(2, 1, 2.0, 3.0, [0] * 8)]
+    assert judge_shared(ops, [0] * 8).ok
+    report = judge_shared(ops, [v(1, 1)] * 8)  # the deleted life's write is back
+    assert report.counts == {"branch-final": 8}
+    assert report.anomalies[0].ref == "s#1"
+    assert judge_shared(ops[:1], [v(1, 1)] * 8).ok  # without the re-creation it is the branch's value
+
+
+def test_a_write_into_the_new_life_must_stay_there() -> None:
+    """What a stale committer claiming into the re-created branch does: the branch goes back to the old
+    life's state, and a write that returned in the new one is lost."""
+    ops = [shared_write(1, 1, 0.0, 1.0), recreate(2, 1, 2.0, 3.0, [0] * 8), shared_write(3, 1, 4.0, 5.0)]
+    assert judge_shared(ops, [v(3, 1)] * 8).ok
+    report = judge_shared(ops, [v(1, 1)] * 8)
+    assert report.counts == {"branch-final": 8}
+    assert report.anomalies[0].detail["dominated_by"]["op"] == "u3/s1 swrite"
+    straddling = shared_write(3, 1, 2.5, 5.0)  # invoked during the re-creation: it may have gone either way
+    assert judge_shared(ops[:2] + [straddling], [v(3, 1)] * 8).ok
+    assert judge_shared(ops[:2] + [straddling], [0] * 8).ok
+
+
+def test_a_recreated_branch_that_is_gone_is_missing() -> None:
+    ops = [recreate(2, 1, 2.0, 3.0, [0] * 8)]
+    assert judge_shared(ops, None).counts == {"ref-missing": 1}
+    unsure = Op(2, 1, "recreate", LINE.name, "main", dict(branch="s"), 2.0, None, "unknown", killed_at=2.5)
+    assert judge_shared([unsure], None).ok  # it died between the delete and the create
+
+
 # --- the whole pipeline: worker processes, storage, checker ----------------------------------------
 
 @pytest.fixture
@@ -202,13 +311,24 @@ def test_the_pipeline_catches_a_write_path_that_drops_writes(tmp_path: Path, cac
     assert any("lost write" in a.message for a in report.anomalies)
 
 
+def exercised(report: torture.Report) -> None:
+    """The run did what it is for: no worker crashed on its own (a broken harness), and writes, commits,
+    appends and resizes returned, and so did writes to the shared branch (and its re-creations)."""
+    assert report.faults["exit"] == 0, report.summary()
+    for kind in ("partial", "whole", "commit", "append", "swrite", "scommit"):
+        assert report.ops[f"{kind} ok"] > 0, (kind, report.summary())
+    assert report.checked["commits"] > 0 and report.checked["read shapes"] > 0
+
+
 @pytest.mark.timeout(RUN_TIMEOUT)
 def test_torture_local_root(tmp_path: Path, cache_env: None) -> None:
     """Three worker processes on a local folder, SIGKILL and SIGSTOP at random moments."""
     cfg = Config(root=str(tmp_path / "root"), workers=3, seconds=TORTURE_SECONDS, seed=11,
                  faults=("kill", "stop"), fault_interval=3.0)
     report = torture.run(cfg, tmp_path / "run")
-    assert sum(report.ops.values()) > 0 and report.checked["commits"] > 0
+    exercised(report)
+    # the commit-heavy dataset's main went past a claim-log trim (refs.TRIM_EVERY + CLAIMS_KEPT heads)
+    assert report.checked["commits on the busiest branch"] > refs.TRIM_EVERY + refs.CLAIMS_KEPT, report.summary()
     assert report.ok, report.summary()
 
 
@@ -219,7 +339,7 @@ def test_torture_s3_through_the_fault_proxy(tmp_path: Path, s3_root_faulty: str,
     cfg = Config(root=s3_root_faulty, workers=3, seconds=S3_SECONDS, seed=12, separate_caches=True,
                  faults=("kill", "stop", "proxy"), fault_interval=3.0, late_landing=2.0)
     report = torture.run(cfg, tmp_path / "run", proxy=fault_proxy)
-    assert sum(report.ops.values()) > 0 and report.checked["commits"] > 0
+    exercised(report)
     assert report.ok, report.summary()
 
 
@@ -233,4 +353,5 @@ def test_torture_dask_scheduler(tmp_path: Path, cache_env: None) -> None:
                  faults=("kill", "stop", "kill_dask"), fault_interval=3.0)
     report = torture.run(cfg, tmp_path / "run")
     assert report.checked["scheduler lock acquisitions"] > 0  # the writes did go through the scheduler
+    exercised(report)
     assert report.ok, report.summary()

@@ -47,7 +47,8 @@ from typing import Any, Callable, Iterable, Protocol
 import numpy as np
 
 VALUE_BASE = 1_000_000  # value = uid * VALUE_BASE + seq
-WRITES = ("partial", "whole", "bwrite", "store")  # operations that write one value into a box
+WRITES = ("partial", "whole", "bwrite", "store", "swrite")  # operations that write one value into a box
+ABSENT = -1  # an element beyond the shape read (no write stores a negative value)
 INVARIANTS = (
     "branch-final",       # an element of a branch read at the end holds a value no allowed write produced
     "read",               # a read during the run saw such a value
@@ -58,6 +59,7 @@ INVARIANTS = (
     "ref-missing",        # a branch created (never deleted) or a tag is gone
     "ref-unreadable",     # a listed branch or tag cannot be read
     "tag-moved",          # a tag names another commit than the one it was made at
+    "shape",              # a read, commit or branch has a shape no resize or append that may have landed made
 )
 
 
@@ -65,16 +67,36 @@ INVARIANTS = (
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """One int64 array under test; the first ``hot`` chunks (C order) get most writes (contention)."""
+    """One int64 array under test; the first ``hot`` chunks (C order) get most writes (contention).
+
+    ``shards``: stored sharded (zarr's sharding codec; ``chunks`` are the inner chunks). ``grow``: the
+    array changes shape (``append`` and ``resize`` along axis 0, on ``main``): it starts with ``grow``
+    rows, which the other writes stay in, and ``shape`` is its capacity (no private or shared branches
+    on it). ``boost``: multipliers of the operation weights on this dataset (a commit-heavy one makes
+    a branch's claim log long enough to be trimmed)."""
 
     name: str
     shape: tuple[int, ...]
     chunks: tuple[int, ...]
     hot: int = 2
+    shards: tuple[int, ...] | None = None
+    grow: int = 0
+    boost: tuple[tuple[str, float], ...] = ()
 
     @property
     def grid(self) -> tuple[int, ...]:
-        return tuple(-(-s // c) for s, c in zip(self.shape, self.chunks))
+        return tuple(-(-s // c) for s, c in zip(self.write_shape, self.chunks))
+
+    @property
+    def write_shape(self) -> tuple[int, ...]:
+        """The shape at creation, which every write but an append stays in."""
+        return (self.grow,) + self.shape[1:] if self.grow else self.shape
+
+    @staticmethod
+    def from_dict(d: dict) -> DatasetSpec:
+        return DatasetSpec(d["name"], tuple(d["shape"]), tuple(d["chunks"]), d["hot"],
+                           tuple(d["shards"]) if d.get("shards") else None, d.get("grow", 0),
+                           tuple((k, float(m)) for k, m in d.get("boost", ())))
 
 
 @dataclass(frozen=True)
@@ -82,8 +104,11 @@ class Config:
     """What one torture run does. ``weights`` maps operation kinds to relative frequencies."""
 
     root: str
-    datasets: tuple[DatasetSpec, ...] = (DatasetSpec("torture/grid", (64, 64), (16, 16)),
-                                         DatasetSpec("torture/line", (256,), (32,)))
+    datasets: tuple[DatasetSpec, ...] = (
+        DatasetSpec("torture/grid", (64, 64), (16, 16)),
+        DatasetSpec("torture/line", (256,), (32,), boost=(("commit", 6.0), ("scommit", 3.0))),
+        DatasetSpec("torture/shard", (32, 32), (4, 8), shards=(16, 16)),
+        DatasetSpec("torture/grow", (128, 6), (8, 3), grow=24))
     workers: int = 3
     seconds: float = 20.0
     seed: int = 0
@@ -91,6 +116,8 @@ class Config:
     faults: tuple[str, ...] = ("kill", "stop")  # and "proxy" (needs a proxy), "kill_dask" (needs
     # ``scheduler``: SIGKILL of a dask worker process, which its nanny restarts), all chosen evenly
     stop_hold: tuple[float, float] = (1.0, 4.0)  # SIGSTOP this long (seconds, uniform)
+    long_stop_hold: tuple[float, float] = (15.0, 30.0)  # "longstop": long enough for the others to move a
+    # busy branch past a claim-log trim (refs.TRIM_EVERY heads) while the stopped one holds a stale head
     proxy_hold: tuple[float, float] = (1.0, 3.0)  # one proxy episode lasts this long
     gc_graces: tuple[float, ...] = (0.5, 2.0, 10.0)
     separate_caches: bool = False        # each worker its own HUBDASK_CACHE (as on separate machines)
@@ -101,7 +128,12 @@ class Config:
     drain: float = 10.0                  # at the end, wait this long for workers to finish their op
     weights: tuple[tuple[str, float], ...] = (
         ("partial", 30), ("whole", 14), ("read", 6), ("commit", 7), ("tag", 3), ("branch", 3),
-        ("bwrite", 14), ("bcommit", 5), ("merge", 5), ("delete_branch", 2), ("gc", 2), ("store", 6))
+        ("bwrite", 14), ("bcommit", 5), ("merge", 5), ("delete_branch", 2), ("gc", 2), ("store", 6),
+        ("append", 8), ("resize", 3), ("swrite", 8), ("scommit", 3), ("recreate", 1.5))
+    shared: str = "shared"               # a branch of every fixed-shape dataset that all workers write and
+    # commit to (``swrite``, ``scommit``); made with the datasets
+    recreate: bool = True                # ``recreate``: delete the shared branch and make it again under
+    # the same name (from main) while the others still write and commit to it through their handles
     env: tuple[tuple[str, str], ...] = ()  # extra environment of the workers
     sabotage: int = 0                    # tests of the checker: workers silently drop every Nth write
 
@@ -111,9 +143,8 @@ class Config:
     @staticmethod
     def from_json(text: str) -> Config:
         raw = json.loads(text)
-        raw["datasets"] = tuple(DatasetSpec(d["name"], tuple(d["shape"]), tuple(d["chunks"]), d["hot"])
-                                for d in raw["datasets"])
-        for key in ("faults", "stop_hold", "proxy_hold", "gc_graces"):
+        raw["datasets"] = tuple(DatasetSpec.from_dict(d) for d in raw["datasets"])
+        for key in ("faults", "stop_hold", "long_stop_hold", "proxy_hold", "gc_graces"):
             raw[key] = tuple(raw[key])
         raw["weights"] = tuple((k, float(w)) for k, w in raw["weights"])
         raw["env"] = tuple((k, v) for k, v in raw["env"])
@@ -141,8 +172,10 @@ class Worker:
         self.seq = 0
         self.handles: dict[str, Any] = {}
         self.own: dict[str, dict] = {}  # ds -> {"name", "array", "base", "commit", "writes"}
-        self.kinds = [k for k, _ in cfg.weights]
-        self.weights = [w for _, w in cfg.weights]
+        self.shared: dict[str, Any] = {}  # ds -> a handle of the shared branch (often stale)
+        self.kinds = {spec.name: [k for k, _ in cfg.weights if allowed(cfg, spec, k)] for spec in cfg.datasets}
+        self.weights = {spec.name: [w * dict(spec.boost).get(k, 1.0) for k, w in cfg.weights if allowed(cfg, spec, k)]
+                        for spec in cfg.datasets}
 
     # .. recording
     def record(self, **fields: Any) -> None:
@@ -160,6 +193,11 @@ class Worker:
             self.handles[ds] = self.hd.load(ds, storage=self.cfg.root)
         return self.handles[ds]
 
+    def shared_handle(self, ds: str) -> Any:
+        if ds not in self.shared or self.rng.random() < 0.2:
+            self.shared[ds] = self.hd.load(f"{ds}:{self.cfg.shared}", storage=self.cfg.root)
+        return self.shared[ds]
+
     def selection(self, spec: DatasetSpec, whole: bool) -> list[list[int]]:
         """A box: inside one or two chunks (partial), or one or two whole chunks; hot chunks preferred."""
         grid = spec.grid
@@ -169,7 +207,7 @@ class Worker:
             flat = self.rng.randrange(math.prod(grid))
         cidx = np.unravel_index(flat, grid)
         box = []
-        for axis, (s, c, i) in enumerate(zip(spec.shape, spec.chunks, cidx)):
+        for axis, (s, c, i) in enumerate(zip(spec.write_shape, spec.chunks, cidx)):
             lo = int(i) * c
             if whole:
                 hi = min(s, lo + c * (2 if axis == len(grid) - 1 and self.rng.random() < 0.3 else 1))
@@ -178,7 +216,7 @@ class Worker:
                 hi = min(s, lo + self.rng.randrange(1, c + 1 if self.rng.random() < 0.3 else c - (lo % c) + 1))
             box.append([lo, max(hi, lo + 1)])
         if not whole and all((lo % c == 0) and (hi % c == 0 or hi == s)
-                             for (lo, hi), c, s in zip(box, spec.chunks, spec.shape)):
+                             for (lo, hi), c, s in zip(box, spec.chunks, spec.write_shape)):
             lo, hi = box[0]
             box[0] = [lo, hi - 1] if hi - lo > 1 else [lo, lo + 1]
             if box[0][1] - box[0][0] == spec.chunks[0]:
@@ -188,7 +226,7 @@ class Worker:
     def region(self, spec: DatasetSpec) -> list[list[int]]:
         """A box with edges anywhere, up to about 2.5 chunks per axis (for ``hd.store``)."""
         box = []
-        for s, c in zip(spec.shape, spec.chunks):
+        for s, c in zip(spec.write_shape, spec.chunks):
             lo = self.rng.randrange(0, s - 1) if self.rng.random() < 0.5 else self.rng.randrange(0, min(s, 2 * c))
             box.append([lo, min(s, lo + self.rng.randrange(1, int(2.5 * c) + 1))])
         return box
@@ -196,14 +234,14 @@ class Worker:
     def choose(self) -> tuple[str, DatasetSpec]:
         spec = self.rng.choice(self.cfg.datasets)
         while True:
-            kind = self.rng.choices(self.kinds, self.weights)[0]
+            kind = self.rng.choices(self.kinds[spec.name], self.weights[spec.name])[0]
             own = self.own.get(spec.name)
             live = own is not None and not own["merged"]
             if kind in ("bwrite", "bcommit") and not live or kind == "delete_branch" and own is None:
                 continue
             if kind == "merge" and not (live and own["commit"] is not None and own["writes"]):
                 continue
-            if kind == "branch" and live or kind == "store" and not self.cfg.scheduler:
+            if kind == "branch" and live:
                 continue
             return kind, spec
 
@@ -220,11 +258,21 @@ class Worker:
         args: dict[str, Any] = {}
         ref = "main"
         own = self.own.get(ds)
-        if kind in ("partial", "whole", "bwrite"):
-            whole = kind == "whole" or (kind == "bwrite" and self.rng.random() < 0.4)
+        if kind in ("partial", "whole", "bwrite", "swrite"):
+            whole = kind == "whole" or (kind in ("bwrite", "swrite") and self.rng.random() < 0.4)
             args = dict(sel=self.selection(spec, whole), value=self.uid * VALUE_BASE + seq, whole=whole)
             if kind == "bwrite":
                 ref = own["name"]
+            elif kind == "swrite":
+                ref = self.cfg.shared
+        elif kind == "scommit":
+            args, ref = dict(branch=self.cfg.shared), self.cfg.shared
+        elif kind == "recreate":
+            args = dict(branch=self.cfg.shared)
+        elif kind == "append":
+            args = dict(rows=self.rng.randint(1, GROW_STEP), value=self.uid * VALUE_BASE + seq)
+        elif kind == "resize":
+            args = dict(rows=self.rng.randint(spec.grow, grow_limit(spec)))
         elif kind == "store":
             args = dict(sel=self.region(spec), value=self.uid * VALUE_BASE + seq)
         elif kind in ("bcommit", "delete_branch"):
@@ -241,6 +289,8 @@ class Worker:
             args = dict(grace=self.rng.choice(self.cfg.gc_graces))
         elif kind == "read" and own is not None and self.rng.random() < 0.3:
             ref = own["name"]
+        elif kind == "read" and not spec.grow and self.rng.random() < 0.2:
+            ref = self.cfg.shared
         self.record(**base, ref=ref, args=args, t0=time.monotonic())
         try:
             result = self.perform(kind, ds, ref, args)
@@ -272,13 +322,35 @@ class Worker:
             src = da.full(shape, args["value"], dtype="int64", chunks=tuple(max(1, c // 2) for c in spec.chunks))
             hd.store(src, ds, region=tuple(slice(lo, hi) for lo, hi in args["sel"]), storage=self.cfg.root)
             return None
-        if kind == "bwrite":
-            a = self.own[ds]["array"]
+        if kind in ("bwrite", "swrite"):
+            a = self.own[ds]["array"] if kind == "bwrite" else self.shared_handle(ds)
             a[tuple(slice(lo, hi) for lo, hi in args["sel"])] = np.int64(args["value"])
             return None
         if kind == "read":
-            a = self.handle(ds) if ref == "main" else self.own[ds]["array"]
+            a = (self.handle(ds) if ref == "main" else self.shared_handle(ds) if ref == self.cfg.shared
+                 else self.own[ds]["array"])
             return np.asarray(a)
+        if kind == "scommit":
+            return {"cid": self.shared_handle(ds).commit(f"u{self.uid} s{self.seq}")}
+        if kind == "recreate":  # delete the shared branch (if it is there) and make it again from main
+            a = self.handle(ds)
+            try:
+                a.delete_branch(args["branch"])
+            except hd.NotFoundError:
+                pass
+            cid = a.commit(f"u{self.uid} s{self.seq}")  # main's commit: the new branch's base, for certain
+            self.shared[ds] = hd.load(f"{ds}:{cid}", storage=self.cfg.root).branch(args["branch"])
+            return {"cid": cid}
+        if kind in ("append", "resize"):
+            a = self.handles[ds] = hd.load(ds, storage=self.cfg.root)  # the current shape decides
+            rows, rest = args["rows"], a.shape[1:]
+            if kind == "append":
+                if a.shape[0] + rows > grow_limit(next(s for s in self.cfg.datasets if s.name == ds)):
+                    raise Skipped(f"{a.shape[0]} rows: no room to append {rows}")
+                region = a.append(np.full((rows, *rest), args["value"], dtype=np.int64))
+                return {"rows": [region[0].start, region[0].stop]}
+            a.resize((rows, *rest))
+            return {"rows": rows}
         if kind == "commit":
             return {"cid": self.handle(ds).commit(f"u{self.uid} s{self.seq}")}
         if kind == "bcommit":
@@ -328,6 +400,9 @@ class Worker:
             self.own.pop(ds, None)
 
     def after_error(self, kind: str, ds: str, exc: Exception) -> None:
+        if kind in ("swrite", "scommit", "recreate") or kind == "read" and ds in self.shared:
+            if self.rng.random() < 0.5:  # else keep the stale handle: the next op uses it again
+                self.shared.pop(ds, None)
         own = self.own.get(ds)
         if kind == "bcommit" and own is not None:
             own["commit"] = None  # its last commit is uncertain now: no merge until the next one returns
@@ -336,6 +411,29 @@ class Worker:
         elif kind == "delete_branch":
             self.own.pop(ds, None)
         self.handles.pop(ds, None)
+
+
+GROW_STEP = 6  # an append adds 1 to GROW_STEP rows
+
+
+def grow_limit(spec: DatasetSpec) -> int:
+    """Appends stop at this many rows (concurrent appenders may pass it, never the capacity)."""
+    return spec.shape[0] - 8 * GROW_STEP
+
+
+class Skipped(Exception):
+    """An operation the worker decided not to do after it was recorded (no effect on storage)."""
+
+
+FIXED_ONLY = {"branch", "bwrite", "bcommit", "merge", "delete_branch", "swrite", "scommit", "recreate"}
+
+
+def allowed(cfg: Config, spec: DatasetSpec, kind: str) -> bool:
+    """Whether the workers do ``kind`` on ``spec``: branches only where the shape is fixed, appends and
+    resizes only where it is not, ``store`` only with a scheduler, ``recreate`` only if asked."""
+    if kind in FIXED_ONLY and spec.grow or kind in ("append", "resize") and not spec.grow:
+        return False
+    return (kind != "store" or cfg.scheduler) and (kind != "recreate" or cfg.recreate)
 
 
 def _sabotage(every: int) -> None:
@@ -511,6 +609,32 @@ class Cover:
 
 
 @dataclass
+class Incarnation:
+    """One life of the shared branch between two re-creations (delete, then branch again from main).
+    An op whose window meets ``span`` may have acted on it; one wholly inside ``interior`` certainly did
+    (if it returned). ``initial``: its base commit's values (None: not known, any value may stand until
+    a write returned)."""
+
+    key: tuple[str, str]
+    span: tuple[float, float]
+    interior: tuple[float, float]
+    initial: np.ndarray | None
+    certain: bool  # its re-creation returned and overlapped no other: it exists unless deleted later
+
+
+@dataclass
+class ShapeChange:
+    """A resize or append that may have set the row count to ``rows`` (None: unknown) between ``t0`` and
+    ``end``; ``t1`` if it returned."""
+
+    op: Op
+    rows: int | None
+    t0: float
+    end: float
+    t1: float | None
+
+
+@dataclass
 class Anomaly:
     invariant: str
     ds: str
@@ -582,8 +706,8 @@ class Checker:
     """Builds every branch's effects and covers from a history, then judges what storage holds."""
 
     def __init__(self, history: History, specs: Iterable[DatasetSpec], late_landing: float = 1.0,
-                 fill: int = 0) -> None:
-        self.h, self.late, self.fill = history, late_landing, fill
+                 fill: int = 0, shared: str | None = None) -> None:
+        self.h, self.late, self.fill, self.shared = history, late_landing, fill, shared
         self.specs = {s.name: s for s in specs}
         self.report = Report()
         self.effects: dict[tuple[str, str], list[Effect]] = collections.defaultdict(list)
@@ -594,6 +718,8 @@ class Checker:
         self.created: dict[tuple[str, str], Op] = {}   # private branches whose creation returned
         self.deleting: set[tuple[str, str]] = set()    # branches some delete was tried on
         self.merges: list[tuple[Op, np.ndarray, np.ndarray]] = []
+        self.lives: dict[str, list[Incarnation]] = {}  # ds -> the shared branch's incarnations, in order
+        self.shapes: dict[tuple[str, str], list[ShapeChange]] = collections.defaultdict(list)
         self._indexes: dict[tuple[str, str], tuple] = {}
         for op in history.ops:
             outcome = "died" if op.t1 is None else op.status if op.status == "ok" else f"error:{op.error_type}"
@@ -604,7 +730,53 @@ class Checker:
             self.report.faults[f["fault"] + (f"-{f['kind']}" if f.get("kind") else "")] += 1
         for spec in self.specs.values():
             self.initial[(spec.name, "main")] = np.full(math.prod(spec.shape), fill, dtype=np.int64)
+            if shared is not None and not spec.grow:
+                self.lives[spec.name] = self._incarnations(spec)
         self._build()
+
+    def _incarnations(self, spec: DatasetSpec) -> list[Incarnation]:
+        """The shared branch's lives: re-creations whose windows overlap are one boundary between two."""
+        ds = spec.name
+        bounds: list[list] = []  # [lo, hi, ops]
+        for op in self.h.ops:
+            if op.ds == ds and op.kind == "recreate" and op.error_type != "Skipped":
+                end = op.end(self.late)
+                if bounds and op.t0 <= bounds[-1][1]:
+                    bounds[-1][1] = max(bounds[-1][1], end)
+                    bounds[-1][2].append(op)
+                else:
+                    bounds.append([op.t0, end, [op]])
+        fill = np.full(math.prod(spec.shape), self.fill, dtype=np.int64)
+        lives = [Incarnation((ds, f"{self.shared}#0"), (-math.inf, bounds[0][1] if bounds else math.inf),
+                             (-math.inf, bounds[0][0] if bounds else math.inf), fill, True)]
+        for i, (lo, hi, ops) in enumerate(bounds):
+            nxt = bounds[i + 1] if i + 1 < len(bounds) else None
+            oks = [op for op in ops if op.status == "ok"]
+            certain = len(ops) == 1 and len(oks) == 1 and oks[0].snapshot is not None
+            # no re-creation returned: the old life may go on (its values may stand), or a new one began
+            start = lo if oks else lives[-1].span[0]
+            lives.append(Incarnation((ds, f"{self.shared}#{i + 1}"), (start, nxt[1] if nxt else math.inf),
+                                     (hi, nxt[0] if nxt else math.inf),
+                                     oks[0].snapshot.ravel().astype(np.int64) if certain else None, certain))
+        for life in lives:
+            self.initial[life.key] = life.initial
+        return lives
+
+    def _lives(self, ds: str, ref: str, t0: float, end: float) -> list[tuple[str, str]]:
+        """The keys of the branch lives an op on ``ref`` in ``[t0, end]`` may have acted on."""
+        if ref != self.shared or ds not in self.lives:
+            return [(ds, ref)]
+        return [life.key for life in self.lives[ds] if t0 <= life.span[1] and end >= life.span[0]]
+
+    def _life(self, ds: str, ref: str, t0: float, t1: float) -> tuple[str, str] | None:
+        """The key of the branch life an op on ``ref`` in ``[t0, t1]`` certainly acted on (None: it
+        overlapped a re-creation of the shared branch)."""
+        if ref != self.shared or ds not in self.lives:
+            return (ds, ref)
+        for life in self.lives[ds]:
+            if life.interior[0] < t0 and t1 < life.interior[1]:
+                return life.key
+        return None
 
     # .. effects
     def _build(self) -> None:
@@ -616,14 +788,25 @@ class Checker:
             spec = self.specs.get(op.ds)
             if spec is None:
                 continue
-            key = (op.ds, op.ref)
-            if op.kind in WRITES:
-                idx = box_indices(op.args["sel"], spec.shape)
+            if op.error_type == "Skipped":
+                continue
+            if op.kind in WRITES or op.kind == "append":
                 value = op.args["value"]
                 self.by_value[value] = op
-                self.effects[key].append(Effect(op, idx, np.full(idx.size, value, np.int64), op.t0, op.end(self.late)))
-                if op.status == "ok":
-                    self.covers[key].append(Cover(op, idx, op.t0, op.t1))
+                if op.kind == "append":
+                    done = op.status == "ok"
+                    rows = op.result["rows"] if done else [spec.grow, spec.shape[0]]  # somewhere beyond
+                    sel = [rows] + [[0, n] for n in spec.shape[1:]]
+                    self._shape(op, rows[1] if done else None)
+                else:
+                    sel = op.args["sel"]
+                self._write(op, box_indices(sel, spec.shape), value)
+            elif op.kind == "resize":  # the rows it cuts read the fill value if the array grows again
+                sel = [[op.args["rows"], spec.shape[0]]] + [[0, n] for n in spec.shape[1:]]
+                self._write(op, box_indices(sel, spec.shape), self.fill)
+                self._shape(op, op.args["rows"])
+            elif op.kind == "recreate":
+                self.deleting.add((op.ds, op.args["branch"]))
             elif op.kind == "branch" and op.status == "ok":
                 bkey = (op.ds, op.args["branch"])
                 self.created[bkey] = op
@@ -632,6 +815,18 @@ class Checker:
                 self.deleting.add((op.ds, op.args["branch"]))
             elif op.kind == "merge":
                 self._merge(op, spec)
+
+    def _write(self, op: Op, idx: np.ndarray, value: int) -> None:
+        """``op`` may have put ``value`` at ``idx`` (and did, if it returned) on its branch."""
+        end = op.end(self.late)
+        for key in self._lives(op.ds, op.ref, op.t0, end):
+            self.effects[key].append(Effect(op, idx, np.full(idx.size, value, np.int64), op.t0, end))
+        if op.status == "ok" and (key := self._life(op.ds, op.ref, op.t0, op.t1)) is not None:
+            self.covers[key].append(Cover(op, idx, op.t0, op.t1))
+
+    def _shape(self, op: Op, rows: int | None) -> None:
+        self.shapes[(op.ds, op.ref)].append(ShapeChange(op, rows, op.t0, op.end(self.late),
+                                                        op.t1 if op.status == "ok" else None))
 
     def _merge(self, op: Op, spec: DatasetSpec) -> None:
         """A merge writes into main the elements its branch's commit changed against the branch's base."""
@@ -667,16 +862,27 @@ class Checker:
 
     def judge(self, ds: str, ref: str, obs: np.ndarray, r0: float, r1: float, invariant: str,
               what: str) -> int:
-        """Report every element of ``obs`` (branch ``ref`` read at ``[r0, r1]``) no allowed write produced."""
+        """Report every element of ``obs`` (branch ``ref`` read at ``[r0, r1]``) no allowed write produced,
+        and a shape no resize or append made."""
         spec = self.specs[ds]
-        obs = np.asarray(obs).ravel().astype(np.int64)
-        key = (ds, ref)
+        key = self._life(ds, ref, r0, r1)
+        if key is None:
+            self.report.checked[f"{invariant}s of the shared branch across a re-creation (not judged)"] += 1
+            return 0
+        ref = key[1]
+        obs = np.asarray(obs)
+        if not self.judge_shape(spec, key, obs.shape, r0, r1, invariant, what):
+            return 1
+        obs = obs.ravel().astype(np.int64)
+        if obs.size < math.prod(spec.shape):  # rows beyond the array's shape: nothing to judge there
+            obs = np.concatenate([obs, np.full(math.prod(spec.shape) - obs.size, ABSENT, np.int64)])
         cidx, ct0, ct1, by_value = self._index(key)
         latest = np.full(obs.size, -math.inf)  # per element: the last invocation of a write that returned before r0
         done = int(np.searchsorted(ct1, r0, side="left"))
         np.maximum.at(latest, cidx[:done], ct0[:done])
         initial = self.initial.get(key)
         ok = latest == -math.inf if initial is None else (latest == -math.inf) & (obs == initial)
+        ok |= obs == ABSENT
         for value in np.unique(obs[~ok]):
             for e in by_value.get(int(value), ()):
                 if e.t0 < r1:
@@ -688,6 +894,33 @@ class Checker:
             self.report.add(self._explain(ds, ref, spec, int(flat), int(obs[flat]), latest[flat], r0, r1,
                                           invariant, what), n=int(bad.size) if i == 0 else 0, event=i == 0)
         return int(bad.size)
+
+    def judge_shape(self, spec: DatasetSpec, key: tuple[str, str], shape: tuple[int, ...], r0: float, r1: float,
+                    invariant: str, what: str) -> bool:
+        """Report a shape that no resize or append allowed at ``[r0, r1]`` made (each is one atomic change
+        of the row count: a register, judged like an element); False if the elements cannot be judged."""
+        ds, ref = key
+        rows = shape[0] if shape else None
+        self.report.checked[f"{invariant} shapes"] += 1
+        if not spec.grow or shape[1:] != spec.shape[1:] or rows > spec.shape[0]:
+            if tuple(shape) == spec.shape and not spec.grow:
+                return True
+            self.report.add(Anomaly("shape", ds, ref, f"{what}: shape {tuple(shape)}, expected "
+                                    f"{spec.shape if not spec.grow else ('<=%d' % spec.shape[0],) + spec.shape[1:]}"))
+            return False
+        changes = self.shapes.get(key, [])
+        latest = max((c.t0 for c in changes if c.t1 is not None and c.t1 < r0), default=-math.inf)
+        if latest == -math.inf and rows == spec.grow:
+            return True
+        if any(c.t0 < r1 and c.end >= latest and c.rows in (None, rows) for c in changes):
+            return True
+        dominator = next((c.op.describe() for c in changes if c.t1 is not None and c.t1 < r0 and c.t0 == latest), None)
+        self.report.add(Anomaly("shape", ds, ref, f"{what}: {rows} rows, which no resize or append that may have "
+                                "landed (and was not overwritten) made",
+                                dict(rows=rows, dominated_by=dominator,
+                                     allowed=[dict(rows=c.rows, **c.op.describe()) for c in changes
+                                              if c.t0 < r1 and c.end >= latest][-6:])))
+        return True
 
     def _explain(self, ds: str, ref: str, spec: DatasetSpec, flat: int, found: int, latest: float, r0: float,
                  r1: float, invariant: str, what: str) -> Anomaly:
@@ -711,7 +944,7 @@ class Checker:
             kind = "a value that no write produced"
         elif any(d["value"] == decode(found) for d in dominated):
             kind = "lost write: an overwritten (dominated) value is back"
-        elif producer is not None and producer.ref != ref:
+        elif producer is not None and producer.ref != ref.partition("#")[0]:
             kind = (f"a value written on branch {producer.ref!r} that no merge which returned (or may have been "
                     "applied) brought here")
         else:
@@ -754,6 +987,9 @@ class Checker:
         for op in self.h.ops:
             if op.status == "ok" and isinstance(op.result, dict) and op.result.get("cid"):
                 by_cid[op.result["cid"]].append(op)
+        per_branch = collections.Counter((ops[0].ds, ops[0].ref) for ops in by_cid.values())
+        if per_branch:  # past refs.TRIM_EVERY + CLAIMS_KEPT, the branch's claim log was trimmed
+            rep.checked["commits on the busiest branch"] = max(per_branch.values())
         for cid, ops in by_cid.items():  # every commit id that returned: readable, and as it was then
             rep.checked["commits"] += 1
             try:
@@ -781,6 +1017,9 @@ class Checker:
     def _must_keep(self, op: Op) -> bool:
         """Whether a ref still reaches the commit ``op`` returned: always, unless it was made on a private
         branch that was (perhaps) deleted and never merged (then gc may rightly collect it)."""
+        if op.ref == self.shared and op.ds in self.lives:  # a commit of the shared branch's last life
+            last = self.lives[op.ds][-1]
+            return last.certain and self._life(op.ds, op.ref, op.t0, op.t1) == last.key
         if op.ref == "main" or (op.ds, op.ref) not in self.deleting:
             return True
         return any(m.ds == op.ds and m.args["branch"] == op.ref and m.t0 > op.t1 for m, _, _ in self.merges)
@@ -795,6 +1034,9 @@ class Checker:
         for (d, b), op in self.created.items():
             if d == ds and b not in branches and (d, b) not in self.deleting:
                 rep.add(Anomaly("ref-missing", ds, b, f"branch made by {op.label} (never deleted) is gone"))
+        if ds in self.lives and self.lives[ds][-1].certain and self.shared not in branches:
+            rep.add(Anomaly("ref-missing", ds, self.shared, "the shared branch is gone although its last "
+                            "re-creation returned (or it never was re-created)"))
         for op in self.h.ops:
             if op.ds == ds and op.kind == "tag" and op.status == "ok":
                 name, cid = op.args["tag"], op.result["cid"]
@@ -815,14 +1057,17 @@ class Checker:
             except Exception as exc:
                 rep.add(Anomaly("ref-unreadable", ds, branch, f"branch cannot be read: {type(exc).__name__}: {exc}"))
                 continue
-            if branch != "main" and (ds, branch) not in self.created:
+            shared = branch == self.shared and ds in self.lives
+            if branch != "main" and (ds, branch) not in self.created and not shared:
                 continue  # its creation never returned: its base is unknown
             self.judge(ds, branch, data, self.h.t_end, self.h.t_end, "branch-final", "final read")
 
 
-def check(history: History, storage: StorageView, specs: Iterable[DatasetSpec], late_landing: float = 1.0) -> Report:
-    """Compare ``storage`` against ``history``; returns the report (``.ok``, ``.counts``, ``.summary()``)."""
-    return Checker(history, specs, late_landing).run(storage)
+def check(history: History, storage: StorageView, specs: Iterable[DatasetSpec], late_landing: float = 1.0,
+          shared: str | None = None) -> Report:
+    """Compare ``storage`` against ``history``; returns the report (``.ok``, ``.counts``, ``.summary()``).
+    ``shared``: the branch of every fixed-shape dataset that the workers share (and may re-create)."""
+    return Checker(history, specs, late_landing, shared=shared).run(storage)
 
 
 # --- the controller ------------------------------------------------------------------------------
@@ -837,6 +1082,7 @@ class Controller:
         self.next_uid = 1
         self.procs: dict[int, subprocess.Popen] = {}  # uid -> process
         self.stopped: dict[int, float] = {}            # uid -> when to SIGCONT
+        self.long: set[int] = set()                    # workers that had a long stop
         self.proxy_until: float | None = None
         self.flog = open(out / "faults.jsonl", "a", buffering=1)
         (out / "snapshots").mkdir(exist_ok=True)
@@ -872,19 +1118,23 @@ class Controller:
             return
         kind = self.rng.choice(kinds)
         running = [u for u in self.alive() if u not in self.stopped]
+        if kind == "longstop" and (len(running) < 2 or any(u in self.long for u in self.stopped)):
+            kind = "stop"  # one long stop at a time, and never the last running worker
         if kind == "kill" and running:
             uid = self.rng.choice(running)
             self.fault(fault="kill", uid=uid)
             self.procs[uid].send_signal(signal.SIGKILL)
             self.procs.pop(uid).wait()
             self.spawn()
-        elif kind == "stop" and running:
+        elif kind in ("stop", "longstop") and running:
             uid = self.rng.choice(running)
-            lo, hi = self.cfg.stop_hold
+            lo, hi = self.cfg.stop_hold if kind == "stop" else self.cfg.long_stop_hold
             hold = self.rng.uniform(lo, hi)
             if self.cfg.scheduler:
                 hold = max(hold, self.cfg.lease_timeout * 2 + 1.0)  # past the lease and its validation
-            self.fault(fault="stop", uid=uid, hold=round(hold, 2))
+            self.fault(fault=kind, uid=uid, hold=round(hold, 2))
+            if kind == "longstop":
+                self.long.add(uid)
             self.procs[uid].send_signal(signal.SIGSTOP)
             self.stopped[uid] = time.monotonic() + hold
         elif kind == "kill_dask":
@@ -967,7 +1217,10 @@ def create_datasets(cfg: Config) -> None:
     import hubdask as hd
 
     for spec in cfg.datasets:
-        hd.array(spec.shape, spec.name, dtype="int64", chunks=spec.chunks, storage=cfg.root)
+        a = hd.array(spec.write_shape, spec.name, dtype="int64", chunks=spec.chunks, shards=spec.shards,
+                     storage=cfg.root)
+        if not spec.grow:
+            a.branch(cfg.shared)
 
 
 def _lock_acquisitions(cluster: Any) -> int | None:
@@ -1031,7 +1284,7 @@ def run(cfg: Config, out: Path, proxy: Any = None, echo: Callable[[str], None] =
             _close_cluster(cluster, echo)
             os.environ.pop("TORTURE_SCHEDULER", None)
     history = load_history(out)
-    report = check(history, HubStorage(cfg.root), cfg.datasets, cfg.late_landing)
+    report = check(history, HubStorage(cfg.root), cfg.datasets, cfg.late_landing, cfg.shared)
     if locks is not None:
         report.checked["scheduler lock acquisitions"] = locks
     (out / "report.json").write_text(report.to_json())
