@@ -104,3 +104,25 @@ def _catch(fn, failed: list) -> None:
         fn()
     except BaseException as exc:  # handed to the test
         failed.append(exc)
+
+
+def test_a_late_mark_whose_writer_died_goes_at_the_next_sweep(tmp_path, monkeypatch):
+    """A writer that died after its late mark landed never drops it: the committer's next head at a
+    multiple of SWEEP_EVERY prunes from a fresh listing of the folder (the others prune from the one they
+    knew), and the mark goes."""
+    from hubdask.versioning.repository import Repository
+
+    root = str(tmp_path / "root")
+    monkeypatch.setattr(Repository, "SWEEP_EVERY", 4, raising=False)
+    a = hd.array((4,), name="m/dead", dtype="int32", storage=root)
+    a.commit("start")
+    dead = a._source.node
+    a[0] = 1
+    a.commit("past the dead writer's node")
+    a.commit("its head pruned")
+    late = refs.written_key("m/dead", "main", dead, many=True)
+    open_root(root).put(late, b"")  # landed after the prune; its writer died before dropping it
+    for i in range(4):
+        a.commit(f"c{i}")
+    assert late.rsplit("/", 1)[1] not in _folder(root, "m/dead")
+    assert hd.load("m/dead", storage=root).read()[0] == 1

@@ -46,6 +46,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from hubdask.errors import CorruptionError
@@ -92,7 +94,38 @@ def meta_key(ds: str, branch: str, node: str) -> str:
 
 def mark_meta(root: Root, ds: str, branch: str, node: str) -> None:
     """Put the meta mark of ``node`` (idempotent; before the metadata it announces)."""
-    root.put(meta_key(ds, branch, node), b"")
+    key = meta_key(ds, branch, node)
+    _put_here(root, ds, node, key)
+    root.put(key, b"")
+
+
+# (root token, dataset, node) -> the marks this process put beside that node's head (drop_marks)
+_PUT: "OrderedDict[tuple[str, str, str], set[str]]" = OrderedDict()
+_PUT_MAX = 4096
+_PUT_LOCK = threading.Lock()
+
+
+def _put_here(root: Root, ds: str, node: str, key: str) -> None:
+    with _PUT_LOCK:
+        _PUT.setdefault((root.token, ds, node), set()).add(key)
+        while len(_PUT) > _PUT_MAX:
+            _PUT.popitem(last=False)
+
+
+def drop_marks(root: Root, ds: str, node: str) -> None:
+    """Delete the marks this process put (or tried to) beside sealed ``node``'s head; call it once a head past that
+    node is named (seen in a listing). From then on nobody needs them: readers resolve the newer head,
+    whose base commit holds the node, and every committer of the node finds its commit record. A mark
+    that landed after the prune of the node's head (a write that then found the node sealed) would
+    otherwise stay in the folder for good, since a committer prunes marks it listed or of heads it
+    knows. Best effort: a failure leaves one object behind, nothing worse."""
+    with _PUT_LOCK:
+        keys = _PUT.pop((root.token, ds, node), None)
+    if keys:
+        try:
+            root.delete_many(sorted(keys))
+        except Exception:  # noqa: BLE001  (a later commit that lists the folder prunes it)
+            pass
 
 
 def _marked_node(name: str) -> str | None:
@@ -109,10 +142,12 @@ async def mark_written(root: Root, ds: str, branch: str, node: str, writer: str)
     from hubdask.storage import retry
 
     key = written_key(ds, branch, node)
+    _put_here(root, ds, node, key)  # before the request: a mark whose answer is lost may have landed
     create = lambda: root.create_async(key, writer.encode())  # noqa: E731
     first = await (create() if not root.is_remote
                    else retry.call(create, f"dataset {ds!r}: create {key!r}"))
     if not first:
+        _put_here(root, ds, node, written_key(ds, branch, node, many=True))
         await root.put_async(written_key(ds, branch, node, many=True), b"")
 
 
