@@ -39,11 +39,12 @@ def _hold_marks_of(monkeypatch, node: str) -> tuple[threading.Event, threading.E
                 await _asleep()
         return await real_written(root, ds, branch, nd, writer)
 
-    def meta(root, ds, branch, nd):
+    async def meta(root, ds, branch, nd):
         if nd == node:
             held.set()
-            go.wait()
-        return real_meta(root, ds, branch, nd)
+            while not go.is_set():
+                await _asleep()
+        return await real_meta(root, ds, branch, nd)
 
     monkeypatch.setattr(refs, "mark_written", written)
     monkeypatch.setattr(refs, "mark_meta", meta)

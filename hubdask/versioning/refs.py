@@ -78,6 +78,7 @@ class Head:
     base: str | None
     written: bool = True  # the open node may hold writes (False: the listing proved it empty)
     meta: bool = False  # the open node may hold new metadata (a resize or append: its meta mark was listed)
+    shared: bool = True  # another writer process may have written the node (False: no many-writers mark listed)
     listing: "_Listing | None" = dataclasses.field(default=None, compare=False, repr=False)  # what it was read from
 
 
@@ -92,17 +93,24 @@ def meta_key(ds: str, branch: str, node: str) -> str:
     return f"{head_prefix(ds, branch)}meta-{node}"
 
 
-def mark_meta(root: Root, ds: str, branch: str, node: str) -> None:
-    """Put the meta mark of ``node`` (idempotent; before the metadata it announces)."""
+async def mark_meta(root: Root, ds: str, branch: str, node: str) -> None:
+    """Put the meta mark of ``node`` before the metadata it announces; once per process and node (a mark
+    that landed stays while the node is open: only marks of nodes past the kept heads are pruned)."""
+    if (root.token, ds, node) in _META_LANDED:
+        return
     key = meta_key(ds, branch, node)
     _put_here(root, ds, node, key)
-    root.put(key, b"")
+    await root.put_async(key, b"")
+    if len(_META_LANDED) > _PUT_MAX:
+        _META_LANDED.clear()  # a mark put again costs one request, nothing worse
+    _META_LANDED.add((root.token, ds, node))
 
 
 # (root token, dataset, node) -> the marks this process put beside that node's head (drop_marks)
 _PUT: "OrderedDict[tuple[str, str, str], set[str]]" = OrderedDict()
 _PUT_MAX = 4096
 _PUT_LOCK = threading.Lock()
+_META_LANDED: set[tuple[str, str, str]] = set()  # (root token, dataset, node) whose meta mark this process put
 
 
 def _put_here(root: Root, ds: str, node: str, key: str) -> None:
@@ -135,10 +143,10 @@ def _marked_node(name: str) -> str | None:
     return None
 
 
-async def mark_written(root: Root, ds: str, branch: str, node: str, writer: str) -> None:
+async def mark_written(root: Root, ds: str, branch: str, node: str, writer: str) -> bool:
     """Mark ``node`` as written by process ``writer``: create the first writer's mark, or, if it exists
     (another writer's, or our own whose reply was lost: taken as another's, which only costs a commit a
-    LIST), put the mark of many writers."""
+    LIST), put the mark of many writers. True if ``writer`` made the first writer's mark."""
     from hubdask.storage import retry
 
     key = written_key(ds, branch, node)
@@ -149,6 +157,7 @@ async def mark_written(root: Root, ds: str, branch: str, node: str, writer: str)
     if not first:
         _put_here(root, ds, node, written_key(ds, branch, node, many=True))
         await root.put_async(written_key(ds, branch, node, many=True), b"")
+    return bool(first)
 
 
 def only_writer(root: Root, ds: str, branch: str, node: str, writer: str) -> bool:
@@ -219,6 +228,7 @@ class _Listing:
     marked: set[str]
     keys: list[str]
     meta: set[str] = dataclasses.field(default_factory=set)
+    many: set[str] = dataclasses.field(default_factory=set)  # nodes whose many-writers mark was listed
 
 
 def _list(root: Root, ds: str, branch: str) -> _Listing:
@@ -236,7 +246,8 @@ def _parse_listing(ds: str, branch: str, listed: list[str]) -> _Listing:
             pointers.setdefault(int(parts[0]), []).append((parts[1], None if parts[2] == "-" else parts[2]))
     return _Listing(sorted({int(n) for n in names if n.isdigit()} | set(pointers)), pointers,
                     {_marked_node(n) for n in names if n.startswith("written-")}, keys,
-                    {_marked_node(n) for n in names if n.startswith("meta-")})
+                    {_marked_node(n) for n in names if n.startswith("meta-")},
+                    {_marked_node(n) for n in names if n.startswith("written-") and n.endswith(".many")})
 
 
 def read_head(root: Root, ds: str, branch: str) -> Head | None:
@@ -250,7 +261,7 @@ def read_head(root: Root, ds: str, branch: str) -> Head | None:
             if head is not None:
                 _seen(root, ds, branch, seq)
                 return dataclasses.replace(head, written=head.node in listing.marked, meta=head.node in listing.meta,
-                                           listing=listing)
+                                           shared=head.node in listing.many, listing=listing)
     return _from_claims(root, ds, branch)
 
 
