@@ -161,12 +161,15 @@ class Array(Versioned):
                 raise
             self._view = self._view.current()  # another writer may have grown the array since
             landed = setitem(self._view, index, value)
-        self._view = self._view.reshaped(landed)  # the head it landed at may hold another's append
+        # the head it landed at may hold another's append; the next read assumes the state written
+        self._view, self._seen = self._view.reshaped(landed), None
 
     # --- shape: versioned like the data (hubdask.grow) ----------------------------------------------
 
     def _whole(self, action: str) -> View:
-        view = self._view.current()
+        # no head check: a change of shape reads the newest shape in the open node under its fence, and the
+        # seal check after it moves it to the next open node if a commit sealed this one
+        view = self._view
         if view.is_view:
             raise ValueError(f"dataset {self.name!r}: {action} the whole array, not a view of it")
         return view

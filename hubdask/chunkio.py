@@ -327,13 +327,19 @@ def node_versions(source: Source) -> dict[str, int]:
 
 async def _list_versions(source: Source, lay: Layout, keys: list[str] | None) -> dict[str, int]:
     """The open node's newest versions of ``keys`` (None: of every chunk): a LIST per key for a few, one
-    LIST of the node's chunks otherwise."""
+    LIST of the node's chunks otherwise; none at all where this process is the node's only writer
+    (store.written_here_only)."""
     root, node, ds = source.root, source.node, source.ds
+    prefix = f"{lay.prefix}/c" if lay.prefix else "c"
+    mine = store_module.written_here_only(root, ds, node, source.node_shared)
+    if mine is not None:  # only this process wrote the node: it knows every version there
+        wanted = set(keys) if keys is not None else None
+        return {k: seq for k, (seq, _) in mine.items()
+                if (k in wanted if wanted is not None else k.startswith(prefix))}
     few = LIST_EACH_CHUNK_AT_LOCAL if root.is_local else LIST_EACH_CHUNK_AT
     if keys is not None and len(keys) <= few:
         seqs = await asyncio.gather(*(store_module.newest_version(root, ds, node, k) for k in keys))
         return {k: s for k, s in zip(keys, seqs) if s}
-    prefix = f"{lay.prefix}/c" if lay.prefix else "c"
     found = await store_module.node_versions(root, ds, node, prefix)
     return {k: seq for k, (seq, _) in found.items()}
 

@@ -26,9 +26,10 @@ from hubdask.errors import ReadOnlyError, refusing_read_only
 from hubdask.locks import chunk_locks, lock_name
 from hubdask.source import Source
 from hubdask.storage import sync
-from hubdask.versioning import layout, refs, repository
+from hubdask.versioning import refs, repository
 from hubdask.versioning.diff import outside
-from hubdask.versioning.store import StaleRead, begin_write, newest_version, put_version
+from hubdask.versioning.store import (StaleRead, begin_write, keep_small_version, known_version, newest_version,
+                                      put_version)
 from hubdask.write import coerce, write_region
 
 Shape = tuple[int, ...]
@@ -51,15 +52,17 @@ def change_shape(src: Source, what: str, decide: Callable[[Shape], Shape], lock:
     _writable(src, what, "change its shape")
     repo = repository(src.root, src.ds)
     root, ds, key = src.root, src.ds, src.meta_key
+    listed = False  # whether this node's versions of zarr.json were listed (else: the newest one seen here)
     while True:
         node, branch = src.node, src.branch
         with refusing_read_only(what, root.url), chunk_locks([lock_name(root.url, ds, branch, key)], lock, root=root):
             begin_write(root, ds, node)
-            refs.mark_meta(root, ds, branch, node)  # before the version it announces
             store = src.store()
-            sync(store.mark_written())
-            seq = sync(newest_version(root, ds, node, key))
-            raw = root.get(layout.version_key(ds, node, key, seq)) if seq else root.get(store.committed_key(key))
+            sync(_marks(root, ds, branch, node, store))  # before the version they announce
+            # the newest version seen here is a hint: creating the next one fails if another writer went
+            # further (StaleRead), and the versions are listed then
+            seq = sync(newest_version(root, ds, node, key)) if listed else known_version(root, ds, node, key)
+            raw = store.small_bytes(key, seq)
             meta = json.loads(raw)
             old = tuple(meta["shape"])
             new = tuple(int(n) for n in decide(old))
@@ -70,21 +73,34 @@ def change_shape(src: Source, what: str, decide: Callable[[Shape], Shape], lock:
             # when the object holds our bytes (storage.retry), and two appenders growing 6 -> 9 rows would
             # otherwise write the very same bytes and both take rows 6:9 (a zarr v3 extension field)
             meta[CHANGE_FIELD] = {"must_understand": False, "id": uuid.uuid4().hex}
+            data = json.dumps(meta).encode()
             try:
-                made = sync(put_version(root, ds, node, key, json.dumps(meta).encode(), based_on=seq, what=what))
+                made = sync(put_version(root, ds, node, key, data, based_on=seq, what=what))
             except StaleRead:
+                listed = True
                 continue
+            keep_small_version(root, ds, node, key, made, data)
         seal = repo.seal(node)
         if seal is None:
             return _pinned(src, made), old, new
         head = repo.after_write(branch, node)  # the head after the commit that sealed the node
         if _holds(repo, seal, key, node, made):
             return src.at_head(head), old, new
-        src = src.at_head(head)  # the commit missed it: change the shape again on the new node
+        src, listed = src.at_head(head), False  # the commit missed it: change the shape again on the new node
+
+
+async def _marks(root: Any, ds: str, branch: str, node: str, store: Any) -> None:
+    """The node's meta mark and this process's written mark, together (each once per process and node)."""
+    import asyncio
+
+    done = await asyncio.gather(refs.mark_meta(root, ds, branch, node), store.mark_written(), return_exceptions=True)
+    for outcome in done:
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 def _pinned(src: Source, seq: int) -> Source:
-    return dataclasses.replace(src, meta_seq=seq, meta_changed=True, node_written=True)
+    return dataclasses.replace(src.written_here(), meta_seq=seq, meta_changed=True)
 
 
 def _holds(repo: Any, seal: dict, key: str, node: str, seq: int) -> bool:

@@ -31,6 +31,7 @@ class Source:
     branch: str | None = None
     cache: bool = True  # read committed objects of a remote root through the local disk cache
     node_written: bool = True  # False: the head showed no written mark, the open node is empty
+    node_shared: bool = True  # False: the head showed no many-writers mark (only the first writer wrote there)
     meta_seq: int = 0  # the open node's version of the array's zarr.json (0: the base commit's metadata)
     meta_changed: bool = False  # the head showed the node's meta mark: some array's metadata changed there
 
@@ -43,8 +44,16 @@ class Source:
     def at_head(self, head) -> "Source":
         """This source at a branch head record: the one place a Source is rebuilt from a head (keeps ``cache``)."""
         moved = dataclasses.replace(self, commit=head.base, node=head.node, branch=head.branch,
-                                    node_written=head.written, meta_changed=getattr(head, "meta", False))
+                                    node_written=head.written, node_shared=getattr(head, "shared", True),
+                                    meta_changed=getattr(head, "meta", False))
         return moved.for_array(self.path)
+
+    def written_here(self) -> "Source":
+        """This source as the head will show it once a write of this process into the open node returned:
+        the node written, by this process alone if it made the first writer's mark (what a branch read
+        assumes while its head check runs, and checks: another writer shows in the head's listing)."""
+        return dataclasses.replace(self, node_written=True,
+                                   node_shared=not store_module.first_writer(self.root, self.ds, self.node))
 
     def for_array(self, path: str) -> "Source":
         """The source of array ``path`` at this state; where the head showed new metadata in the open node
@@ -58,14 +67,13 @@ class Source:
                                                                                   src.meta_key)))
 
     def pinned_metadata(self):
-        """The array's metadata at version ``meta_seq`` of the open node (one GET)."""
+        """The array's metadata at version ``meta_seq`` of the open node (one GET, none for a version made
+        or read here)."""
         import json
 
         from zarr.core.metadata import ArrayV3Metadata
 
-        from hubdask.versioning import layout
-
-        raw = self.root.get(layout.version_key(self.ds, self.node, self.meta_key, self.meta_seq))
+        raw = store_module.small_version(self.root, self.ds, self.node, self.meta_key, self.meta_seq)
         return ArrayV3Metadata.from_dict(json.loads(raw))
 
     @property
@@ -89,7 +97,7 @@ class Source:
 
     def __dask_tokenize__(self) -> tuple:
         return ("hubdask.Source", self.root.token, self.ds, self.path, self.commit, self.node, self.node_written,
-                self.meta_seq)
+                self.node_shared, self.meta_seq)
 
     @property
     def reads_node(self) -> bool:

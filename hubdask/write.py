@@ -125,7 +125,7 @@ def write_region(src: Source, sel: tuple, data: np.ndarray, shape: tuple[int, ..
         created = write_once(src, sel, data, shape, chunks, lock)
         head = settle(src, created)
         if head is None:
-            return src
+            return src.written_here()
         src = src.at_head(head)
 
 

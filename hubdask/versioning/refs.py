@@ -55,6 +55,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from hubdask.errors import CorruptionError
@@ -86,6 +88,7 @@ class Head:
     base: str | None
     written: bool = True  # the open node may hold writes (False: the listing proved it empty)
     meta: bool = False  # the open node may hold new metadata (a resize or append: its meta mark was listed)
+    shared: bool = True  # another writer process may have written the node (False: no many-writers mark listed)
     listing: "_Listing | None" = dataclasses.field(default=None, compare=False, repr=False)  # what it was read from
 
     @property
@@ -105,9 +108,47 @@ def meta_key(ds: str, branch: str, node: str) -> str:
     return f"{head_prefix(ds, branch)}meta-{node}"
 
 
-def mark_meta(root: Root, ds: str, branch: str, node: str) -> None:
-    """Put the meta mark of ``node`` (idempotent; before the metadata it announces)."""
-    root.put(meta_key(ds, branch, node), b"")
+async def mark_meta(root: Root, ds: str, branch: str, node: str) -> None:
+    """Put the meta mark of ``node`` before the metadata it announces; once per process and node (a mark
+    that landed stays while the node is open: only marks of nodes past the kept heads are pruned)."""
+    if (root.token, ds, node) in _META_LANDED:
+        return
+    key = meta_key(ds, branch, node)
+    _put_here(root, ds, node, key)
+    await root.put_async(key, b"")
+    if len(_META_LANDED) > _PUT_MAX:
+        _META_LANDED.clear()  # a mark put again costs one request, nothing worse
+    _META_LANDED.add((root.token, ds, node))
+
+
+# (root token, dataset, node) -> the marks this process put beside that node's head (drop_marks)
+_PUT: "OrderedDict[tuple[str, str, str], set[str]]" = OrderedDict()
+_PUT_MAX = 4096
+_PUT_LOCK = threading.Lock()
+_META_LANDED: set[tuple[str, str, str]] = set()  # (root token, dataset, node) whose meta mark this process put
+
+
+def _put_here(root: Root, ds: str, node: str, key: str) -> None:
+    with _PUT_LOCK:
+        _PUT.setdefault((root.token, ds, node), set()).add(key)
+        while len(_PUT) > _PUT_MAX:
+            _PUT.popitem(last=False)
+
+
+def drop_marks(root: Root, ds: str, node: str) -> None:
+    """Delete the marks this process put (or tried to) beside sealed ``node``'s head; call it once a head past that
+    node is named (seen in a listing). From then on nobody needs them: readers resolve the newer head,
+    whose base commit holds the node, and every committer of the node finds its commit record. A mark
+    that landed after the prune of the node's head (a write that then found the node sealed) would
+    otherwise stay in the folder for good, since a committer prunes marks it listed or of heads it
+    knows. Best effort: a failure leaves one object behind, nothing worse."""
+    with _PUT_LOCK:
+        keys = _PUT.pop((root.token, ds, node), None)
+    if keys:
+        try:
+            root.delete_many(sorted(keys))
+        except Exception:  # noqa: BLE001  (a later commit that lists the folder prunes it)
+            pass
 
 
 def _marked_node(name: str) -> str | None:
@@ -117,18 +158,21 @@ def _marked_node(name: str) -> str | None:
     return None
 
 
-async def mark_written(root: Root, ds: str, branch: str, node: str, writer: str) -> None:
+async def mark_written(root: Root, ds: str, branch: str, node: str, writer: str) -> bool:
     """Mark ``node`` as written by process ``writer``: create the first writer's mark, or, if it exists
     (another writer's, or our own whose reply was lost: taken as another's, which only costs a commit a
-    LIST), put the mark of many writers."""
+    LIST), put the mark of many writers. True if ``writer`` made the first writer's mark."""
     from hubdask.storage import retry
 
     key = written_key(ds, branch, node)
+    _put_here(root, ds, node, key)  # before the request: a mark whose answer is lost may have landed
     create = lambda: root.create_async(key, writer.encode())  # noqa: E731
     first = await (create() if not root.is_remote
                    else retry.call(create, f"dataset {ds!r}: create {key!r}"))
     if not first:
+        _put_here(root, ds, node, written_key(ds, branch, node, many=True))
         await root.put_async(written_key(ds, branch, node, many=True), b"")
+    return bool(first)
 
 
 def only_writer(root: Root, ds: str, branch: str, node: str, writer: str) -> bool:
@@ -199,6 +243,7 @@ class _Listing:
     marked: set[str]
     keys: list[str]
     meta: set[str] = dataclasses.field(default_factory=set)
+    many: set[str] = dataclasses.field(default_factory=set)  # nodes whose many-writers mark was listed
 
 
 def _list(root: Root, ds: str, branch: str) -> _Listing:
@@ -216,7 +261,8 @@ def _parse_listing(ds: str, branch: str, listed: list[str]) -> _Listing:
             pointers.setdefault(int(parts[0]), []).append((parts[1], None if parts[2] == "-" else parts[2]))
     return _Listing(sorted({int(n) for n in names if n.isdigit()} | set(pointers)), pointers,
                     {_marked_node(n) for n in names if n.startswith("written-")}, keys,
-                    {_marked_node(n) for n in names if n.startswith("meta-")})
+                    {_marked_node(n) for n in names if n.startswith("meta-")},
+                    {_marked_node(n) for n in names if n.startswith("written-") and n.endswith(".many")})
 
 
 def read_head(root: Root, ds: str, branch: str) -> Head | None:
@@ -230,6 +276,7 @@ def read_head(root: Root, ds: str, branch: str) -> Head | None:
             if head.deleted:
                 return None
             return dataclasses.replace(head, written=head.node in listing.marked, meta=head.node in listing.meta,
+                                       shared=head.node in listing.many,
                                        listing=listing)
     return _from_claims(root, ds, branch)
 

@@ -68,6 +68,7 @@ class Repository:
 
     SEAL_WAIT = 5.0  # seconds a writer waits for a commit in progress before finishing it itself
     DEBRIS_AGE = 60.0  # seconds after which a creation that left no marker is taken as crashed
+    SWEEP_EVERY = refs.TRIM_EVERY  # heads between prunes from a fresh listing of the branch's folder
 
     def __init__(self, root: Root, ds: str) -> None:
         self.root, self.ds = root, ds
@@ -381,7 +382,10 @@ class Repository:
     def _move(self, branch: str, head: refs.Head, rec: Commit) -> tuple[str, refs.Head]:
         """Create head SEQ+1 on commit ``rec``; its id and a head holding it if the branch now holds it,
         else ConflictError."""
-        moved = refs.write_head(self.root, self.ds, branch, head.seq + 1, new_node_id(), rec.id, prior=head.listing)
+        # every SWEEP_EVERY-th head prunes from a fresh listing, not the one it was read from: marks that a
+        # late writer put and could not drop (it died first) go then
+        prior = head.listing if (head.seq + 1) % self.SWEEP_EVERY else None
+        moved = refs.write_head(self.root, self.ds, branch, head.seq + 1, new_node_id(), rec.id, prior=prior)
         if moved is not None:
             with self._lock:
                 self._made[branch] = moved
@@ -417,8 +421,12 @@ class Repository:
         if seal is None:
             return None
         if seal.get("deleted"):
+            refs.drop_marks(self.root, self.ds, node)  # the branch's folder is gone: no mark there is anyone's
             raise NotFoundError(f"{_deleted(self.ds, seal)} while writing; the write was not kept")
-        return self.wait_for_new_head(branch, node)
+        head = self.wait_for_new_head(branch, node)
+        if head.listing is not None:  # a head past the node is named: the marks put beside it are no one's
+            refs.drop_marks(self.root, self.ds, node)
+        return head
 
     def wait_for_new_head(self, branch: str, sealed_node: str) -> refs.Head:
         """After a write landed in a sealed node: the head that replaced it. A commit that has not moved

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextvars
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -36,6 +37,7 @@ TOMBSTONE = layout.TOMBSTONE
 # those whose written mark it has seen land in storage
 _WRITING: set[tuple[str, str, str]] = set()
 _MARKED: set[tuple[str, str, str]] = set()
+_FIRST: set[tuple[str, str, str]] = set()  # of those, the nodes whose first writer's mark this process made
 # (root token, dataset, node) -> {key: (newest version this process created, whether it deletes)}: every
 # version it made, so a commit of a node that only this process wrote into needs no LIST of the node
 _CREATED: dict[tuple[str, str, str], dict[str, tuple[int, bool]]] = {}
@@ -45,6 +47,9 @@ WRITER = os.urandom(6).hex()  # this process's writer id in written marks (a new
 _NEWEST: dict[tuple[str, str, str, str], int] = {}
 _NEWEST_LOCK = threading.Lock()
 _NEWEST_MAX = 1_000_000
+# (root token, dataset, node, key, version) -> bytes: small immutable versions made or read here (small_version)
+_SMALL: "OrderedDict[tuple[str, str, str, str, int], bytes]" = OrderedDict()
+_SMALL_MAX = 256
 
 # During a read-modify-write through zarr's own codec path: logical key -> the version the read saw,
 # so that the write of the modified chunk is fenced on it (zarr reads and writes through this store)
@@ -65,12 +70,50 @@ def created_here(root: Root, ds: str, node: str) -> dict[str, tuple[int, bool]]:
         return dict(_CREATED.get((root.token, ds, node), {}))
 
 
+def small_version(root: Root, ds: str, node: str, key: str, seq: int) -> bytes | None:
+    """The bytes of version ``seq`` of a small ``key`` (an array's zarr.json) in ``node``: from this
+    process's copy of the versions it made or read (versions are immutable: a copy never goes stale),
+    else one GET."""
+    k = (root.token, ds, node, key, seq)
+    raw = _SMALL.get(k)
+    if raw is None:
+        raw = root.get(layout.version_key(ds, node, key, seq))
+        if raw is not None:
+            keep_small_version(root, ds, node, key, seq, raw)
+    return raw
+
+
+def keep_small_version(root: Root, ds: str, node: str, key: str, seq: int, data: bytes) -> None:
+    """Keep a copy of version ``seq`` of small ``key`` in ``node`` (what small_version serves)."""
+    with _NEWEST_LOCK:
+        _SMALL[(root.token, ds, node, key, seq)] = bytes(data)
+        while len(_SMALL) > _SMALL_MAX:
+            _SMALL.popitem(last=False)
+
+
+def first_writer(root: Root, ds: str, node: str) -> bool:
+    """Whether this process made ``node``'s first writer's mark."""
+    return (root.token, ds, node) in _FIRST
+
+
+def written_here_only(root: Root, ds: str, node: str, shared: bool) -> dict[str, tuple[int, bool]] | None:
+    """The newest version of every key written in ``node`` with no LIST, when the head a read resolved
+    showed no many-writers mark (``shared`` False) and this process made the node's first writer's mark:
+    every write that returned into the node is then this process's (any other writer process puts the
+    many-writers mark before its write returns), so created_here knows them all; the commit of such a
+    node takes its content the same way. None otherwise: list the node."""
+    if shared or not first_writer(root, ds, node):
+        return None
+    return created_here(root, ds, node)
+
+
 def _reset_after_fork() -> None:
     """A forked child is a new writer: it has written nothing and marked nothing yet."""
     global WRITER, _NEWEST_LOCK
     WRITER = os.urandom(6).hex()
     _NEWEST_LOCK = threading.Lock()
     _MARKED.clear()
+    _FIRST.clear()
     _CREATED.clear()
 
 
@@ -209,6 +252,19 @@ class VersionedStore(Store):
         holder = self.chunk_map.get(key)
         return layout.object_key(self.ds, key, holder) if holder is not None else None
 
+    def small_bytes(self, key: str, seq: int) -> bytes | None:
+        """The bytes of small ``key`` (an array's zarr.json) at version ``seq`` of the open node, or (0) of
+        the base commit: from this process's copy where it made or read that version (small_version)."""
+        if seq:
+            return small_version(self.root, self.ds, self.node, key, seq)
+        held = self.chunk_map.get(key)
+        if held is None:
+            return None
+        node, _, at = held.partition("@")
+        if at:
+            return small_version(self.root, self.ds, node, key, int(at))
+        return self.root.get(layout.object_key(self.ds, key, held))  # an upgraded dataset's object
+
     def version_key(self, key: str, seq: int) -> str:
         assert self.node is not None
         return layout.version_key(self.ds, self.node, key, seq)
@@ -221,7 +277,8 @@ class VersionedStore(Store):
         _WRITING.add(self._mark)
         if self.branch is None or self._mark in _MARKED:
             return
-        await refs.mark_written(self.root, self.ds, self.branch, self.node, WRITER)
+        if await refs.mark_written(self.root, self.ds, self.branch, self.node, WRITER):
+            _FIRST.add(self._mark)
         _MARKED.add(self._mark)
 
     async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:
