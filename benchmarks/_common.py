@@ -155,6 +155,15 @@ def interleaved(specs: list[dict], repeats: int = 3, verbose: bool = True) -> li
     return merged
 
 
+def round_ratio(a: Measure, b: Measure) -> float | None:
+    """How much faster ``a`` ran than ``b`` (> 1: faster), the median over the rounds of ``interleaved``
+    (each round's two runs saw about the same machine load)."""
+    import statistics  # noqa: PLC0415
+
+    pairs = [tb / ta for ta, tb in zip(a.times, b.times) if ta > 0]
+    return statistics.median(pairs) if a.status == b.status == "ok" and pairs else None
+
+
 def not_available(backend: str, tool: str, op: str, nbytes: int, why: str, verbose: bool = True) -> Measure:
     m = Measure(backend, tool, op, nbytes, status="n/a", note=why)
     if verbose:

@@ -41,6 +41,7 @@ from _common import (
     fmt,
     interleaved,
     require_hubdask,
+    round_ratio,
     machine,
     markdown_table,
     measure,
@@ -124,6 +125,7 @@ def main(argv=None) -> int:
     ratio = (by["warm (cache full)"].mbps or 0) / (by["local root"].mbps or float("inf"))
     cold_ratio = (by[COLD].mbps or 0) / (by[NOCACHE].mbps or float("inf"))
     flushed_ratio = (by[COLD_FLUSHED].mbps or 0) / (by[NOCACHE].mbps or float("inf"))
+    cold_median, flushed_median = round_ratio(by[COLD], by[NOCACHE]), round_ratio(by[COLD_FLUSHED], by[NOCACHE])
     ratio_read = (by["warm, array loaded once"].mbps or 0) / (by["local root, array loaded once"].mbps or float("inf"))
     rows = [[m.backend, m.tool, fmt(m.mbps, missing=m.status)] for m in results]
     md = "\n".join([
@@ -136,8 +138,9 @@ def main(argv=None) -> int:
         "",
         markdown_table(["backend", "read", "MB/s"], rows),
         "",
-        f"cold with the cache on / off = **{cold_ratio:.2f}x** (goal >= 0.95x: cache writes off the critical "
-        f"path); {flushed_ratio:.2f}x counting until every entry is on disk.",
+        f"cold with the cache on / off = **{cold_ratio:.2f}x** best over best, {fmt(cold_median, '.2f')}x the "
+        f"median of the rounds' ratios (goal >= 0.95x: cache writes off the critical path); counting until "
+        f"every entry is on disk: {flushed_ratio:.2f}x, {fmt(flushed_median, '.2f')}x.",
         "",
         f"warm / local root = **{ratio:.2f}x** with hd.load each time, **{ratio_read:.2f}x** reading arrays loaded "
         f"once (goal >= 0.9x). Cache counters at the end: hits {hits['hits']}, "
@@ -151,6 +154,8 @@ def main(argv=None) -> int:
         stem = "cache" + (f"-{args.latency_ms:g}ms" if args.latency_ms else "")
         j, m = write_results(stem, {"results": [r.as_dict() for r in results], "warm_over_local": ratio,
                                        "cold_cache_on_over_off": cold_ratio, "cold_flushed_over_off": flushed_ratio,
+                                       "cold_on_over_off_round_median": cold_median,
+                                       "cold_flushed_over_off_round_median": flushed_median,
                                        "warm_over_local_loaded_once": ratio_read}, md)
         print(f"\nwrote {j} and {m}")
     return 0
