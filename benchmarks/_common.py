@@ -133,6 +133,37 @@ def measure(
     return m
 
 
+def interleaved(specs: list[dict], repeats: int = 3, verbose: bool = True) -> list[Measure]:
+    """``measure(**spec)`` for each spec, one run of each in turn, ``repeats`` rounds: figures to be
+    compared with each other (a ratio) see the same machine noise. One merged Measure per spec."""
+    rounds = [[measure(**spec, repeats=1, verbose=False) for spec in specs] for _ in range(repeats)]
+    merged = []
+    for i in range(len(specs)):
+        group = [r[i] for r in rounds]
+        m = group[0]
+        m.times = [t for g in group for t in g.times]
+        bad = [g for g in group if g.status != "ok"]
+        if bad:
+            m.status, m.note = bad[0].status, bad[0].note
+        if verbose:
+            if m.status == "ok":
+                print(f"  {m.backend:6} {m.tool:34} {m.op:5} {m.mbps:9.1f} MB/s   (runs s: "
+                      f"{' '.join(f'{t:.2f}' for t in m.times)})", flush=True)
+            else:
+                print(f"  {m.backend:6} {m.tool:34} {m.op:5} {m.status}: {m.note}", flush=True)
+        merged.append(m)
+    return merged
+
+
+def round_ratio(a: Measure, b: Measure) -> float | None:
+    """How much faster ``a`` ran than ``b`` (> 1: faster), the median over the rounds of ``interleaved``
+    (each round's two runs saw about the same machine load)."""
+    import statistics  # noqa: PLC0415
+
+    pairs = [tb / ta for ta, tb in zip(a.times, b.times) if ta > 0]
+    return statistics.median(pairs) if a.status == b.status == "ok" and pairs else None
+
+
 def not_available(backend: str, tool: str, op: str, nbytes: int, why: str, verbose: bool = True) -> Measure:
     m = Measure(backend, tool, op, nbytes, status="n/a", note=why)
     if verbose:

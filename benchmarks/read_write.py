@@ -31,6 +31,7 @@ import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -64,6 +65,7 @@ TS = "tensorstore (zarr3)"
 ICECHUNK = "icechunk (zarr-python on a session)"
 CAT = "fsspec cat (raw transport)"
 OBGET = "obstore get (raw transport)"
+OBDEC = "obstore get + decode (crc32c, zstd)"
 LEAN = "lean read (file+zstd, 2 threads)"
 HD = "hubdask (a[...]= / np.asarray)"
 HD_DASK = "hubdask (hd.store / to_dask)"
@@ -256,40 +258,69 @@ def fsspec_cat(backend, paths: list[str]) -> dict:
     return backend.fs.cat(paths)
 
 
-def obstore_get(store, keys: list[str], concurrency: int = 16) -> list:
+def obstore_get(store, keys: list[str], concurrency: int = 16,
+                each: Callable[[int, Any], None] | None = None) -> list:
+    """Every object of ``keys``, ``concurrency`` GETs in flight. ``each(i, blob)``, when given, runs in
+    two helper threads as each object arrives (overlapping the GETs still in flight)."""
     import asyncio
 
     import obstore
 
+    pool = ThreadPoolExecutor(2) if each is not None else None
+
     async def all_():
         gate = asyncio.Semaphore(concurrency)
+        loop = asyncio.get_running_loop()
 
-        async def one(key):
+        async def one(i, key):
             async with gate:
-                return await (await obstore.get_async(store, key)).bytes_async()
+                blob = await (await obstore.get_async(store, key)).bytes_async()
+            if each is not None:
+                await loop.run_in_executor(pool, each, i, blob)
+            return blob
 
-        return await asyncio.gather(*map(one, keys))
+        return await asyncio.gather(*(one(i, k) for i, k in enumerate(keys)))
 
     # On a loop in a helper thread, as zarr drives obstore: asyncio.run() on the main thread measured
     # ~10x slower here for the same coroutine (Python 3.11, obstore 0.12).
-    with ThreadPoolExecutor(1) as loop_thread:
-        return loop_thread.submit(asyncio.run, all_()).result()
+    try:
+        with ThreadPoolExecutor(1) as loop_thread:
+            return loop_thread.submit(asyncio.run, all_()).result()
+    finally:
+        if pool is not None:
+            pool.shutdown()
 
 
-def lean_read(paths: list[str], shape, frames_per_chunk: int, threads: int = 2) -> np.ndarray:
+def decode_chunk(blob, out: np.ndarray, where: str) -> None:
+    """The encoding's decode, done the cheapest way: check the crc32c, zstd-decode straight into ``out``."""
     import crc32c
     from numcodecs import Zstd
 
+    body = memoryview(blob)[:-4]
+    if crc32c.crc32c(body) != int.from_bytes(memoryview(blob)[-4:], "little"):
+        raise ValueError(f"crc32c mismatch in {where}")
+    Zstd().decode(body, out=out)
+
+
+def obstore_get_decode(store, keys: list[str], shape, frames_per_chunk: int) -> np.ndarray:
+    """Raw GETs plus the same decode into one output array: the transport limit of a reader that must
+    decode (what a zarr reader can reach at best)."""
     out = np.empty(shape, dtype=np.uint8)
-    codec = Zstd()
+
+    def one(i: int, blob) -> None:
+        decode_chunk(blob, out[i * frames_per_chunk : (i + 1) * frames_per_chunk], keys[i])
+
+    obstore_get(store, keys, each=one)
+    return out
+
+
+def lean_read(paths: list[str], shape, frames_per_chunk: int, threads: int = 2) -> np.ndarray:
+    out = np.empty(shape, dtype=np.uint8)
 
     def one(i: int) -> None:
         with open(paths[i], "rb") as f:
             blob = f.read()
-        body = memoryview(blob)[:-4]
-        if crc32c.crc32c(body) != int.from_bytes(blob[-4:], "little"):
-            raise ValueError(f"crc32c mismatch in {paths[i]}")
-        codec.decode(body, out=out[i * frames_per_chunk : (i + 1) * frames_per_chunk])
+        decode_chunk(blob, out[i * frames_per_chunk : (i + 1) * frames_per_chunk], paths[i])
 
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(one, range(len(paths))))
@@ -324,6 +355,13 @@ def hd_dask_read(hd, root: str) -> np.ndarray:
 # one backend
 
 
+TOOLS: list[str] = []  # --tools: substrings of the rows to measure (empty: every row)
+
+
+def wanted(tool: str) -> bool:
+    return not TOOLS or any(t in tool.lower() for t in TOOLS)
+
+
 def run_backend(backend, data: np.ndarray, repeats: int, cache_dir: Path) -> list[Measure]:
     chunks = (CHUNK_FRAMES, *FRAME)
     nbytes, nchunks = data.nbytes, data.shape[0] // CHUNK_FRAMES
@@ -332,6 +370,8 @@ def run_backend(backend, data: np.ndarray, repeats: int, cache_dir: Path) -> lis
     out: list[Measure] = []
 
     def pair(tool, key, write, read, read_setup=None):
+        if not wanted(tool):
+            return
         w = measure(b, tool, "write", nbytes, write, repeats=repeats, setup=lambda: backend.remove(key))
         out.append(w)
         if w.status != "ok":
@@ -340,9 +380,16 @@ def run_backend(backend, data: np.ndarray, repeats: int, cache_dir: Path) -> lis
             out.append(measure(b, tool, "read", nbytes, read, repeats=repeats, setup=read_setup, check=check))
 
     # zarr-python, one row per store client; the first copy also feeds the raw-transport readers
+    raw = [t for t in ([CAT, OBGET, OBDEC] if b != "local" else [CAT, LEAN]) if wanted(t)]
     zarr_key = None
     for tool, client in backend.zarr_clients:
         key = f"zarr-{client}"
+        if not wanted(tool):  # left out by --tools; the last client's copy still feeds the raw readers
+            if raw and zarr_key is None and client == backend.zarr_clients[-1][1]:
+                backend.remove(key)
+                zarr_write(backend.zarr_store(key, client), data, chunks)
+                zarr_key = key
+            continue
         pair(
             tool,
             key,
@@ -375,8 +422,9 @@ def run_backend(backend, data: np.ndarray, repeats: int, cache_dir: Path) -> lis
         out += [not_available(b, ICECHUNK, op, nbytes, f"icechunk not installed ({exc})") for op in ("write", "read")]
 
     # raw transport and the lean local reader, on zarr-python's copy
-    raw = [CAT, OBGET] if b != "local" else [CAT, LEAN]
-    if zarr_key is None:
+    if not raw:
+        pass
+    elif zarr_key is None:
         out += [not_available(b, tool, "read", nbytes, "no zarr-python copy to read") for tool in raw]
     else:
         paths = chunk_paths(backend, zarr_key, nchunks)
@@ -387,18 +435,16 @@ def run_backend(backend, data: np.ndarray, repeats: int, cache_dir: Path) -> lis
                 raise AssertionError(f"got {len(blobs)} of {nchunks} chunk objects")
             stored.append(sum(map(len, blobs)))
 
-        out.append(measure(b, CAT, "read", nbytes, lambda: fsspec_cat(backend, paths), repeats=repeats,
-                           check=lambda r: count(list(r.values()))))
-        if stored:
-            out[-1].note = f"stored bytes / logical bytes = {stored[0] / nbytes:.3f}"
-        if b == "local":
-            out.append(measure(b, LEAN, "read", nbytes, lambda: lean_read(paths, data.shape, CHUNK_FRAMES),
-                               repeats=repeats, check=check))
-        else:
-            keys = [f"c/{i}/0/0" for i in range(nchunks)]
-            out.append(measure(b, OBGET, "read", nbytes, lambda: obstore_get(backend.obstore(zarr_key), keys),
-                               repeats=repeats, check=count))
-    if b != "local":
+        keys = [f"c/{i}/0/0" for i in range(nchunks)]
+        runs = {CAT: (lambda: fsspec_cat(backend, paths), lambda r: count(list(r.values()))),
+                LEAN: (lambda: lean_read(paths, data.shape, CHUNK_FRAMES), check),
+                OBGET: (lambda: obstore_get(backend.obstore(zarr_key), keys), count),
+                OBDEC: (lambda: obstore_get_decode(backend.obstore(zarr_key), keys, data.shape, CHUNK_FRAMES), check)}
+        for tool in raw:
+            out.append(measure(b, tool, "read", nbytes, runs[tool][0], repeats=repeats, check=runs[tool][1]))
+            if tool == CAT and stored:
+                out[-1].note = f"stored bytes / logical bytes = {stored[0] / nbytes:.3f}"
+    if b != "local" and wanted(LEAN):
         out.append(not_available(b, LEAN, "read", nbytes, "reads local files only"))
 
     # hubdask, guarded
@@ -482,11 +528,14 @@ def main(argv=None) -> int:
     p.add_argument("--latency-ms", type=float, default=0, help="added to every S3 request (the fault proxy)")
     p.add_argument("--chunk-mb", type=int, default=None, help="chunk size in MiB (a multiple of 1/4; default 4)")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--tools", default="", help="comma-separated substrings of the tool rows to measure, e.g. "
+                   "'tensorstore,obstore get,hubdask' (default: all)")
     p.add_argument("--workdir", default=None, help="parent folder for the local copies (default: system temp)")
     p.add_argument("--keep", action="store_true", help="keep the local copies")
     p.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/")
     args = p.parse_args(argv)
     global CHUNK_FRAMES
+    TOOLS[:] = [t.strip().lower() for t in args.tools.split(",") if t.strip()]
     if args.chunk_mb:
         CHUNK_FRAMES = max(1, args.chunk_mb * MB // (FRAME[0] * FRAME[1]))
     if args.backend is None:

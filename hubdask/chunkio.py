@@ -16,6 +16,7 @@ The write path's correctness (chunk locks, the seal check) stays in write.write_
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import os
@@ -566,7 +567,8 @@ def _fetch_all(res: Resolver, jobs: list, deliver: Callable[[tuple, Any], None])
             raise res.missing(key)
         return await in_pool(finish, job, raw)
 
-    sync(_bounded(fetch_one, jobs, config.read_concurrency()))
+    with cache.reading() if cache is not None else contextlib.nullcontext():
+        sync(_bounded(fetch_one, jobs, config.read_concurrency()))
 
 
 def _shard_index(res: Resolver, part: ChunkPart, tail: Any) -> np.ndarray | None:

@@ -177,3 +177,94 @@ def test_clear_and_info_after_the_cache_folder_was_deleted(s3_root, cache_dir):
     assert cache.info()["entries"] >= 4  # the cache fills again in the recreated folder
     shutil.rmtree(cache_dir)
     assert hd.cache.clear() == 0
+
+
+def _record_stores(monkeypatch, reading: dict) -> list[bool]:
+    """Every cache entry the writer stores, as whether a read was in flight at that instant."""
+    seen: list[bool] = []
+    real = cache._store
+
+    def store(full_key, data):
+        seen.append(reading["now"])
+        reading["stored"].set()
+        real(full_key, data)
+
+    monkeypatch.setattr(cache, "_store", store)
+    return seen
+
+
+def test_a_cold_read_writes_no_cache_entry_while_it_runs(s3_root, cache_dir, monkeypatch):
+    """Cache writes stay off the read's critical path: the worst instant is the writer storing the
+    first chunks' entries while the read still decodes the last one (on two cores, the disk copy then
+    competes with the decode). The last decode waits for a store to be attempted; none may come."""
+    import threading
+
+    from hubdask.chunkio import LeanCodec
+
+    _, data = _make(s3_root)
+    reading = {"now": False, "stored": threading.Event()}
+    seen = _record_stores(monkeypatch, reading)
+    real_decode, calls = LeanCodec.decode, []
+
+    def decode(self, raw, out):
+        calls.append(1)
+        if len(calls) == 4:  # the last chunk of four: the others' entries are queued by now
+            reading["stored"].wait(2.0)
+        return real_decode(self, raw, out)
+
+    monkeypatch.setattr(LeanCodec, "decode", decode)
+    x = hd.load("c/arr", storage=s3_root)
+    reading["now"] = True
+    got = np.asarray(x)
+    reading["now"] = False
+    np.testing.assert_array_equal(got, data)
+    cache.flush()
+    assert len(calls) == 4 and len(seen) >= 4, "every chunk decoded, every entry stored once the read ended"
+    assert not any(seen), f"{sum(seen)} cache entries were written while the read was still running"
+
+
+def test_a_read_bigger_than_the_writers_bound_still_caches_every_chunk(s3_root, cache_dir, monkeypatch):
+    """Entries wait for the read to end only while little is queued: past half the writer's bound they
+    are written during the read, so a read larger than the bound keeps memory bounded and is cached whole."""
+    _, data = _make(s3_root)
+    x = hd.load("c/arr", storage=s3_root)
+    monkeypatch.setattr(cache._Writer, "MAX_PENDING", 3 * 1024)  # about two stored chunks of this array
+    np.testing.assert_array_equal(np.asarray(x), data)
+    assert cache.info()["entries"] >= 4
+    before = cache.info()["hits"]
+    np.testing.assert_array_equal(np.asarray(hd.load("c/arr", storage=s3_root)), data)
+    assert cache.info()["hits"] >= before + 4
+
+
+def test_flush_drains_while_another_thread_reads(s3_root, cache_dir, monkeypatch):
+    """flush() waits for the entries queued so far even while another thread's read is in flight (and
+    so keeps the writer waiting): it must return, with the entry on disk."""
+    import threading
+
+    from hubdask.chunkio import LeanCodec
+
+    _, data = _make(s3_root)
+    x = hd.load("c/arr", storage=s3_root)
+    release, entered, calls = threading.Event(), threading.Event(), []
+    real_decode = LeanCodec.decode
+
+    def decode(self, raw, out):
+        calls.append(1)
+        if len(calls) == 1:  # the other thread's first chunk: held until the end
+            entered.set()
+            release.wait(60)
+        return real_decode(self, raw, out)
+
+    monkeypatch.setattr(LeanCodec, "decode", decode)
+    got: list[np.ndarray] = []
+    other = threading.Thread(target=lambda: got.append(np.asarray(x[4:12])))  # two chunks: decoded in the pool
+    other.start()
+    try:
+        assert entered.wait(60)
+        np.testing.assert_array_equal(np.asarray(x[0:4]), data[0:4])
+        cache.flush()  # returns while the other read is still in flight
+        assert other.is_alive() and cache.info()["entries"] >= 2  # zarr.json and chunk 0 at least
+    finally:
+        release.set()
+        other.join(60)
+    np.testing.assert_array_equal(got[0], data[4:12])

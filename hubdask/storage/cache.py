@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
+import contextlib
 import errno
 import hashlib
 import os
 import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -223,6 +226,11 @@ class Reader:
             return
         _writer().submit(self.prefix + key, data if isinstance(data, bytes) else _immutable(data))
 
+    def reading(self) -> contextlib.AbstractContextManager[None]:
+        """A context for a read through this cache: the entries it puts are written once no read is in
+        flight (see _Writer), not while its fetches and decodes need the CPU."""
+        return _writer().reading()
+
 
 def _immutable(data: Any) -> Any:
     """``data`` itself if it is a buffer nobody can change (obstore's Bytes), else a copy."""
@@ -248,19 +256,24 @@ def _store(full_key: str, data: Any) -> None:
 
 
 class _Writer:
-    """One background thread per process storing cache entries; at most MAX_PENDING bytes queued
-    (beyond that an entry is simply not cached)."""
+    """One background thread per process storing cache entries, off the reads' critical path: while a
+    read is in flight in this process (``reading()``), entries wait in memory, so the disk copy never
+    competes with the read's fetches and decodes for the CPU; once more than half of MAX_PENDING bytes
+    wait, they are written anyway (a read bigger than that is still cached whole), and beyond
+    MAX_PENDING an entry is simply not cached (memory stays bounded)."""
 
     MAX_PENDING = 512 * 2**20
 
     def __init__(self) -> None:
-        self._queue: list[tuple[str, bytes]] = []
+        self._queue: collections.deque[tuple[str, Any]] = collections.deque()
         self._pending = 0
         self._cond = threading.Condition()
         self._busy = False
+        self._reads = 0  # reads in flight in this process
+        self._draining = 0  # flush() calls waiting: write whatever the reads
         threading.Thread(target=self._run, name="hubdask-cache-writer", daemon=True).start()
 
-    def submit(self, key: str, data: bytes) -> None:
+    def submit(self, key: str, data: Any) -> None:
         with self._cond:
             if self._pending + memoryview(data).nbytes > self.MAX_PENDING:
                 return
@@ -268,14 +281,29 @@ class _Writer:
             self._pending += memoryview(data).nbytes
             self._cond.notify_all()
 
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """Hold the entries back for the duration of a read."""
+        with self._cond:
+            self._reads += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._reads -= 1
+                self._cond.notify_all()
+
+    def _may_write(self) -> bool:
+        return bool(self._queue) and (not self._reads or self._draining > 0 or 2 * self._pending > self.MAX_PENDING)
+
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._queue:
+                while not self._may_write():
                     self._busy = False
                     self._cond.notify_all()
                     self._cond.wait()
-                key, data = self._queue.pop(0)
+                key, data = self._queue.popleft()
                 self._busy = True
             try:
                 _store(key, data)
@@ -285,8 +313,13 @@ class _Writer:
 
     def flush(self) -> None:
         with self._cond:
-            while self._queue or self._busy:
-                self._cond.wait(0.05)
+            self._draining += 1
+            self._cond.notify_all()
+            try:
+                while self._queue or self._busy:
+                    self._cond.wait(0.05)
+            finally:
+                self._draining -= 1
 
 
 _WRITERS: dict[int, _Writer] = {}
