@@ -21,6 +21,7 @@ a stream over a tag or commit reads the same data forever.
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -254,42 +255,112 @@ def resume_draws(plan: Plan, share: Share, done: int, workers: int, w: int) -> l
 
 # --- reading ------------------------------------------------------------------------------------------
 
-_PRELOADED: dict[tuple, np.ndarray] = {}
+_PRELOADED: dict[tuple, np.ndarray] = {}  # source key -> the whole array (at most 16 kept)
+_LOADING: dict[tuple, Future] = {}  # source key -> its read in progress, in the process ``_LOADING_PID``
+_LOADING_PID = -1
+_LOADING_LOCK = threading.Lock()
 
 
 def _whole(src: Source, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """The whole (small) array, read once per process: concurrent callers wait for the one read."""
+    global _LOADING, _LOADING_PID
     key = src.key
     arr = _PRELOADED.get(key)
-    if arr is None:
-        arr = _PRELOADED[key] = read_selection(src, tuple(slice(0, n, 1) for n in shape), name)
-        while len(_PRELOADED) > 16:
-            _PRELOADED.pop(next(iter(_PRELOADED)))
+    if arr is not None:
+        return arr
+    with _LOADING_LOCK:
+        if _LOADING_PID != os.getpid():  # a forked child: the parent's reads in progress never end here
+            _LOADING, _LOADING_PID = {}, os.getpid()
+        loading = _LOADING.get(key)
+        mine = loading is None
+        if mine:
+            loading = _LOADING[key] = Future()
+    if not mine:
+        return loading.result()
+    try:
+        arr = read_selection(src, tuple(slice(0, n, 1) for n in shape), name)
+    except BaseException as exc:
+        with _LOADING_LOCK:
+            _LOADING.pop(key, None)  # the next caller reads again
+        loading.set_exception(exc)
+        raise
+    _PRELOADED[key] = arr
+    while len(_PRELOADED) > 16:
+        _PRELOADED.pop(next(iter(_PRELOADED)))
+    with _LOADING_LOCK:
+        _LOADING.pop(key, None)
+    loading.set_result(arr)
     return arr
 
 
 class Spares:
-    """Block buffers whose rows are copied out, for the next reads to decode into: a fresh multi-MB
-    array is new memory whose every page the kernel zeroes on first touch (the largest item of a cold
-    epoch's worker CPU when every block had its own), a reused one is mapped already. Thread-safe
-    (reads run in the read-ahead threads)."""
+    """Free buffers of a process's streams (blocks read, slots), taken again by the next reads and by
+    the next pass (a persistent DataLoader worker's next epoch): a fresh multi-MB array is new memory
+    whose every page the kernel zeroes on first touch (the largest item of a cold epoch's worker CPU
+    when every block had its own), a reused one is mapped already. At most ``keep`` bytes are held,
+    the buffers given back longest ago dropped first. Thread-safe (reads run in the read-ahead threads)."""
 
-    def __init__(self) -> None:
-        self._free: dict[tuple, list[np.ndarray]] = {}
+    def __init__(self, keep: int = 1 << 30) -> None:
+        self.keep = keep
+        self._free: list[tuple[tuple, np.ndarray]] = []  # (kind, buffer), in the order given back
+        self._bytes = 0
         self._lock = threading.Lock()
 
-    def take(self, key: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    def take(self, key: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        kind = (key, tuple(shape), np.dtype(dtype))
         with self._lock:
-            found = self._free.get((key, shape, dtype))
-            if found:
-                return found.pop()
+            for i in range(len(self._free) - 1, -1, -1):  # the last given first: its pages are warmest
+                if self._free[i][0] == kind:
+                    buf = self._free.pop(i)[1]
+                    self._bytes -= buf.nbytes
+                    return buf
         return np.empty(shape, dtype)
 
-    def give(self, plan: Plan, block: dict[str, np.ndarray]) -> None:
-        """Take back a block's buffers once nothing views them (preloaded arrays are views: kept out)."""
+    def give(self, key: Any, buf: np.ndarray) -> None:
+        """Take back ``buf`` (of ``key``) once nothing else uses it."""
         with self._lock:
-            for k, v in block.items():
-                if k not in plan.preload:
-                    self._free.setdefault((k, v.shape, v.dtype), []).append(v)
+            self._free.append(((key, buf.shape, buf.dtype), buf))
+            self._bytes += buf.nbytes
+            while self._bytes > self.keep:
+                self._bytes -= self._free.pop(0)[1].nbytes
+
+    def give_block(self, plan: Plan, block: dict[str, np.ndarray]) -> None:
+        """Take back a block's buffers (preloaded arrays are views: kept out)."""
+        for k, v in block.items():
+            if k not in plan.preload:
+                self.give(k, v)
+
+
+class _Workspace:
+    """What a process's streams share, pass after pass: the read-ahead threads (each keeps its reused
+    read buffer, storage.files) and the Spares. Made again in a forked child."""
+
+    def __init__(self) -> None:
+        self.spares = Spares()
+        self.pool: ThreadPoolExecutor | None = None
+        self.lock = threading.Lock()
+
+    def threads(self, n: int) -> ThreadPoolExecutor:
+        """A pool of at least ``n`` threads (a bigger one replaces a smaller, whose reads run on)."""
+        with self.lock:
+            if self.pool is None or self.pool._max_workers < n:
+                if self.pool is not None:
+                    self.pool.shutdown(wait=False)
+                self.pool = ThreadPoolExecutor(n, thread_name_prefix="hubdask-prefetch")
+            return self.pool
+
+
+_WORKSPACES: dict[int, _Workspace] = {}
+
+
+def workspace() -> _Workspace:
+    """This process's workspace."""
+    pid = os.getpid()
+    found = _WORKSPACES.get(pid)
+    if found is None:
+        with _LOADING_LOCK:
+            found = _WORKSPACES.setdefault(pid, _Workspace())
+    return found
 
 
 def read_block(plan: Plan, b: int, spares: Spares | None = None) -> dict[str, np.ndarray]:
@@ -308,6 +379,12 @@ def read_block(plan: Plan, b: int, spares: Spares | None = None) -> dict[str, np
     return out
 
 
+def preload(plan: Plan) -> None:
+    """Read the plan's small arrays whole (once per process)."""
+    for k in plan.preload:
+        _whole(plan.sources[k], plan.shapes[k], f"{plan.name}[{k}]")
+
+
 Alloc = Callable[[dict[str, tuple[tuple[int, ...], np.dtype]]], dict[str, np.ndarray]]
 
 
@@ -322,8 +399,9 @@ class _Rows:
     would keep most of a worker's blocks in memory, each in fresh pages that the kernel zeroes on
     first touch; slots keep about the buffer's samples, in memory mapped already."""
 
-    def __init__(self, capacity: int = 0) -> None:
+    def __init__(self, capacity: int = 0, spares: Spares | None = None) -> None:
         self.capacity = capacity  # slots made at the first load: growing later copies into new memory
+        self.spares = spares or Spares()  # where the slot arrays come from and go back to
         self.arrays: dict[str, np.ndarray] = {}
         self.free = np.empty(0, np.int64)  # free slots (a stack: the last ones are taken first)
         self.slots: dict[int, np.ndarray] = {}  # block -> the slot of each of its rows (-1: served)
@@ -342,9 +420,10 @@ class _Rows:
         old = len(next(iter(self.arrays.values()))) if self.arrays else 0
         size = max(old * 2, old + need, self.capacity)
         for k, v in block.items():
-            grown = np.empty((size,) + v.shape[1:], v.dtype)
+            grown = self.spares.take(("slots", k), (size,) + v.shape[1:], v.dtype)
             if old:
                 grown[:old] = self.arrays[k]
+                self.spares.give(("slots", k), self.arrays[k])
             self.arrays[k] = grown
         self.free = np.concatenate([np.arange(size - 1, old - 1, -1, dtype=np.int64), self.free])
 
@@ -367,6 +446,12 @@ class _Rows:
         self.free = np.concatenate([self.free, out])
         return out
 
+    def release(self) -> None:
+        """The pass is over: the slot arrays go back to the spares."""
+        for k, v in self.arrays.items():
+            self.spares.give(("slots", k), v)
+        self.arrays, self.slots, self.free = {}, {}, np.empty(0, np.int64)
+
     def drop(self, b: int) -> None:
         """Block ``b`` is past its last draw: free the slots of its rows not served (outside this part)."""
         left = self.slots.pop(b, None)
@@ -379,71 +464,95 @@ def serve(plan: Plan, todo: Iterable[Draw], prefetch: int = 2, return_index: boo
     """The data of each draw (a dict of new, writable arrays), reading the blocks the coming draws need
     ahead in threads (``prefetch`` reads in flight, from one at the start: the first draw's block is
     not slowed by the others) into reused buffers (Spares), and holding a block's rows (_Rows) until
-    they are served. With ``alloc({key: (shape, dtype)}) -> {key: array}`` the rows are gathered into
-    the arrays it gives (e.g. reused shared memory, so that handing the batch to another process
-    copies nothing): the mapping it returns is what is yielded. ``buffer_size``: the draws' shuffle
-    buffer, to size the slots for (the buffer, a block coming in, the rows of blocks at the part's ends)."""
-    pool = ThreadPoolExecutor(max(prefetch, 1), thread_name_prefix="hubdask-prefetch")
-    spares = Spares()
-    kept = _Rows(buffer_size + 3 * plan.block_rows if buffer_size else 0)
-    held: dict[int, Future | None] = {}  # block -> its read (None: its rows are in ``kept``)
-    needed: dict[int, int] = {}  # block -> draws read ahead that use it
-    dead: set[int] = set()  # blocks past their last draw, kept while a draw read ahead needs them
-    ahead: deque[tuple[np.ndarray, list[int], list[int], int]] = deque()
-    fresh = 0  # blocks whose reads the draws ahead started: the read-ahead bound
-    served = 0  # the bound ramps up from 1: the first draw's block is read alone, at full speed
-    rows = plan.block_rows
-    source = iter(todo)
-    exhausted = False
-    try:
-        while True:
-            while not exhausted and (not ahead or fresh < min(prefetch, 1 + served)):
-                nxt = next(source, None)
-                if nxt is None:
-                    exhausted = True
-                    break
-                ids, released = nxt
-                blocks = np.unique(ids // rows).tolist()
-                started = 0
+    they are served. The first reads (and of the small arrays, read whole) start at once, before the
+    first item is asked for. With ``alloc({key: (shape, dtype)}) -> {key: array}`` the rows are
+    gathered into the arrays it gives (e.g. reused shared memory, so that handing the batch to another
+    process copies nothing): the mapping it returns is what is yielded. ``buffer_size``: the draws'
+    shuffle buffer, to size the slots for (the buffer, a block coming in, the rows of blocks at the
+    part's ends)."""
+    return _Serve(plan, todo, prefetch, return_index, alloc, buffer_size).items()
+
+
+class _Serve:
+    """One pass of ``serve``: its reads ahead and the rows it holds."""
+
+    def __init__(self, plan: Plan, todo: Iterable[Draw], prefetch: int, return_index: bool,
+                 alloc: Alloc | None, buffer_size: int) -> None:
+        self.plan, self.prefetch, self.return_index, self.alloc = plan, prefetch, return_index, alloc
+        space = workspace()
+        self.pool, self.spares = space.threads(max(prefetch, 1)), space.spares
+        self.kept = _Rows(buffer_size + 3 * plan.block_rows if buffer_size else 0, self.spares)
+        self.held: dict[int, Future | None] = {}  # block -> its read (None: its rows are in ``kept``)
+        self.needed: dict[int, int] = {}  # block -> draws read ahead that use it
+        self.dead: set[int] = set()  # blocks past their last draw, kept while a draw read ahead needs them
+        self.ahead: deque[tuple[np.ndarray, list[int], list[int], int]] = deque()
+        self.fresh = 0  # blocks whose reads the draws ahead started: the read-ahead bound
+        self.served = 0  # the bound ramps up from 1: the first draw's block is read alone, at full speed
+        self.source = iter(todo)
+        self.exhausted = False
+        if plan.preload:
+            self.pool.submit(preload, plan)  # beside the first block, not after it
+        self._read_ahead()
+
+    def _read(self, b: int) -> Future:
+        return self.pool.submit(read_block, self.plan, b, self.spares)
+
+    def _read_ahead(self) -> None:
+        """Take draws and start the reads of their blocks, up to the read-ahead bound."""
+        rows = self.plan.block_rows
+        while not self.exhausted and (not self.ahead or self.fresh < min(self.prefetch, 1 + self.served)):
+            nxt = next(self.source, None)
+            if nxt is None:
+                self.exhausted = True
+                break
+            ids, released = nxt
+            blocks = np.unique(ids // rows).tolist()
+            started = 0
+            for b in blocks:
+                self.needed[b] = self.needed.get(b, 0) + 1
+                self.dead.discard(b)
+                if b not in self.held:
+                    self.held[b] = self._read(b)
+                    started += 1
+            self.ahead.append((ids, released, blocks, started))
+            self.fresh += started
+
+    def items(self) -> Iterator[dict[str, np.ndarray]]:
+        plan, kept, held, rows = self.plan, self.kept, self.held, self.plan.block_rows
+        try:
+            while True:
+                self._read_ahead()
+                if not self.ahead:
+                    return
+                ids, released, blocks, started = self.ahead.popleft()
+                self.fresh -= started
                 for b in blocks:
-                    needed[b] = needed.get(b, 0) + 1
-                    dead.discard(b)
-                    if b not in held:
-                        held[b] = pool.submit(read_block, plan, b, spares)
-                        started += 1
-                ahead.append((ids, released, blocks, started))
-                fresh += started
-            if not ahead:
-                return
-            ids, released, blocks, started = ahead.popleft()
-            fresh -= started
-            for b in blocks:
-                read = held[b]
-                if read is None and not kept.has(b, ids[ids // rows == b] - b * rows):
-                    read = pool.submit(read_block, plan, b, spares)  # a sample drawn again (padding
-                    kept.drop(b)  # wraps the epoch to its start) whose rows were served: read again
-                if read is not None:
-                    block = read.result()
-                    kept.load(b, block)
-                    spares.give(plan, block)  # copied into the slots: the buffers are free
-                    held[b] = None
-            slots = kept.take(plan, ids, blocks)
-            out = _gather(kept.arrays, slots, ids, alloc or _new_arrays, return_index)
-            for b in blocks:
-                needed[b] -= 1
-            dead.update(released)
-            for b in [b for b in dead if not needed.get(b)]:
-                dead.discard(b)
-                needed.pop(b, None)
-                held.pop(b, None)
-                kept.drop(b)
-            served += 1
-            yield out
-    finally:
-        for f in held.values():
-            if f is not None:
-                f.cancel()
-        pool.shutdown(wait=False, cancel_futures=True)
+                    read = held[b]
+                    if read is None and not kept.has(b, ids[ids // rows == b] - b * rows):
+                        read = self._read(b)  # a sample drawn again (padding wraps the epoch to its
+                        kept.drop(b)  # start) whose rows were served: read again
+                    if read is not None:
+                        block = read.result()
+                        kept.load(b, block)
+                        self.spares.give_block(plan, block)  # copied into the slots: the buffers are free
+                        held[b] = None
+                slots = kept.take(plan, ids, blocks)
+                out = _gather(kept.arrays, slots, ids, self.alloc or _new_arrays, self.return_index)
+                for b in blocks:
+                    self.needed[b] -= 1
+                self.dead.update(released)
+                for b in [b for b in self.dead if not self.needed.get(b)]:
+                    self.dead.discard(b)
+                    self.needed.pop(b, None)
+                    held.pop(b, None)
+                    kept.drop(b)
+                self.served += 1
+                yield out
+        finally:
+            for f in held.values():
+                if f is not None:
+                    f.cancel()
+            kept.release()
 
 
 def _gather(arrays: dict[str, np.ndarray], slots: np.ndarray, ids: np.ndarray, alloc: Alloc,
@@ -457,5 +566,5 @@ def _gather(arrays: dict[str, np.ndarray], slots: np.ndarray, ids: np.ndarray, a
     if return_index:
         out[INDEX_KEY][...] = ids
     for key, v in arrays.items():
-        np.take(v, slots, axis=0, out=out[key])
+        np.take(v, slots, axis=0, out=out[key], mode="clip")  # "raise" would gather into a temp array first
     return out

@@ -21,7 +21,7 @@ worker reopens its storage connections (storage.root).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -158,15 +158,15 @@ class StreamDataset(_TorchIterable):
         else:
             base = self._base if worker is None else int(worker.seed - worker.id)  # the loader's base seed
             todo = worker_draws(self.plan, self.share(base, n_workers), w)
-        return self._generate(todo)
-
-    def _generate(self, todo: Any):
-        keys = list(self.plan.sources) + ([INDEX_KEY] if self.return_index else [])
         batched = self.transform is None and self.batch_size is not None
         # a worker's batches go to the loop's process: gather them into memory shared with it
-        to_loop = batched and get_worker_info() is not None
-        alloc = (handoff.take if handoff.available() else _shared) if to_loop else None
+        alloc = (handoff.take if handoff.available() else _shared) if batched and worker is not None else None
+        # the reads start now: a DataLoader worker calls iter() at its start, before it is asked for a batch
         data = serve(self.plan, todo, self.prefetch, self.return_index, alloc, self.buffer_size if self.shuffle else 0)
+        return self._generate(data)
+
+    def _generate(self, data: Iterator[dict[str, np.ndarray]]):
+        keys = list(self.plan.sources) + ([INDEX_KEY] if self.return_index else [])
         if self.transform is None:
             for item in data:
                 if self.batch_size is None:
