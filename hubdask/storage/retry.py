@@ -206,7 +206,7 @@ def retrying(op: str) -> Callable:
     def deco(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         @functools.wraps(method)
         async def wrapper(self: Any, key: str, *args: Any) -> Any:
-            if self.is_local or self.scheme == "memory":
+            if not self.is_remote:
                 return await method(self, key, *args)
             out = await call(lambda: method(self, key, *args), f"storage {self.url}: {op} {key!r}", root=self.url)
             if op == "create" and out is False:
