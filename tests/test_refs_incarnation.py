@@ -334,3 +334,55 @@ def test_a_late_writer_whose_temp_file_the_deletion_removed_gets_not_found(tmp_p
         hd.array((8,), name="p/inc", dtype="int32", chunks=(4,), storage=root)
     now = hd.load("p/inc", storage=root)
     assert now.branches == ["main"] and now.tags == {}
+
+
+@pytest.mark.parametrize("recreate", [False, True])
+def test_a_stalled_deleter_acts_on_the_life_it_meets_never_on_records_of_one_between(any_root, monkeypatch, recreate):
+    """Deleter A seals exp's open node and stalls before the branch is gone. Another process deletes exp,
+    creates it again from main and commits a write there; handle B opens the new exp. A resumes and
+    returns: it deleted exp at that later instant (and, ``recreate``, made a third life from main). B's
+    next write must fail with NotFoundError, a commit of B's must not bring the second life back, and the
+    second life's commit stays readable by id. (Before the fix, on S3, A's tombstone claim met the other
+    deleter's, byte for byte the same, and took it for its own landing: A returned with the second life
+    alive.)"""
+    a = hd.array((4,), name="p/inc", dtype="int32", chunks=(4,), storage=any_root)
+    a[:] = 1
+    first = a.commit("one")
+    exp = a.branch("exp")
+    exp[0] = 5
+    exp.commit("the first life")
+    repo = repository(open_root(any_root), "p/inc")
+
+    def delete() -> None:
+        repo.delete_branch("exp")
+        if recreate:
+            repo.create_branch("exp", first)
+
+    reached, go, start = paused_at(monkeypatch, "write_head")
+    t, out = start(delete)
+    assert reached.wait(60)
+    other_process(any_root, f"""
+repo.delete_branch("exp")
+repo.create_branch("exp", {first!r})
+x = hd.load("p/inc:exp", storage={any_root!r})
+x[2] = 9
+x.commit("the second life")
+""")
+    b = hd.load("p/inc:exp", storage=any_root)
+    np.testing.assert_array_equal(b.read(), [1, 1, 9, 1])
+    second = b.commit_id
+    go.set()
+    t.join(120)
+    assert out == [None], out
+    assert hd.load("p/inc", storage=any_root).branches == (["exp", "main"] if recreate else ["main"])
+    with pytest.raises(hd.NotFoundError, match="branch 'exp' of dataset 'p/inc' was deleted"):
+        b[3] = 4
+    if recreate:  # B commits the branch named exp now: the third life, as A made it
+        b.commit("B's, on the third life")
+        np.testing.assert_array_equal(hd.load("p/inc:exp", storage=any_root).read(), [1, 1, 1, 1])
+    else:
+        with pytest.raises(hd.NotFoundError, match="p/inc"):
+            b.commit("B's, after the deletion")
+        repo.create_branch("exp", first)
+        np.testing.assert_array_equal(hd.load("p/inc:exp", storage=any_root).read(), [1, 1, 1, 1])
+    np.testing.assert_array_equal(hd.load(f"p/inc:{second}", storage=any_root).read(), [1, 1, 9, 1])

@@ -213,7 +213,8 @@ def retrying(op: str) -> Callable:
                 # The object exists. If it holds our very bytes, an earlier attempt of ours (inside the
                 # client's retries or ours) wrote it and only the answer was lost: the create is ours.
                 # Sound only because a record's bytes are its writer's alone (claims name a fresh node,
-                # marks the writer, metadata versions their change: grow.CHANGE_FIELD), or, for chunk
+                # tombstones a fresh id, marks the writer, metadata versions their change:
+                # grow.CHANGE_FIELD), or, for chunk
                 # versions, equal bytes from two writers are one outcome (either order gives them).
                 return await self.get_async(key) == bytes(args[0])
             return out

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -366,7 +367,12 @@ def write_head(root: Root, ds: str, branch: str, seq: int, node: str, base: str 
     # naming it (a half-made branch or dataset is then seen, and finished or cleared); being never moved
     # to, it needs no claim that outlives the pruning of its record
     claim = claim_key(ds, branch, seq) if seq else record_key(ds, branch, 0)
-    record = {"node": node, "base": base} if deleted is None else {"node": node, "base": base, "deleted": deleted}
+    record = {"node": node, "base": base}
+    if deleted is not None:
+        # its own bytes (a retried create takes a record holding exactly its bytes for its own landing:
+        # storage.retry), or a second deleter of the same head would take the first one's tombstone for its
+        # own and stop short of the life created after it
+        record.update(deleted=deleted, by=os.urandom(8).hex())
     if not root.create(claim, json.dumps(record).encode()):
         return None
     listing = prior if prior is not None else _list(root, ds, branch)
