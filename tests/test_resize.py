@@ -491,9 +491,9 @@ def test_commit_seals_the_node_around_a_reservation(tmp_path, monkeypatch, insta
     if instant == "before the reservation":
         real = grow.refs.mark_meta
 
-        def mark_meta(*args):
-            real(*args)
-            commit_once()
+        async def mark_meta(*args):
+            await real(*args)
+            await asyncio.to_thread(commit_once)  # a commit of another handle, from its own thread
         monkeypatch.setattr(grow.refs, "mark_meta", mark_meta)
     else:
         repo = repository(a._source.root, "t/sr")

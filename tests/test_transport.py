@@ -41,7 +41,8 @@ def test_group_reads_see_a_write_that_returned_after_the_graph_was_built(s3_root
     lists = _count_calls(monkeypatch, store_module, "node_versions")
     per_chunk = _count_calls(monkeypatch, store_module, "newest_version")
     np.testing.assert_array_equal(d.compute(scheduler="threads"), ref[::-1])
-    assert len(lists) == 1 and per_chunk == []  # the open node listed once for the whole compute
+    # the open node listed once for the whole compute (not at all here: this process is its only writer)
+    assert len(lists) <= 1 and per_chunk == []
 
 
 def test_group_reads_of_a_commit_on_a_distributed_cluster(s3_root):
