@@ -268,3 +268,27 @@ def test_flush_drains_while_another_thread_reads(s3_root, cache_dir, monkeypatch
         release.set()
         other.join(60)
     np.testing.assert_array_equal(got[0], data[4:12])
+
+
+def test_an_entry_waiting_for_the_writer_serves_the_next_read(s3_root, cache_dir, monkeypatch):
+    """The worst instant for a cache whose writes wait: a read repeats while another read keeps the
+    writer waiting, so nothing is on disk yet. It must be served from the waiting entries (no second
+    fetch from storage), with the values exact."""
+    from hubdask.storage.root import Root
+
+    _, data = _make(s3_root)
+    fetches: list[str] = []
+    real_fetch = Root.fetch_async
+
+    async def fetch_async(self, key, *args, **kwargs):
+        fetches.append(key)
+        return await real_fetch(self, key, *args, **kwargs)
+
+    with cache._writer().reading():  # another thread's read in flight, all along
+        x = hd.load(f"c/arr:{hd.load('c/arr', storage=s3_root).commit_id}", storage=s3_root)
+        np.testing.assert_array_equal(np.asarray(x), data)
+        monkeypatch.setattr(Root, "fetch_async", fetch_async)
+        before = cache._STATS["hits"]
+        np.testing.assert_array_equal(np.asarray(x), data)
+        assert cache._STATS["hits"] >= before + 4
+        assert fetches == [], f"fetched again from storage: {fetches}"

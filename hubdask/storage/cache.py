@@ -192,6 +192,10 @@ class Reader:
         if cache is None:
             return None
         full = self.prefix + key
+        waiting = _writer().pending(full)
+        if waiting is not None:
+            _count("hits")
+            return memoryview(waiting)
         try:
             value = cache.read(full, scratch)
         except OSError:
@@ -260,12 +264,14 @@ class _Writer:
     read is in flight in this process (``reading()``), entries wait in memory, so the disk copy never
     competes with the read's fetches and decodes for the CPU; once more than half of MAX_PENDING bytes
     wait, they are written anyway (a read bigger than that is still cached whole), and beyond
-    MAX_PENDING an entry is simply not cached (memory stays bounded)."""
+    MAX_PENDING an entry is simply not cached (memory stays bounded). A waiting entry is served to the
+    reads of this process (``pending``) as if it were on disk already."""
 
     MAX_PENDING = 512 * 2**20
 
     def __init__(self) -> None:
         self._queue: collections.deque[tuple[str, Any]] = collections.deque()
+        self._held: dict[str, Any] = {}  # key -> the entry queued or being written
         self._pending = 0
         self._cond = threading.Condition()
         self._busy = False
@@ -278,6 +284,7 @@ class _Writer:
             if self._pending + memoryview(data).nbytes > self.MAX_PENDING:
                 return
             self._queue.append((key, data))
+            self._held[key] = data
             self._pending += memoryview(data).nbytes
             self._cond.notify_all()
 
@@ -292,6 +299,11 @@ class _Writer:
             with self._cond:
                 self._reads -= 1
                 self._cond.notify_all()
+
+    def pending(self, key: str) -> Any:
+        """The entry for ``key`` not yet on disk, or None."""
+        with self._cond:
+            return self._held.get(key)
 
     def _may_write(self) -> bool:
         return bool(self._queue) and (not self._reads or self._draining > 0 or 2 * self._pending > self.MAX_PENDING)
@@ -310,6 +322,8 @@ class _Writer:
             finally:
                 with self._cond:
                     self._pending -= memoryview(data).nbytes
+                    if self._held.get(key) is data:
+                        del self._held[key]
 
     def flush(self) -> None:
         with self._cond:
