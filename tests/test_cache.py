@@ -226,9 +226,22 @@ def test_a_cold_read_writes_no_cache_entry_while_it_runs(s3_root, cache_dir, mon
 def test_a_read_bigger_than_the_writers_bound_still_caches_every_chunk(s3_root, cache_dir, monkeypatch):
     """Entries wait for the read to end only while little is queued: past half the writer's bound they
     are written during the read, so a read larger than the bound keeps memory bounded and is cached whole."""
+    import time
+
+    from hubdask.chunkio import LeanCodec
+
     _, data = _make(s3_root)
     x = hd.load("c/arr", storage=s3_root)
     monkeypatch.setattr(cache._Writer, "MAX_PENDING", 3 * 1024)  # about two stored chunks of this array
+    real_decode = LeanCodec.decode
+
+    def decode(self, raw, out):  # a reader no faster than the writer (on a loaded machine it can be)
+        deadline = time.monotonic() + 10
+        while 2 * cache._writer()._pending > cache._Writer.MAX_PENDING and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return real_decode(self, raw, out)
+
+    monkeypatch.setattr(LeanCodec, "decode", decode)
     np.testing.assert_array_equal(np.asarray(x), data)
     assert cache.info()["entries"] >= 4
     before = cache.info()["hits"]
