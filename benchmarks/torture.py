@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--shared-cache", action="store_true", help="on S3 too, one HUBDASK_CACHE for all workers")
     parser.add_argument("--keep", action="store_true", help="keep the run folders (histories, snapshots, report)")
     parser.add_argument("--no-recreate", action="store_true",
-                        help="never delete and re-create the shared branch (a known hole while others commit to it)")
+                        help="never delete and re-create the shared branch while the others write and commit to it")
     parser.add_argument("--no-long-stops", action="store_true",
                         help="no SIGSTOP of 15-30 s (those let a busy branch's claim log be trimmed under a stale committer)")
     args = parser.parse_args()
