@@ -55,6 +55,17 @@ def s3_root_faulty(s3_root: str, fault_proxy: FaultProxy, monkeypatch: pytest.Mo
     return s3_root
 
 
+@pytest.fixture
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A chunk cache folder of this test alone (hit and miss counts start at 0)."""
+    import hubdask as hd
+
+    monkeypatch.setenv("HUBDASK_CACHE", str(tmp_path / "cache"))
+    hd.cache.reset()
+    yield
+    hd.cache.reset()
+
+
 @pytest.fixture(params=["local", "memory", "s3"])
 def root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh, empty root URL of each kind: a local folder, a memory store, and a bucket on moto."""

@@ -29,12 +29,7 @@ SHORT_BUDGET = {"HUBDASK_RETRIES": "2", "HUBDASK_RETRY_WAIT": "0.01", "HUBDASK_R
                 "HUBDASK_RETRY_TIMEOUT": "10"}
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("HUBDASK_CACHE", str(tmp_path / "cache"))
-    hd.cache.reset()
-    yield
-    hd.cache.reset()
+pytestmark = pytest.mark.usefixtures("private_cache")  # the cache folder of this test alone
 
 
 @pytest.fixture(params=["obstore", "s3fs"])

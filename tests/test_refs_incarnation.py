@@ -40,6 +40,17 @@ def other_process(root: str, code: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
+def recreate_exp_and_write(root: str, first: str, commit: bool = False) -> None:
+    """In another process: delete exp, create it again at ``first`` and write 9 at [2] there (and commit)."""
+    other_process(root, f"""
+repo.delete_branch("exp")
+repo.create_branch("exp", {first!r})
+x = hd.load("p/inc:exp", storage={root!r})
+x[2] = 9
+{'x.commit("the second life")' if commit else ''}
+""")
+
+
 def paused_at(monkeypatch, fn_name: str, module=refs):
     """Hold the first call of ``module.fn_name`` made from the thread started by ``start`` until
     ``go`` is set; ``reached`` is set when it is held."""
@@ -89,12 +100,7 @@ def test_a_stalled_committer_cannot_claim_into_a_recreated_branch(any_root, monk
     reached, go, start = paused_at(monkeypatch, "write_head")
     t, out = start(lambda: exp.commit("A's, stalled"))
     assert reached.wait(60)
-    other_process(any_root, f"""
-repo.delete_branch("exp")
-repo.create_branch("exp", {first!r})
-x = hd.load("p/inc:exp", storage={any_root!r})
-x[2] = 9
-""")
+    recreate_exp_and_write(any_root, first)
     go.set()
     t.join(120)
     assert len(out) == 1 and isinstance(out[0], hd.NotFoundError), out
@@ -361,13 +367,7 @@ def test_a_stalled_deleter_acts_on_the_life_it_meets_never_on_records_of_one_bet
     reached, go, start = paused_at(monkeypatch, "write_head")
     t, out = start(delete)
     assert reached.wait(60)
-    other_process(any_root, f"""
-repo.delete_branch("exp")
-repo.create_branch("exp", {first!r})
-x = hd.load("p/inc:exp", storage={any_root!r})
-x[2] = 9
-x.commit("the second life")
-""")
+    recreate_exp_and_write(any_root, first, commit=True)
     b = hd.load("p/inc:exp", storage=any_root)
     np.testing.assert_array_equal(b.read(), [1, 1, 9, 1])
     second = b.commit_id

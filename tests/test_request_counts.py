@@ -15,12 +15,7 @@ import hubdask as hd
 from helpers import run_python
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("HUBDASK_CACHE", str(tmp_path / "cache"))
-    hd.cache.reset()
-    yield
-    hd.cache.reset()
+pytestmark = pytest.mark.usefixtures("private_cache")  # the cache folder of this test alone
 
 
 def _requests(proxy) -> list[str]:
