@@ -192,7 +192,8 @@ class Reader:
         if cache is None:
             return None
         full = self.prefix + key
-        waiting = _writer().pending(full)
+        writer = _WRITERS.get(os.getpid())  # none yet: nothing waits (no thread is started for a lookup)
+        waiting = None if writer is None else writer.pending(full)
         if waiting is not None:
             _count("hits")
             return memoryview(waiting)
